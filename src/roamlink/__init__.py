@@ -1,0 +1,1 @@
+"""roamlink: a reliable UDP transport whose connections survive address changes."""
