@@ -1,0 +1,145 @@
+"""One validated configuration object for every tunable."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+#: The wire version this implementation speaks.
+PROTOCOL_VERSION = 1
+
+CONGESTION_CONTROLLERS = ("newreno",)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of an endpoint; invalid values raise :class:`ConfigError`.
+
+    Times are in seconds, sizes in bytes.
+    """
+
+    #: Largest UDP payload sent; 1200 fits every path that carries IPv6.
+    max_datagram_size: int = 1200
+    #: Length of the connection IDs this endpoint issues (>= 8 resists guessing).
+    cid_length: int = 8
+    #: Protocol versions offered (client) or accepted (server), most preferred first.
+    versions: tuple[int, ...] = (PROTOCOL_VERSION,)
+    #: Give up a handshake after this long.
+    connect_timeout: float = 10.0
+    #: Close a connection when nothing was received for this long (0 disables).
+    idle_timeout: float = 30.0
+    #: Send a PING when nothing was sent for this long (None disables).
+    keepalive_interval: float | None = None
+    #: How long a closed connection's IDs stay reserved so late packets are ignored.
+    draining_period: float = 3.0
+    #: After ``close()``, how long to wait for the peer's FIN before aborting.
+    close_timeout: float = 10.0
+    #: Longest the receiver delays an ACK; the sender adds it to its timeout.
+    max_ack_delay: float = 0.025
+    #: Acknowledge at once after this many ack-eliciting packets.
+    ack_every: int = 2
+    #: RTT assumed before the first sample.
+    initial_rtt: float = 0.1
+    #: Bounds of the retransmission timeout.
+    min_rto: float = 0.05
+    max_rto: float = 10.0
+    #: Receive window: bytes the peer may send beyond what the application read.
+    receive_window: int = 4 * 1024 * 1024
+    #: ``drain()`` blocks while more than this many bytes are buffered to send.
+    send_buffer_size: int = 4 * 1024 * 1024
+    #: Congestion controller, by name (see roamlink.core.congestion.CONTROLLERS).
+    congestion_control: str = "newreno"
+    #: Initial congestion window, in full-size packets.
+    initial_window_packets: int = 32
+    #: Pace sends over the RTT instead of bursting the whole window.
+    pacing: bool = True
+    #: How long a path validation may take before it fails.
+    path_validation_timeout: float = 3.0
+    #: Maximum candidate paths validated at once (bounds spoofing floods).
+    max_candidate_paths: int = 3
+    #: Spare connection IDs offered to the peer for migration.
+    spare_cids: int = 4
+    #: Pending connections a listener queues before refusing new ones.
+    backlog: int = 1024
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.max_datagram_size >= 1200 and self.max_datagram_size <= 65507,
+               "max_datagram_size", "must be between 1200 and 65507")
+        _check(8 <= self.cid_length <= 20, "cid_length", "must be between 8 and 20")
+        _check(isinstance(self.versions, tuple) and len(self.versions) > 0
+               and all(isinstance(v, int) and 0 < v < 2**32 for v in self.versions),
+               "versions", "must be a non-empty tuple of 32-bit non-zero integers")
+        _positive(self, "connect_timeout", "draining_period", "close_timeout", "initial_rtt",
+                  "min_rto", "path_validation_timeout")
+        _check(self.idle_timeout >= 0, "idle_timeout", "must be >= 0 (0 disables)")
+        _check(self.keepalive_interval is None or self.keepalive_interval > 0,
+               "keepalive_interval", "must be None or > 0")
+        _check(0 <= self.max_ack_delay <= 1.0, "max_ack_delay", "must be between 0 and 1 s")
+        _check(self.ack_every >= 1, "ack_every", "must be >= 1")
+        _check(self.max_rto >= self.min_rto, "max_rto", "must be >= min_rto")
+        _check(self.receive_window >= 16384, "receive_window", "must be >= 16384")
+        _check(self.send_buffer_size >= 1, "send_buffer_size", "must be >= 1")
+        _check(self.congestion_control in CONGESTION_CONTROLLERS, "congestion_control",
+               f"must be one of {', '.join(CONGESTION_CONTROLLERS)}")
+        _check(self.initial_window_packets >= 2, "initial_window_packets", "must be >= 2")
+        _check(1 <= self.max_candidate_paths <= 16, "max_candidate_paths",
+               "must be between 1 and 16")
+        _check(1 <= self.spare_cids <= 16, "spare_cids", "must be between 1 and 16")
+        _check(self.backlog >= 1, "backlog", "must be >= 1")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Config:
+        """Build from a plain mapping (e.g. parsed TOML); unknown keys are rejected by name."""
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(key, "unknown configuration key")
+        data = dict(values)
+        if "versions" in data and isinstance(data["versions"], list):
+            data["versions"] = tuple(data["versions"])
+        try:
+            return cls(**data)
+        except TypeError as exc:  # wrong type reached a comparison
+            raise ConfigError("config", str(exc)) from exc
+
+
+def _check_types(cfg: Config) -> None:
+    """Reject wrongly typed values by name before any comparison can raise TypeError."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = str(f.type)
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind == "float | None":
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        _check(ok, f.name, f"must be of type {kind}, got {type(value).__name__}")
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(name, message)
+
+
+def _positive(cfg: Config, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        _check(isinstance(value, (int, float)) and value > 0, name, "must be > 0")
+
+
+DEFAULT_CONFIG = Config()

@@ -1,0 +1,72 @@
+"""Events the core hands to the layer above, and the statistics snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import RoamlinkError
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """The connection is established (client: SYN-ACK received; server: first 1-RTT packet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated:
+    """The connection ended; ``error`` is None for an orderly close."""
+
+    error: RoamlinkError | None
+
+
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    """The connection moved to a validated path."""
+
+    old_addr: Address
+    new_addr: Address
+    reason: str  # "passive" (peer's address changed) or "active" (migrate())
+    validation_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class PathValidationFailed:
+    addr: Address
+    reason: str
+
+
+Event = HandshakeCompleted | ConnectionTerminated | PathChanged | PathValidationFailed
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """A snapshot of a connection's counters (see docs for their meaning)."""
+
+    state: str
+    bytes_sent: int
+    bytes_received: int
+    packets_sent: int
+    packets_received: int
+    stream_bytes_sent: int
+    stream_bytes_received: int
+    retransmissions: int
+    packets_lost: int
+    spurious_losses: int
+    pto_count: int
+    duplicate_packets: int
+    dropped_packets: int
+    smoothed_rtt: float
+    rtt_variance: float
+    min_rtt: float
+    latest_rtt: float
+    cwnd: int
+    bytes_in_flight: int
+    congestion_state: str
+    congestion_controller: str
+    congestion_events: int
+    path_changes: int
+    send_buffered: int
+    recv_buffered: int
+    flow_control_blocked: int

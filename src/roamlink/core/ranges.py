@@ -1,0 +1,91 @@
+"""RangeSet: sorted, merged half-open integer ranges (received packet numbers, acked bytes)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+
+
+class RangeSet:
+    """Disjoint half-open ranges ``[start, end)`` kept sorted and merged."""
+
+    __slots__ = ("_starts", "_ends")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        starts, ends = self._starts, self._ends
+        # fast path: extends or follows the last range (in-order arrival)
+        if starts:
+            last_end = ends[-1]
+            if start == last_end:
+                ends[-1] = end
+                return
+            if start > last_end:
+                starts.append(start)
+                ends.append(end)
+                return
+        else:
+            starts.append(start)
+            ends.append(end)
+            return
+        # general case: merge every range touching [start, end)
+        i = bisect_left(ends, start)
+        j = bisect_right(starts, end)
+        if i < j:
+            start = min(start, starts[i])
+            end = max(end, ends[j - 1])
+        starts[i:j] = [start]
+        ends[i:j] = [end]
+
+    def contains(self, value: int) -> bool:
+        i = bisect_right(self._starts, value) - 1
+        return i >= 0 and value < self._ends[i]
+
+    def covers(self, start: int, end: int) -> bool:
+        """Whether ``[start, end)`` lies entirely inside one range."""
+        i = bisect_right(self._starts, start) - 1
+        return i >= 0 and end <= self._ends[i]
+
+    def shift_until(self, value: int) -> None:
+        """Forget everything below ``value``."""
+        starts, ends = self._starts, self._ends
+        i = bisect_right(ends, value)
+        del starts[:i]
+        del ends[:i]
+        if starts and starts[0] < value:
+            starts[0] = value
+
+    def drop_oldest(self, keep: int) -> None:
+        """Keep only the ``keep`` highest ranges."""
+        if len(self._starts) > keep:
+            del self._starts[:-keep]
+            del self._ends[:-keep]
+
+    def first(self) -> tuple[int, int] | None:
+        return (self._starts[0], self._ends[0]) if self._starts else None
+
+    def last(self) -> tuple[int, int] | None:
+        return (self._starts[-1], self._ends[-1]) if self._starts else None
+
+    def pop_first(self) -> tuple[int, int]:
+        return self._starts.pop(0), self._ends.pop(0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self._starts, self._ends, strict=True)
+
+    def __reversed__(self) -> Iterator[tuple[int, int]]:
+        return zip(reversed(self._starts), reversed(self._ends), strict=True)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def __repr__(self) -> str:
+        return f"RangeSet({list(self)})"

@@ -1,0 +1,399 @@
+"""Wire format: packet headers, frames and their codec (see docs/wire-format.md).
+
+Every datagram holds one packet. Its first byte is the packet type. Handshake packets carry a
+long header (version and both connection IDs); data packets carry a short header (the
+receiver's connection ID and a 64-bit packet number that never wraps). A packet's payload is a
+sequence of frames, so data, ACKs and control messages are coalesced into one datagram.
+
+Decoding never trusts the input: any inconsistency raises :class:`MalformedPacket`, which the
+receive path counts and drops.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+# --- packet types (first byte) ---------------------------------------------------------------
+SYN: Final = 0x01
+SYN_ACK: Final = 0x02
+VERSION_NEGOTIATION: Final = 0x05
+SHORT: Final = 0x40
+
+LONG_TYPES: Final = frozenset({SYN, SYN_ACK, VERSION_NEGOTIATION})
+
+# --- frame types -----------------------------------------------------------------------------
+PADDING: Final = 0x00
+PUSH_FIN: Final = 0x03  # the original design's FIN: a PUSH that ends the stream
+PUSH: Final = 0x10
+ACK: Final = 0x11
+PING: Final = 0x12
+PATH_CHALLENGE: Final = 0x13
+PATH_RESPONSE: Final = 0x14
+CLOSE: Final = 0x15
+MAX_DATA: Final = 0x16
+DATA_BLOCKED: Final = 0x17
+NEW_CONNECTION_ID: Final = 0x18
+RETIRE_CONNECTION_ID: Final = 0x19
+
+MAX_ACK_RANGES: Final = 32
+MAX_CID_LENGTH: Final = 20
+MAX_REASON_LENGTH: Final = 512
+
+_SHORT_PREFIX = struct.Struct("!B")
+_PN = struct.Struct("!Q")
+_LONG_FIXED = struct.Struct("!BI")  # type, version
+_U32 = struct.Struct("!I")
+
+SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length
+LONG_HEADER_OVERHEAD: Final = 1 + 4 + 1 + 1 + 8  # + both CID lengths
+
+
+class MalformedPacket(ValueError):
+    """The bytes are not a well-formed packet or frame."""
+
+
+# --- variable-length integers (RFC 9000 section 16) -------------------------------------------
+VARINT_MAX: Final = (1 << 62) - 1
+
+
+def encode_varint(value: int) -> bytes:
+    if value < 0x40:
+        return bytes((value,))
+    if value < 0x4000:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value < 0x4000_0000:
+        return (value | 0x8000_0000).to_bytes(4, "big")
+    if value <= VARINT_MAX:
+        return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
+    raise ValueError(f"integer {value} too large for a varint")
+
+
+def varint_size(value: int) -> int:
+    if value < 0x40:
+        return 1
+    if value < 0x4000:
+        return 2
+    if value < 0x4000_0000:
+        return 4
+    return 8
+
+
+def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Return ``(value, new_pos)``; raise :class:`MalformedPacket` when truncated."""
+    try:
+        first = buf[pos]
+    except IndexError:
+        raise MalformedPacket("truncated varint") from None
+    kind = first >> 6
+    if kind == 0:
+        return first, pos + 1
+    length = 1 << kind
+    end = pos + length
+    if end > len(buf):
+        raise MalformedPacket("truncated varint")
+    value = int.from_bytes(buf[pos:end], "big") & ((1 << (8 * length - 2)) - 1)
+    return value, end
+
+
+# --- frames ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PushFrame:
+    """Stream bytes at ``offset``; ``fin`` marks the end of the stream."""
+
+    offset: int
+    data: bytes
+    fin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AckFrame:
+    """Acknowledged packet-number ranges, newest first, each ``(first, last)`` inclusive."""
+
+    ranges: tuple[tuple[int, int], ...]
+    ack_delay_us: int = 0
+
+    @property
+    def largest(self) -> int:
+        return self.ranges[0][1]
+
+
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PaddingFrame:
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PathChallengeFrame:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PathResponseFrame:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseFrame:
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MaxDataFrame:
+    maximum: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataBlockedFrame:
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewConnectionIdFrame:
+    sequence: int
+    retire_prior_to: int
+    cid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetireConnectionIdFrame:
+    sequence: int
+
+
+Frame = (
+    PushFrame
+    | AckFrame
+    | PingFrame
+    | PaddingFrame
+    | PathChallengeFrame
+    | PathResponseFrame
+    | CloseFrame
+    | MaxDataFrame
+    | DataBlockedFrame
+    | NewConnectionIdFrame
+    | RetireConnectionIdFrame
+)
+
+
+def encode_push_header(offset: int, length: int, fin: bool) -> bytes:
+    return (
+        bytes((PUSH_FIN if fin else PUSH,)) + encode_varint(offset) + encode_varint(length)
+    )
+
+
+def push_header_size(offset: int, length: int) -> int:
+    return 1 + varint_size(offset) + varint_size(length)
+
+
+def encode_ack(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...],
+               ack_delay_us: int) -> bytes:
+    """Encode ranges given newest first as ``(first, last)``; at most MAX_ACK_RANGES kept."""
+    ranges = ranges[:MAX_ACK_RANGES]
+    first, last = ranges[0]
+    out = [bytes((ACK,)), encode_varint(last), encode_varint(ack_delay_us),
+           encode_varint(len(ranges) - 1), encode_varint(last - first)]
+    prev_first = first
+    for lo, hi in ranges[1:]:
+        # gap: packets between this range and the previous one, minus one (as in QUIC)
+        out.append(encode_varint(prev_first - hi - 2))
+        out.append(encode_varint(hi - lo))
+        prev_first = lo
+    return b"".join(out)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode any frame (the hot path builds PUSH and ACK headers directly)."""
+    if isinstance(frame, PushFrame):
+        return encode_push_header(frame.offset, len(frame.data), frame.fin) + frame.data
+    if isinstance(frame, AckFrame):
+        return encode_ack(frame.ranges, frame.ack_delay_us)
+    if isinstance(frame, PingFrame):
+        return bytes((PING,))
+    if isinstance(frame, PaddingFrame):
+        return bytes(frame.length)
+    if isinstance(frame, PathChallengeFrame):
+        return bytes((PATH_CHALLENGE,)) + frame.data
+    if isinstance(frame, PathResponseFrame):
+        return bytes((PATH_RESPONSE,)) + frame.data
+    if isinstance(frame, CloseFrame):
+        reason = frame.reason.encode("utf-8", "replace")[:MAX_REASON_LENGTH]
+        return (bytes((CLOSE,)) + encode_varint(frame.code) + encode_varint(len(reason))
+                + reason)
+    if isinstance(frame, MaxDataFrame):
+        return bytes((MAX_DATA,)) + encode_varint(frame.maximum)
+    if isinstance(frame, DataBlockedFrame):
+        return bytes((DATA_BLOCKED,)) + encode_varint(frame.limit)
+    if isinstance(frame, NewConnectionIdFrame):
+        return (bytes((NEW_CONNECTION_ID,)) + encode_varint(frame.sequence)
+                + encode_varint(frame.retire_prior_to) + bytes((len(frame.cid),)) + frame.cid)
+    if isinstance(frame, RetireConnectionIdFrame):
+        return bytes((RETIRE_CONNECTION_ID,)) + encode_varint(frame.sequence)
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+def decode_frames(payload: bytes | memoryview) -> list[Frame]:
+    """Decode every frame of a packet payload; raise MalformedPacket on any inconsistency."""
+    frames: list[Frame] = []
+    buf = payload
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        kind = buf[pos]
+        pos += 1
+        if kind in (PUSH, PUSH_FIN):
+            offset, pos = decode_varint(buf, pos)
+            length, pos = decode_varint(buf, pos)
+            if pos + length > end:
+                raise MalformedPacket("PUSH data runs past the packet")
+            if offset + length > VARINT_MAX:
+                raise MalformedPacket("PUSH offset overflows")
+            frames.append(PushFrame(offset, bytes(buf[pos:pos + length]), kind == PUSH_FIN))
+            pos += length
+        elif kind == ACK:
+            ack, pos = _decode_ack(buf, pos)
+            frames.append(ack)
+        elif kind == PADDING:
+            start = pos - 1
+            while pos < end and buf[pos] == 0:
+                pos += 1
+            frames.append(PaddingFrame(pos - start))
+        elif kind == PING:
+            frames.append(PingFrame())
+        elif kind in (PATH_CHALLENGE, PATH_RESPONSE):
+            if pos + 8 > end:
+                raise MalformedPacket("truncated path frame")
+            data = bytes(buf[pos:pos + 8])
+            pos += 8
+            frames.append(PathChallengeFrame(data) if kind == PATH_CHALLENGE
+                          else PathResponseFrame(data))
+        elif kind == CLOSE:
+            code, pos = decode_varint(buf, pos)
+            length, pos = decode_varint(buf, pos)
+            if length > MAX_REASON_LENGTH or pos + length > end:
+                raise MalformedPacket("bad CLOSE reason length")
+            reason = bytes(buf[pos:pos + length]).decode("utf-8", "replace")
+            pos += length
+            frames.append(CloseFrame(code, reason))
+        elif kind == MAX_DATA:
+            value, pos = decode_varint(buf, pos)
+            frames.append(MaxDataFrame(value))
+        elif kind == DATA_BLOCKED:
+            value, pos = decode_varint(buf, pos)
+            frames.append(DataBlockedFrame(value))
+        elif kind == NEW_CONNECTION_ID:
+            seq, pos = decode_varint(buf, pos)
+            retire, pos = decode_varint(buf, pos)
+            if pos >= end:
+                raise MalformedPacket("truncated NEW_CONNECTION_ID")
+            length = buf[pos]
+            pos += 1
+            if not 1 <= length <= MAX_CID_LENGTH or pos + length > end or retire > seq + 1:
+                raise MalformedPacket("bad NEW_CONNECTION_ID")
+            frames.append(NewConnectionIdFrame(seq, retire, bytes(buf[pos:pos + length])))
+            pos += length
+        elif kind == RETIRE_CONNECTION_ID:
+            seq, pos = decode_varint(buf, pos)
+            frames.append(RetireConnectionIdFrame(seq))
+        else:
+            raise MalformedPacket(f"unknown frame type 0x{kind:02x}")
+    return frames
+
+
+def _decode_ack(buf: bytes | memoryview, pos: int) -> tuple[AckFrame, int]:
+    largest, pos = decode_varint(buf, pos)
+    delay, pos = decode_varint(buf, pos)
+    count, pos = decode_varint(buf, pos)
+    first_len, pos = decode_varint(buf, pos)
+    if count >= MAX_ACK_RANGES or first_len > largest:
+        raise MalformedPacket("bad ACK range")
+    hi = largest
+    lo = largest - first_len
+    ranges = [(lo, hi)]
+    for _ in range(count):
+        gap, pos = decode_varint(buf, pos)
+        length, pos = decode_varint(buf, pos)
+        hi = lo - gap - 2
+        lo = hi - length
+        if lo < 0:
+            raise MalformedPacket("ACK range below zero")
+        ranges.append((lo, hi))
+    return AckFrame(tuple(ranges), delay), pos
+
+
+# --- packet headers --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LongHeader:
+    """Header of SYN, SYN-ACK and version-negotiation packets."""
+
+    packet_type: int
+    version: int
+    dcid: bytes
+    scid: bytes
+    packet_number: int
+    payload_offset: int
+
+
+def encode_long_header(packet_type: int, version: int, dcid: bytes, scid: bytes,
+                       packet_number: int) -> bytes:
+    return (_LONG_FIXED.pack(packet_type, version) + bytes((len(dcid),)) + dcid
+            + bytes((len(scid),)) + scid + _PN.pack(packet_number))
+
+
+def decode_long_header(data: bytes | memoryview) -> LongHeader:
+    if len(data) < 7:
+        raise MalformedPacket("truncated long header")
+    packet_type, version = _LONG_FIXED.unpack_from(data, 0)
+    if packet_type not in LONG_TYPES:
+        raise MalformedPacket("not a long-header packet")
+    pos = 5
+    dlen = data[pos]
+    pos += 1
+    if dlen > MAX_CID_LENGTH or pos + dlen >= len(data):
+        raise MalformedPacket("bad destination CID length")
+    dcid = bytes(data[pos:pos + dlen])
+    pos += dlen
+    slen = data[pos]
+    pos += 1
+    if slen > MAX_CID_LENGTH or pos + slen > len(data):
+        raise MalformedPacket("bad source CID length")
+    scid = bytes(data[pos:pos + slen])
+    pos += slen
+    if packet_type == VERSION_NEGOTIATION:
+        return LongHeader(packet_type, version, dcid, scid, 0, pos)
+    if pos + 8 > len(data):
+        raise MalformedPacket("truncated packet number")
+    (pn,) = _PN.unpack_from(data, pos)
+    return LongHeader(packet_type, version, dcid, scid, pn, pos + 8)
+
+
+def encode_short_header(dcid: bytes, packet_number: int) -> bytes:
+    return b"\x40" + dcid + _PN.pack(packet_number)
+
+
+def decode_short_header(data: bytes | memoryview, cid_length: int) -> tuple[bytes, int, int]:
+    """Return ``(dcid, packet_number, payload_offset)``."""
+    end = 1 + cid_length + 8
+    if len(data) < end or data[0] != SHORT:
+        raise MalformedPacket("truncated short header")
+    (pn,) = _PN.unpack_from(data, 1 + cid_length)
+    return bytes(data[1:1 + cid_length]), pn, end
+
+
+def encode_version_negotiation(dcid: bytes, scid: bytes, versions: tuple[int, ...]) -> bytes:
+    """Tell a client which versions we speak; version field 0 marks the packet."""
+    return (_LONG_FIXED.pack(VERSION_NEGOTIATION, 0) + bytes((len(dcid),)) + dcid
+            + bytes((len(scid),)) + scid + b"".join(_U32.pack(v) for v in versions))
+
+
+def decode_versions(data: bytes | memoryview, offset: int) -> tuple[int, ...]:
+    body = data[offset:]
+    if len(body) == 0 or len(body) % 4:
+        raise MalformedPacket("bad version list")
+    return tuple(_U32.unpack_from(body, i)[0] for i in range(0, len(body), 4))

@@ -1,0 +1,94 @@
+"""Typed exceptions: every failure the library reports is a :class:`RoamlinkError`."""
+
+from __future__ import annotations
+
+
+class RoamlinkError(Exception):
+    """Base class of every roamlink exception."""
+
+
+class ConfigError(RoamlinkError, ValueError):
+    """A configuration value is invalid; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ProtocolViolation(RoamlinkError):
+    """The peer broke the protocol; the connection is closed with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class ConnectError(RoamlinkError, ConnectionError):
+    """The connection could not be established."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """The handshake did not complete within ``Config.connect_timeout``."""
+
+
+class VersionMismatch(ConnectError):
+    """Client and server share no protocol version."""
+
+    def __init__(self, offered: tuple[int, ...], supported: tuple[int, ...]) -> None:
+        super().__init__(
+            f"no common protocol version: we offered {list(offered)}, "
+            f"the server supports {list(supported)}"
+        )
+        self.offered = offered
+        self.supported = supported
+
+
+class ConnectionClosed(RoamlinkError, ConnectionError):
+    """The connection is closed; no more data can be written (or read)."""
+
+
+class ConnectionReset(ConnectionClosed):
+    """The peer aborted the connection with an error ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection reset by peer (code {code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ConnectionAborted(ConnectionClosed):
+    """The local side aborted the connection (``code`` was sent to the peer)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection aborted locally (code {code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class IdleTimeout(ConnectionClosed, TimeoutError):
+    """Nothing was heard from the peer for ``Config.idle_timeout`` seconds."""
+
+
+class MigrationError(RoamlinkError):
+    """A path could not be validated; the connection stays on its old path."""
+
+
+class MigrationTimeout(MigrationError, TimeoutError):
+    """Path validation did not complete in time; the old path is still in use."""
+
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionAborted",
+    "ConnectionClosed",
+    "ConnectionReset",
+    "IdleTimeout",
+    "MigrationError",
+    "MigrationTimeout",
+    "ProtocolViolation",
+    "RoamlinkError",
+    "VersionMismatch",
+]

@@ -1,0 +1,186 @@
+"""Datagram routing for one socket, without the socket: CID -> connection, address -> CID.
+
+The seed's "socket actor" keeps a main map ``CID -> connection`` and an auxiliary map
+``peer address -> CID``. This class is that routing logic, sans-I/O, so the asyncio socket
+layer (:mod:`.endpoint`) and the simulated network share it.
+
+* Short-header packets are routed by the destination CID alone: the peer's address may have
+  changed (that is what migration is about).
+* A SYN carries no CID of ours yet, so it is routed by ``(peer address, peer's CID)``: a
+  retransmitted SYN finds the half-open connection instead of opening a second one.
+* A SYN with a version we do not speak is answered with VERSION_NEGOTIATION (stateless).
+* Anything else that matches no connection is dropped and counted; nothing raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import Config
+from ..core import wire
+from ..core.connection import Connection
+from ..core.events import Address
+
+logger = logging.getLogger("roamlink.dispatcher")
+
+
+@dataclass
+class DispatcherStats:
+    datagrams_received: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_cid: int = 0
+    dropped_backlog_full: int = 0
+    dropped_not_listening: int = 0
+    version_negotiations_sent: int = 0
+    connections_accepted: int = 0
+
+
+class Dispatcher:
+    """Routes datagrams of one socket to the connections that live on it."""
+
+    def __init__(self, config: Config, *, accept_new: bool = False,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.config = config
+        self.accept_new = accept_new
+        self.random_bytes = random_bytes
+        self.connections: dict[bytes, Connection] = {}  # main map: CID -> connection
+        self.addr_map: dict[tuple[Address, bytes], bytes] = {}  # (addr, peer CID) -> our CID
+        self.accept_queue: deque[Connection] = deque()
+        self.stateless_out: list[tuple[bytes, Address]] = []
+        self.stats = DispatcherStats()
+        self._owned_cids: dict[Connection, set[bytes]] = {}
+
+    # ------------------------------------------------------------------ connections
+    def new_cid(self) -> bytes:
+        while True:
+            cid = self.random_bytes(self.config.cid_length)
+            if cid not in self.connections:
+                return cid
+
+    def connect(self, remote_addr: Address, now: float, *, early_data: bytes = b"",
+                config: Config | None = None) -> Connection:
+        conn = Connection(config or self.config, is_client=True, local_cid=self.new_cid(),
+                          remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
+                          early_data=early_data)
+        self._track(conn)
+        return conn
+
+    def _track(self, conn: Connection) -> None:
+        self._owned_cids[conn] = set()
+        self.sync_routes(conn)
+
+    def sync_routes(self, conn: Connection) -> None:
+        """Apply the CIDs the connection issued or retired (the seed's UpdateAddr, for CIDs)."""
+        changes = conn.routing_changes
+        if not changes:
+            return
+        owned = self._owned_cids.get(conn)
+        if owned is None:
+            return
+        for added, cid in changes:
+            if added:
+                self.connections[cid] = conn
+                owned.add(cid)
+            elif cid:
+                if self.connections.get(cid) is conn:
+                    del self.connections[cid]
+                owned.discard(cid)
+            else:  # the connection is closed: forget it entirely
+                self.forget(conn)
+                break
+        changes.clear()
+
+    def forget(self, conn: Connection) -> None:
+        for cid in self._owned_cids.pop(conn, set()):
+            if self.connections.get(cid) is conn:
+                del self.connections[cid]
+        for key in [k for k, v in self.addr_map.items() if v == conn.local_cid]:
+            del self.addr_map[key]
+        conn.routing_changes.clear()
+
+    def update_addr(self, conn: Connection, old: Address, new: Address) -> None:
+        """The connection moved to ``new``: re-key the auxiliary address map."""
+        key_old = (old, conn.peer_cid)
+        if self.addr_map.get(key_old) == conn.local_cid:
+            del self.addr_map[key_old]
+        self.addr_map[(new, conn.peer_cid)] = conn.local_cid
+
+    # ------------------------------------------------------------------ receiving
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> Connection | None:
+        """Route one datagram; return the connection that took it, if any. Never raises."""
+        self.stats.datagrams_received += 1
+        if not data:
+            self.stats.dropped_malformed += 1
+            return None
+        first = data[0]
+        try:
+            if first == wire.SHORT:
+                cid_len = self.config.cid_length
+                if len(data) < 1 + cid_len + 8:
+                    raise wire.MalformedPacket("short datagram")
+                conn = self.connections.get(data[1:1 + cid_len])
+                if conn is None:
+                    self.stats.dropped_unknown_cid += 1
+                    return None
+            elif first in wire.LONG_TYPES:
+                conn = self._route_long(data, addr, now)
+                if conn is None:
+                    return None
+            else:
+                raise wire.MalformedPacket(f"unknown packet type 0x{first:02x}")
+        except wire.MalformedPacket as exc:
+            self.stats.dropped_malformed += 1
+            logger.debug("dropped datagram from %s: %s", addr, exc)
+            return None
+        try:
+            conn.receive_datagram(data, addr, now)
+        except Exception:  # a bug in one connection must not take the endpoint down
+            logger.exception("connection %s failed on input; aborting it", conn.local_cid.hex())
+            conn.abort(now, 1, "internal error")
+        self.sync_routes(conn)
+        return conn
+
+    def _route_long(self, data: bytes, addr: Address, now: float) -> Connection | None:
+        hdr = wire.decode_long_header(data)
+        if hdr.packet_type != wire.SYN:
+            conn = self.connections.get(hdr.dcid)
+            if conn is None:
+                self.stats.dropped_unknown_cid += 1
+            return conn
+        key = (addr, hdr.scid)
+        existing = self.addr_map.get(key)
+        if existing is not None:
+            conn = self.connections.get(existing)
+            if conn is not None:
+                return conn
+        if not self.accept_new:
+            self.stats.dropped_not_listening += 1
+            return None
+        if hdr.version not in self.config.versions:
+            if len(data) >= 1200 and len(self.stateless_out) < 64:  # no amplification
+                self.stateless_out.append(
+                    (wire.encode_version_negotiation(hdr.scid, b"", self.config.versions), addr))
+                self.stats.version_negotiations_sent += 1
+            return None
+        if len(data) < 1200 or not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
+            raise wire.MalformedPacket("SYN too small or with a bad CID")
+        if len(self.accept_queue) >= self.config.backlog:
+            self.stats.dropped_backlog_full += 1
+            return None
+        conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
+                          remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
+                          random_bytes=self.random_bytes)
+        self._track(conn)
+        self.addr_map[key] = conn.local_cid
+        self.accept_queue.append(conn)
+        self.stats.connections_accepted += 1
+        return conn
+
+    # ------------------------------------------------------------------ sending
+    def take_stateless(self) -> list[tuple[bytes, Address]]:
+        out, self.stateless_out = self.stateless_out, []
+        return out

@@ -1,0 +1,281 @@
+"""A deterministic simulated network for driving sans-I/O roamlink endpoints.
+
+A virtual clock jumps from event to event (as trio's mock clock does), so a transfer of many
+megabytes over a lossy, reordering, rebinding network runs in seconds and is exactly
+reproducible from its seed. Nodes are :class:`~roamlink.io.dispatcher.Dispatcher` objects, the
+same routing code the asyncio socket layer uses.
+
+Links are one-way and configured per (source host, destination host) pair; a link may have
+loss, delay, jitter, reordering, duplication and a bottleneck (rate + finite queue). A NAT can
+be modelled by :meth:`SimNetwork.rebind`: the node's address changes, packets it sends leave
+from the new address, and packets sent to its old address are dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..config import Config
+from ..core.connection import Connection
+from ..core.events import Address
+from ..io.dispatcher import Dispatcher
+
+
+@dataclass
+class LinkConfig:
+    """Impairments of one direction of a link."""
+
+    delay: float = 0.01
+    jitter: float = 0.0
+    loss: float = 0.0
+    reorder: float = 0.0  # probability that a packet is held back by reorder_delay
+    reorder_delay: float = 0.005
+    duplicate: float = 0.0
+    rate: float | None = None  # bottleneck, bytes per second
+    queue_packets: int = 100  # bottleneck queue size
+    #: optional filter: return False to drop (for attacks and targeted loss in tests)
+    drop_if: Callable[[bytes, Address, Address], bool] | None = None
+
+
+@dataclass
+class LinkStats:
+    sent: int = 0
+    delivered: int = 0
+    lost: int = 0
+    queue_drops: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    queue_delay_total: float = 0.0
+    queue_samples: int = 0
+
+
+@dataclass
+class _Link:
+    config: LinkConfig
+    stats: LinkStats = field(default_factory=LinkStats)
+    busy_until: float = 0.0  # when the bottleneck finishes its current backlog
+    queue_release: list[float] = field(default_factory=list)
+
+
+class SimNode:
+    """A host with one socket, carrying a Dispatcher."""
+
+    def __init__(self, net: SimNetwork, addr: Address, dispatcher: Dispatcher) -> None:
+        self.net = net
+        self.addr = addr
+        self.dispatcher = dispatcher
+        self.received: list[tuple[bytes, Address]] = []  # raw log when record=True
+        self.record = False
+        self.scheduled: dict[Connection, float] = {}
+
+    @property
+    def host(self) -> str:
+        return self.addr[0]
+
+    def connect(self, remote: Address, *, early_data: bytes = b"",
+                config: Config | None = None) -> Connection:
+        conn = self.dispatcher.connect(remote, self.net.now, early_data=early_data,
+                                       config=config)
+        self.net.flush(self)
+        return conn
+
+    def connections(self) -> list[Connection]:
+        return list({id(c): c for c in self.dispatcher.connections.values()}.values())
+
+
+class SimNetwork:
+    """Event-driven network simulator with a virtual clock."""
+
+    def __init__(self, seed: int = 0, default_link: LinkConfig | None = None) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.default_link = default_link or LinkConfig()
+        self._links: dict[tuple[str, str], _Link] = {}
+        self.nodes: dict[Address, SimNode] = {}
+        self._events: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.delivered_datagrams = 0
+
+    # ------------------------------------------------------------------ topology
+    def random_bytes(self, n: int) -> bytes:
+        return self.rng.getrandbits(8 * n).to_bytes(n, "big")
+
+    def add_node(self, addr: Address, config: Config | None = None, *,
+                 listen: bool = False) -> SimNode:
+        disp = Dispatcher(config or Config(), accept_new=listen, random_bytes=self.random_bytes)
+        node = SimNode(self, addr, disp)
+        self.nodes[addr] = node
+        return node
+
+    def link(self, src_host: str, dst_host: str) -> LinkConfig:
+        """The (mutable) configuration of the one-way link src -> dst."""
+        return self._link(src_host, dst_host).config
+
+    def set_link(self, src_host: str, dst_host: str, config: LinkConfig,
+                 both_ways: bool = True) -> None:
+        self._links[(src_host, dst_host)] = _Link(config)
+        if both_ways:
+            self._links[(dst_host, src_host)] = _Link(
+                LinkConfig(**{k: getattr(config, k) for k in config.__dataclass_fields__}))
+
+    def link_stats(self, src_host: str, dst_host: str) -> LinkStats:
+        return self._link(src_host, dst_host).stats
+
+    def _link(self, src: str, dst: str) -> _Link:
+        link = self._links.get((src, dst))
+        if link is None:
+            d = self.default_link
+            link = _Link(LinkConfig(**{k: getattr(d, k) for k in d.__dataclass_fields__}))
+            self._links[(src, dst)] = link
+        return link
+
+    def rebind(self, node: SimNode, new_addr: Address) -> None:
+        """The node's address changes (NAT rebinding / new network); old address goes dead."""
+        del self.nodes[node.addr]
+        node.addr = new_addr
+        self.nodes[new_addr] = node
+
+    # ------------------------------------------------------------------ events
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (when, self._seq, fn))
+
+    def send(self, src: Address, dst: Address, data: bytes) -> None:
+        link = self._link(src[0], dst[0])
+        cfg, st = link.config, link.stats
+        st.sent += 1
+        if cfg.drop_if is not None and cfg.drop_if(data, src, dst):
+            st.lost += 1
+            return
+        if cfg.loss and self.rng.random() < cfg.loss:
+            st.lost += 1
+            return
+        copies = 1
+        if cfg.duplicate and self.rng.random() < cfg.duplicate:
+            copies = 2
+            st.duplicated += 1
+        depart = self.now
+        if cfg.rate:
+            # bottleneck: serialise after the current backlog, drop when the queue is full
+            queue = link.queue_release
+            while queue and queue[0] <= self.now:
+                heapq.heappop(queue)
+            if len(queue) >= cfg.queue_packets:
+                st.queue_drops += 1
+                return
+            start = max(self.now, link.busy_until)
+            depart = start + len(data) / cfg.rate
+            link.busy_until = depart
+            heapq.heappush(queue, depart)
+            st.queue_delay_total += start - self.now
+            st.queue_samples += 1
+        for _ in range(copies):
+            arrive = depart + cfg.delay
+            if cfg.jitter:
+                arrive += self.rng.uniform(0, cfg.jitter)
+            if cfg.reorder and self.rng.random() < cfg.reorder:
+                arrive += cfg.reorder_delay
+                st.reordered += 1
+            self.call_at(arrive, _Deliver(self, src, dst, data, st))
+
+    def deliver(self, src: Address, dst: Address, data: bytes) -> None:
+        node = self.nodes.get(dst)
+        if node is None:
+            return  # nobody at that address any more (e.g. an old NAT mapping)
+        if node.record:
+            node.received.append((data, src))
+        self.delivered_datagrams += 1
+        conn = node.dispatcher.datagram_received(data, src, self.now)
+        for out, addr in node.dispatcher.take_stateless():
+            self.send(node.addr, addr, out)
+        if conn is not None:
+            self._flush_conn(node, conn)
+
+    def flush(self, node: SimNode) -> None:
+        """Send whatever the node's connections have to send, and re-arm their timers."""
+        disp = node.dispatcher
+        for data, addr in disp.take_stateless():
+            self.send(node.addr, addr, data)
+        for conn in node.connections():
+            self._flush_conn(node, conn)
+
+    def _flush_conn(self, node: SimNode, conn: Connection) -> None:
+        for data, addr in conn.datagrams_to_send(self.now):
+            self.send(node.addr, addr, data)
+        node.dispatcher.sync_routes(conn)
+        deadline = conn.get_timer()
+        if deadline is not None and node.scheduled.get(conn) != deadline:
+            node.scheduled[conn] = deadline
+            # a deadline already past fires on the next step (never a zero-time loop)
+            self.call_at(max(deadline, self.now + 1e-6), _Timer(self, node, conn, deadline))
+        elif deadline is None:
+            node.scheduled.pop(conn, None)
+
+    def run(self, until: float | None = None, *,
+            stop: Callable[[], bool] | None = None, max_events: int = 50_000_000) -> None:
+        """Process events in time order until ``until``, ``stop()`` is true, or none remain."""
+        events = self._events
+        n = 0
+        while events:
+            when = events[0][0]
+            if until is not None and when > until:
+                self.now = until
+                return
+            _, _, fn = heapq.heappop(events)
+            if when > self.now:
+                self.now = when
+            fn()
+            n += 1
+            if n >= max_events:
+                raise RuntimeError("simulation did not settle (event budget exhausted)")
+            if stop is not None and (n & 63) == 0 and stop():
+                return
+        if until is not None:
+            self.now = max(self.now, until)
+
+    def run_until(self, stop: Callable[[], bool], timeout: float) -> bool:
+        """Run until ``stop()`` holds (checked after every event) or ``timeout`` sim-seconds."""
+        deadline = self.now + timeout
+        events = self._events
+        while events and events[0][0] <= deadline:
+            when, _, fn = heapq.heappop(events)
+            self.now = max(self.now, when)
+            fn()
+            if stop():
+                return True
+        return stop()
+
+
+class _Deliver:
+    __slots__ = ("net", "src", "dst", "data", "stats")
+
+    def __init__(self, net: SimNetwork, src: Address, dst: Address, data: bytes,
+                 stats: LinkStats) -> None:
+        self.net, self.src, self.dst, self.data, self.stats = net, src, dst, data, stats
+
+    def __call__(self) -> None:
+        self.stats.delivered += 1
+        self.net.deliver(self.src, self.dst, self.data)
+
+
+class _Timer:
+    """A connection's timer; stale ones (the deadline moved) do nothing."""
+
+    __slots__ = ("net", "node", "conn", "deadline")
+
+    def __init__(self, net: SimNetwork, node: SimNode, conn: Connection, deadline: float) -> None:
+        self.net, self.node, self.conn, self.deadline = net, node, conn, deadline
+
+    def __call__(self) -> None:
+        conn = self.conn
+        if self.node.scheduled.get(conn) != self.deadline:
+            return  # superseded by a newer deadline
+        del self.node.scheduled[conn]
+        if conn.get_timer() != self.deadline:
+            self.net._flush_conn(self.node, conn)
+            return
+        conn.handle_timer(self.net.now)
+        self.net._flush_conn(self.node, conn)
