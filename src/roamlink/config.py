@@ -11,7 +11,7 @@ from .errors import ConfigError
 #: The wire version this implementation speaks.
 PROTOCOL_VERSION = 1
 
-CONGESTION_CONTROLLERS = ("newreno",)
+CONGESTION_CONTROLLERS = ("vegas", "newreno")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Config:
     #: ``drain()`` blocks while more than this many bytes are buffered to send.
     send_buffer_size: int = 4 * 1024 * 1024
     #: Congestion controller, by name (see roamlink.core.congestion.CONTROLLERS).
-    congestion_control: str = "newreno"
+    congestion_control: str = "vegas"
     #: Initial congestion window, in full-size packets.
     initial_window_packets: int = 32
     #: Pace sends over the RTT instead of bursting the whole window.

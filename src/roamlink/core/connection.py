@@ -31,6 +31,7 @@ from ..errors import (
 from . import wire
 from .buffers import RecvBuffer, SendBuffer
 from .congestion import create_controller
+from .pacing import Pacer
 from .events import (
     Address,
     ConnectionStats,
@@ -58,6 +59,9 @@ INITIAL_MAX_DATA = 64 * 1024
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
 MAX_SEGMENTS = 8192
 _MAX_CLOSE_RESENDS = 8
+#: Packet numbers below the newest one the peer knows we acknowledged that we still report
+#: (so a slightly reordered packet is not taken for a duplicate).
+_ACK_HISTORY = 16
 _PN = struct.Struct("!Q")
 _SHORT_TYPE = b"\x40"
 _PING = bytes((wire.PING,))
@@ -96,6 +100,8 @@ class Connection:
         self.recovery = Recovery(self.rtt, config.max_ack_delay, config.min_rto, config.max_rto)
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
+        self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
+        self._pace_at: float | None = None  # when the pacer lets the next packet go
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
 
@@ -115,6 +121,7 @@ class Connection:
         self._ack_pending = False
         self._ack_deadline: float | None = None
         self._ack_eliciting_unacked = 0
+        self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
 
         # control frames waiting to be (re)sent
         self._control: deque[wire.Frame] = deque()
@@ -224,7 +231,8 @@ class Connection:
             return None
         if self.state in (State.CLOSING, State.DRAINING):
             return self._drain_deadline
-        deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline]
+        deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline,
+                     self._pace_at]
         if self.state is State.HANDSHAKING:
             deadlines.append(self._created + self.config.connect_timeout)
         if self.config.idle_timeout:
@@ -444,9 +452,15 @@ class Connection:
         acked, lost, _ = self.recovery.on_ack(ack, now)
         if acked:
             send_buf = self.send_buf
+            peer_knows = -1
             for pkt in acked:
                 for offset, length, fin in pkt.stream:
                     send_buf.on_acked(offset, length, fin)
+                if pkt.largest_acked > peer_knows:
+                    peer_knows = pkt.largest_acked
+            if peer_knows > _ACK_HISTORY:
+                # the peer saw an ACK up to peer_knows: stop repeating older ranges
+                self._received.shift_until(peer_knows - _ACK_HISTORY)
             self.cc.on_packets_acked(acked, self.rtt, now, self.recovery.bytes_in_flight)
         if lost:
             self._on_lost(lost, now)
@@ -574,11 +588,27 @@ class Connection:
     def _can_send_in_flight(self) -> bool:
         return self.recovery.bytes_in_flight + self.config.max_datagram_size <= self.cc.cwnd
 
+    def _pacer_allows(self, now: float) -> bool:
+        """Whether the pacer lets an in-flight packet go now; if not, arm its timer."""
+        pacer = self.pacer
+        if pacer is None:
+            return True
+        at = pacer.next_send_time(now)
+        if at is None:
+            return True
+        if self.send_buf.has_data_to_send() or self._control or self._send_max_data:
+            self._pace_at = at
+        return False
+
     def _build_data_packets(self, now: float, out: list[tuple[bytes, Address]]) -> None:
         mtu = self.config.max_datagram_size
         header_size = 1 + len(self.peer_cid) + 8
         send_buf = self.send_buf
         addr = self.remote_addr
+        self._pace_at = None
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.set_rate(self.cc.pacing_rate(self.rtt))
         while True:
             parts: list[bytes] = []
             size = header_size
@@ -591,7 +621,7 @@ class Connection:
                 parts.append(ack)
                 size += len(ack)
             probing = self._probe_pending > 0
-            may_fly = probing or self._can_send_in_flight()
+            may_fly = probing or (self._can_send_in_flight() and self._pacer_allows(now))
             if may_fly:
                 if self._send_max_data:
                     self._send_max_data = False
@@ -631,6 +661,8 @@ class Connection:
                 self.retransmissions += 1
             datagram = self._finish_packet(parts, now, stream, control, eliciting)
             out.append((datagram, addr))
+            if pacer is not None and eliciting:
+                pacer.on_sent(len(datagram))
             if probing and eliciting:
                 self._probe_pending -= 1
             if not eliciting or not may_fly:
@@ -648,6 +680,7 @@ class Connection:
     def _encode_ack(self, now: float) -> bytes:
         ranges = [(lo, hi - 1) for lo, hi in reversed(self._received)]
         delay_us = int(max(now - self._largest_received_time, 0.0) * 1e6)
+        self._ack_largest_in_packet = self._largest_received
         self._ack_pending = False
         self._ack_deadline = None
         self._ack_eliciting_unacked = 0
@@ -668,9 +701,16 @@ class Connection:
         self.bytes_sent += size
         self._last_sent = now
         pkt = SentPacket(pn, now, size, eliciting, stream, control)
-        self.recovery.on_packet_sent(pkt)
+        pkt.largest_acked = self._ack_largest_in_packet
+        self._ack_largest_in_packet = -1
+        recovery = self.recovery
+        if (eliciting and recovery.bytes_in_flight == 0
+                and recovery.last_ack_eliciting_time is not None
+                and now - recovery.last_ack_eliciting_time > recovery.pto_interval()):
+            self.cc.on_idle()  # the window is stale after an idle period: slow start again
+        recovery.on_packet_sent(pkt)
         if eliciting:
-            self.cc.on_packet_sent(size, now)
+            self.cc.on_packet_sent(size, now, recovery.bytes_in_flight)
 
     def _build_packet(self, frames: list[bytes], now: float, control: list[wire.Frame] | None
                       ) -> bytes:

@@ -8,6 +8,7 @@ packets are never resent as such: their frames are handed back to be sent in new
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +25,7 @@ class SentPacket:
     """What we must know about a packet until it is acknowledged or declared lost."""
 
     __slots__ = ("number", "time_sent", "size", "ack_eliciting", "in_flight", "stream",
-                 "control", "path_id")
+                 "control", "path_id", "largest_acked")
 
     def __init__(self, number: int, time_sent: float, size: int, ack_eliciting: bool,
                  stream: list[tuple[int, int, bool]], control: list[Any],
@@ -37,6 +38,10 @@ class SentPacket:
         self.stream = stream  # (offset, length, fin) ranges carried
         self.control = control  # frames to send again if this packet is lost
         self.path_id = path_id
+        #: largest packet number of the peer's that the ACK frame in this packet reported
+        #: (-1: none); once this packet is acknowledged the peer knows it, so older ranges
+        #: need not be reported again
+        self.largest_acked = -1
 
 
 class Recovery:
@@ -54,7 +59,7 @@ class Recovery:
         self.pto_count = 0
         self.loss_time: float | None = None
         self.last_ack_eliciting_time: float | None = None
-        self._recently_lost: dict[int, None] = {}
+        self._lost_pns: list[int] = []  # sorted; recently declared lost
         # counters
         self.packets_lost = 0
         self.spurious_losses = 0
@@ -62,8 +67,10 @@ class Recovery:
 
     # -- sending ------------------------------------------------------------------------------
     def on_packet_sent(self, packet: SentPacket) -> None:
-        self.sent[packet.number] = packet
+        # packets that elicit no ACK (pure ACKs, path responses) may never be acknowledged:
+        # tracking them would only grow memory, and losing them costs nothing
         if packet.in_flight:
+            self.sent[packet.number] = packet
             self.bytes_in_flight += packet.size
             self.last_ack_eliciting_time = packet.time_sent
 
@@ -86,11 +93,18 @@ class Recovery:
                         pkt = sent.pop(pn, None)
                         if pkt is not None:
                             acked.append(pkt)
-        if self._recently_lost:
+        lost_pns = self._lost_pns
+        if lost_pns:
             for lo, hi in ack.ranges:
-                for pn in [p for p in self._recently_lost if lo <= p <= hi]:
-                    del self._recently_lost[pn]
-                    self.spurious_losses += 1
+                if hi < lost_pns[0] or lo > lost_pns[-1]:
+                    continue
+                i = bisect_left(lost_pns, lo)
+                j = bisect_right(lost_pns, hi)
+                if i < j:
+                    self.spurious_losses += j - i
+                    del lost_pns[i:j]
+                    if not lost_pns:
+                        break
         rtt_updated = False
         if ack.largest > self.largest_acked:
             self.largest_acked = ack.largest
@@ -134,9 +148,13 @@ class Recovery:
         if pkt.in_flight:
             self.bytes_in_flight -= pkt.size
         self.packets_lost += 1
-        self._recently_lost[pkt.number] = None
-        if len(self._recently_lost) > _REMEMBER_LOST:
-            del self._recently_lost[next(iter(self._recently_lost))]
+        lost_pns = self._lost_pns
+        if not lost_pns or pkt.number > lost_pns[-1]:
+            lost_pns.append(pkt.number)
+        else:
+            lost_pns.insert(bisect_left(lost_pns, pkt.number), pkt.number)
+        if len(lost_pns) > _REMEMBER_LOST:
+            del lost_pns[:len(lost_pns) - _REMEMBER_LOST // 2]
 
     # -- timers -------------------------------------------------------------------------------
     def pto_interval(self) -> float:
