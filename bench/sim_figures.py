@@ -34,13 +34,15 @@ def run(cc: str, loss: float, seconds: float, rate: float | None = RATE, seed: i
     flow.mark("end")
     st = flow.stats()
     ok = finish(net, [flow])
-    return {"cc": cc, "loss": loss, "sim_s": seconds, "wall_s": round(time.perf_counter() - wall, 2),
+    wall = time.perf_counter() - wall
+    link = net.link_stats("10.0.0.2", "10.0.0.1")
+    return {"cc": cc, "loss": loss, "sim_s": seconds, "wall_s": round(wall, 2),
             "goodput_MBps": round(flow.goodput("start", "end") / 1e6, 3),
             "of_bottleneck": round(flow.goodput("start", "end") / (rate or RATE), 3),
             "queue_delay_ms": round(probe.average() * 1e3, 2), "exact": ok and flow.exact(),
             "srtt_ms": round(st.smoothed_rtt * 1e3, 2), "min_rtt_ms": round(st.min_rtt * 1e3, 2),
             "cwnd": st.cwnd, "lost": st.packets_lost, "retx": st.retransmissions,
-            "spurious": st.spurious_losses, "queue_drops": net.link_stats("10.0.0.2", "10.0.0.1").queue_drops,
+            "spurious": st.spurious_losses, "queue_drops": link.queue_drops,
             "state": st.congestion_state}
 
 

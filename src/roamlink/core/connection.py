@@ -31,7 +31,6 @@ from ..errors import (
 from . import wire
 from .buffers import RecvBuffer, SendBuffer
 from .congestion import create_controller
-from .pacing import Pacer
 from .events import (
     Address,
     ConnectionStats,
@@ -39,6 +38,7 @@ from .events import (
     Event,
     HandshakeCompleted,
 )
+from .pacing import Pacer
 from .paths import PathManager
 from .ranges import RangeSet
 from .recovery import Recovery, SentPacket
