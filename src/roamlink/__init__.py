@@ -1,1 +1,42 @@
-"""roamlink: a reliable UDP transport whose connections survive address changes."""
+"""roamlink: a reliable UDP transport whose connections survive address changes.
+
+>>> listener = await roamlink.listen("127.0.0.1", 4433)
+>>> stream = await roamlink.connect("127.0.0.1", 4433)
+"""
+
+from . import errors
+from .api import Listener, Stream, connect, listen
+from .config import PROTOCOL_VERSION, Config
+from .core.events import ConnectionStats, PathChanged
+from .errors import (
+    ConfigError,
+    ConnectionClosed,
+    ConnectionReset,
+    ConnectTimeout,
+    MigrationError,
+    MigrationTimeout,
+    RoamlinkError,
+    VersionMismatch,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Config",
+    "ConfigError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionReset",
+    "ConnectionStats",
+    "Listener",
+    "MigrationError",
+    "MigrationTimeout",
+    "PathChanged",
+    "RoamlinkError",
+    "Stream",
+    "VersionMismatch",
+    "connect",
+    "errors",
+    "listen",
+]

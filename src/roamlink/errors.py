@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 
 class RoamlinkError(Exception):
     """Base class of every roamlink exception."""
@@ -70,6 +72,13 @@ class IdleTimeout(ConnectionClosed, TimeoutError):
     """Nothing was heard from the peer for ``Config.idle_timeout`` seconds."""
 
 
+class IncompleteRead(RoamlinkError, asyncio.IncompleteReadError):
+    """The stream ended before ``readexactly`` got its bytes (``partial`` holds them)."""
+
+    def __init__(self, partial: bytes, expected: int) -> None:
+        asyncio.IncompleteReadError.__init__(self, partial, expected)
+
+
 class MigrationError(RoamlinkError):
     """A path could not be validated; the connection stays on its old path."""
 
@@ -86,6 +95,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "IdleTimeout",
+    "IncompleteRead",
     "MigrationError",
     "MigrationTimeout",
     "ProtocolViolation",

@@ -58,6 +58,8 @@ APPLICATION_ERROR = 0x100  # codes from here on are the application's
 INITIAL_MAX_DATA = 64 * 1024
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
 MAX_SEGMENTS = 8192
+#: A packet number this far past the largest received cannot be genuine (forged or corrupt).
+MAX_PACKET_NUMBER_JUMP = 1 << 20
 _MAX_CLOSE_RESENDS = 8
 #: Packet numbers below the newest one the peer knows we acknowledged that we still report
 #: (so a slightly reordered packet is not taken for a duplicate).
@@ -315,6 +317,8 @@ class Connection:
         else:
             raise wire.MalformedPacket("unknown packet type")
 
+        if pn > self._largest_received + MAX_PACKET_NUMBER_JUMP:
+            raise wire.MalformedPacket("packet number far beyond any in flight")
         frames = wire.decode_frames(memoryview(data)[offset:])
         if self.state is State.DRAINING and not self._graceful_drain:
             return

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +27,9 @@ from ..core.events import Address
 
 logger = logging.getLogger("roamlink.dispatcher")
 
+#: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
+_ENDED_KEYS = 65536
+
 
 @dataclass
 class DispatcherStats:
@@ -35,6 +38,7 @@ class DispatcherStats:
     dropped_unknown_cid: int = 0
     dropped_backlog_full: int = 0
     dropped_not_listening: int = 0
+    dropped_late_handshake: int = 0
     version_negotiations_sent: int = 0
     connections_accepted: int = 0
 
@@ -53,6 +57,10 @@ class Dispatcher:
         self.stateless_out: list[tuple[bytes, Address]] = []
         self.stats = DispatcherStats()
         self._owned_cids: dict[Connection, set[bytes]] = {}
+        #: connections handed to the owner but not yet accepted by the application
+        self.held = 0
+        #: handshake keys of ended connections: a late or replayed SYN must not reopen them
+        self._ended: OrderedDict[tuple[Address, bytes], None] = OrderedDict()
 
     # ------------------------------------------------------------------ connections
     def new_cid(self) -> bytes:
@@ -100,6 +108,9 @@ class Dispatcher:
                 del self.connections[cid]
         for key in [k for k, v in self.addr_map.items() if v == conn.local_cid]:
             del self.addr_map[key]
+            self._ended[key] = None
+            if len(self._ended) > _ENDED_KEYS:
+                self._ended.popitem(last=False)
         conn.routing_changes.clear()
 
     def update_addr(self, conn: Connection, old: Address, new: Address) -> None:
@@ -157,6 +168,9 @@ class Dispatcher:
             conn = self.connections.get(existing)
             if conn is not None:
                 return conn
+        if key in self._ended:
+            self.stats.dropped_late_handshake += 1
+            return None
         if not self.accept_new:
             self.stats.dropped_not_listening += 1
             return None
@@ -168,7 +182,7 @@ class Dispatcher:
             return None
         if len(data) < 1200 or not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
             raise wire.MalformedPacket("SYN too small or with a bad CID")
-        if len(self.accept_queue) >= self.config.backlog:
+        if len(self.accept_queue) + self.held >= self.config.backlog:
             self.stats.dropped_backlog_full += 1
             return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),

@@ -98,6 +98,9 @@ class SimNetwork:
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self.delivered_datagrams = 0
+        #: when True, every datagram sent is appended to ``captured`` as (src, dst, data)
+        self.capture = False
+        self.captured: list[tuple[Address, Address, bytes]] = []
 
     # ------------------------------------------------------------------ topology
     def random_bytes(self, n: int) -> bytes:
@@ -144,6 +147,8 @@ class SimNetwork:
         heapq.heappush(self._events, (when, self._seq, fn))
 
     def send(self, src: Address, dst: Address, data: bytes) -> None:
+        if self.capture:
+            self.captured.append((src, dst, data))
         link = self._link(src[0], dst[0])
         cfg, st = link.config, link.stats
         st.sent += 1

@@ -1,0 +1,115 @@
+"""Listener: accepts roamlink connections arriving on one UDP socket."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from ..config import Config
+from ..core.connection import Connection
+from ..core.events import Address
+from ..io.endpoint import Endpoint
+from .stream import Stream
+
+
+class Listener:
+    """Accepts connections on one UDP socket; every connection shares that socket.
+
+    ``close()`` stops accepting and closes every connection in order; ``wait_closed()``
+    waits for them to end (at most ``Config.close_timeout``) and then closes the socket.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._ready: asyncio.Queue[Stream | None] = asyncio.Queue()
+        self._pending: set[Stream] = set()
+        self._closing = False
+        endpoint.on_new_connection = self._on_new_connection
+
+    def _on_new_connection(self, conn: Connection) -> None:
+        stream = Stream(self._endpoint, conn)
+        self._pending.add(stream)
+        self._endpoint.dispatcher.held += 1
+        stream.on_handshake.add_done_callback(lambda fut: self._on_handshake(stream, fut))
+
+    def _on_handshake(self, stream: Stream, fut: asyncio.Future[None]) -> None:
+        self._pending.discard(stream)
+        if fut.cancelled() or fut.exception() is not None or self._closing:
+            self._endpoint.dispatcher.held -= 1
+            return
+        self._ready.put_nowait(stream)
+
+    async def accept(self) -> Stream:
+        """Wait for the next established connection."""
+        if self._closing and self._ready.empty():
+            raise RuntimeError("listener is closed")
+        stream = await self._ready.get()
+        if stream is None:
+            self._ready.put_nowait(None)  # wake other acceptors too
+            raise RuntimeError("listener is closed")
+        self._endpoint.dispatcher.held -= 1
+        return stream
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Stream:
+        try:
+            return await self.accept()
+        except RuntimeError:
+            raise StopAsyncIteration from None
+
+    @property
+    def local_addr(self) -> Address:
+        return self._endpoint.local_addr
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    def connections(self) -> int:
+        """Live connections on this listener's socket."""
+        return len(self._endpoint.live_connections)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._endpoint.dispatcher.accept_new = False
+        now = self._endpoint.loop.time()
+        for conn in self._endpoint.live_connections:
+            conn.close(now)
+            self._endpoint.mark(conn)
+        while not self._ready.empty():
+            stream = self._ready.get_nowait()
+            if stream is not None:
+                stream.close()
+        self._ready.put_nowait(None)
+
+    async def wait_closed(self) -> None:
+        self.close()
+        endpoint = self._endpoint
+        deadline = endpoint.loop.time() + endpoint.config.close_timeout + 1.0
+        while (any(not c.is_terminated for c in endpoint.live_connections)
+               and endpoint.loop.time() < deadline):
+            await asyncio.sleep(0.02)
+        endpoint.close()
+        await endpoint.wait_closed()
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        return f"<roamlink.Listener {self.local_addr}>"
+
+
+async def listen(host: str = "127.0.0.1", port: int = 0, *,
+                 config: Config | None = None) -> Listener:
+    """Listen for roamlink connections on ``host:port`` (port 0 picks a free port)."""
+    config = config or Config()
+    endpoint = await Endpoint.create(config, (host, port), accept_new=True)
+    return Listener(endpoint)

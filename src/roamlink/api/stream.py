@@ -1,0 +1,212 @@
+"""Stream: the asyncio face of one connection, shaped like asyncio's StreamReader/Writer."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from ..core.connection import APPLICATION_ERROR, Connection
+from ..core.events import Address, ConnectionStats, ConnectionTerminated, Event
+from ..errors import ConnectionClosed, IncompleteRead, RoamlinkError
+from ..io.endpoint import Endpoint
+
+
+class Stream:
+    """A reliable, ordered byte stream over roamlink.
+
+    Reading: ``read``/``readexactly`` (``b""`` at end of stream). Writing: ``write`` buffers,
+    ``drain`` waits while more than ``Config.send_buffer_size`` bytes are unacknowledged,
+    ``write_eof`` half-closes. ``close`` closes both directions in order (FIN/ACK each way);
+    ``abort`` resets at once with an error code.
+    """
+
+    def __init__(self, endpoint: Endpoint, conn: Connection) -> None:
+        self._endpoint = endpoint
+        self._conn = conn
+        loop = endpoint.loop
+        self._loop = loop
+        self._handshake: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._event_listeners: list[asyncio.Queue[Event]] = []
+        self.on_handshake: asyncio.Future[None] = self._handshake
+        endpoint.attach(conn, self)
+
+    # ------------------------------------------------------------------ endpoint callback
+    def on_activity(self) -> None:
+        conn = self._conn
+        while True:
+            event = conn.next_event()
+            if event is None:
+                break
+            for queue in self._event_listeners:
+                queue.put_nowait(event)
+            if isinstance(event, ConnectionTerminated):
+                self._on_terminated(event.error)
+            elif not self._handshake.done() and conn.is_established:
+                self._handshake.set_result(None)
+        if not self._handshake.done() and conn.is_established:
+            self._handshake.set_result(None)
+        if conn.readable or conn.at_eof or conn.is_terminated:
+            _wake(self._read_waiter)
+        if conn.send_buffered <= conn.config.send_buffer_size or conn.is_terminated:
+            _wake(self._drain_waiter)
+
+    def _on_terminated(self, error: RoamlinkError | None) -> None:
+        if not self._handshake.done():
+            if error is None:
+                error = ConnectionClosed("closed during the handshake")
+            self._handshake.set_exception(error)
+            self._handshake.exception()  # retrieved here; connect() re-raises it
+        if not self._closed.done():
+            self._closed.set_result(None)
+        _wake(self._read_waiter)
+        _wake(self._drain_waiter)
+
+    # ------------------------------------------------------------------ reading
+    async def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes (``n < 0``: until end of stream); ``b""`` at end of stream."""
+        if n == 0:
+            return b""
+        if n < 0:
+            parts: list[bytes] = []
+            while True:
+                chunk = await self.read(1 << 20)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        conn = self._conn
+        while not conn.readable:
+            if conn.at_eof:
+                return b""
+            if conn.is_terminated:
+                self._raise_if_failed()
+                return b""
+            await self._wait("_read_waiter")
+        data = conn.read(n)
+        self._endpoint.mark(conn)  # may release flow-control credit
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes; :class:`IncompleteRead` if the stream ends first."""
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = await self.read(n - got)
+            if not chunk:
+                raise IncompleteRead(b"".join(parts), n)
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def at_eof(self) -> bool:
+        return self._conn.at_eof
+
+    # ------------------------------------------------------------------ writing
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; raises :class:`ConnectionClosed` (or a subclass) once closed."""
+        self._conn.send(bytes(data))
+        self._endpoint.mark(self._conn)
+
+    def writelines(self, data: list[bytes]) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is below ``Config.send_buffer_size``."""
+        conn = self._conn
+        limit = conn.config.send_buffer_size
+        while conn.send_buffered > limit:
+            if conn.is_terminated:
+                break
+            await self._wait("_drain_waiter")
+        if conn.is_terminated and conn.error is not None and conn.send_buffered:
+            raise conn.error
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads ``b""`` after the data written so far."""
+        self._conn.send_eof()
+        self._endpoint.mark(self._conn)
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close in order: our FIN follows pending data; unread incoming data is discarded."""
+        self._conn.close(self._loop.time())
+        self._endpoint.mark(self._conn)
+
+    def abort(self, code: int = APPLICATION_ERROR, reason: str = "") -> None:
+        """Reset the connection at once; the peer's reads raise ConnectionReset(code)."""
+        self._conn.abort(self._loop.time(), code, reason)
+        self._endpoint.mark(self._conn)
+
+    def is_closing(self) -> bool:
+        return self._conn.is_terminated
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended (orderly, aborted or timed out)."""
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None and not isinstance(exc, RoamlinkError):
+            self.abort(APPLICATION_ERROR, f"application error: {type(exc).__name__}")
+        else:
+            self.close()
+        await self.wait_closed()
+
+    # ------------------------------------------------------------------ information
+    @property
+    def local_addr(self) -> Address:
+        return self._endpoint.local_addr
+
+    @property
+    def remote_addr(self) -> Address:
+        return self._conn.remote_addr
+
+    @property
+    def connection_id(self) -> str:
+        return self._conn.local_cid.hex()
+
+    @property
+    def error(self) -> RoamlinkError | None:
+        return self._conn.error
+
+    def stats(self) -> ConnectionStats:
+        return self._conn.stats()
+
+    def events(self) -> asyncio.Queue[Event]:
+        """A queue that receives every later event of this connection (e.g. PathChanged)."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._event_listeners.append(queue)
+        return queue
+
+    def __repr__(self) -> str:
+        return (f"<roamlink.Stream {self.connection_id} {self._conn.state.value} "
+                f"remote={self.remote_addr}>")
+
+    # ------------------------------------------------------------------ helpers
+    def _raise_if_failed(self) -> None:
+        err = self._conn.error
+        if err is not None and not (isinstance(err, ConnectionClosed)
+                                    and type(err) is ConnectionClosed):
+            raise err
+
+    async def _wait(self, slot: str) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        setattr(self, slot, waiter)
+        try:
+            await waiter
+        finally:
+            setattr(self, slot, None)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

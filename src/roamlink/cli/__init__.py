@@ -1,0 +1,1 @@
+"""The ``roamlink`` command-line tool."""
