@@ -41,16 +41,23 @@ ALPHA = 3
 BETA = 6
 #: Slow start ends once this many of our packets are queued.
 GAMMA = 2
-#: Fraction of the error to the target corrected per round trip.
+#: Fraction of the error to the target corrected per adjustment.
 GAIN = 0.5
-#: Growth per round trip while the queue stays empty (fraction of the window).
+#: Growth per adjustment while the queue stays empty (fraction of the window).
 RAMP = 1 / 8
 #: Loss fraction of a round above which loss counts as congestion whatever the delay says.
 HEAVY_LOSS = 0.3
+#: Loss fraction of a round that ends slow start even without a delay rise.
+SLOW_START_LOSS = 0.1
+#: A loss is congestive only if the delay rose by more than this (clamped fraction of base):
+#: a few packets of queue on a fast link are well inside the jitter of real paths.
+DELAY_RISE_FRACTION = 1 / 8
+DELAY_RISE_MIN = 0.002
+DELAY_RISE_MAX = 0.008
 #: Never shrink below this fraction of the window in one congestion event.
 MIN_DECREASE = 0.5
-#: RTT samples over which slow start takes the minimum (filters jitter).
-_SS_SAMPLES = 3
+#: RTT samples over which the latest delay is judged (the minimum filters jitter).
+_RECENT_SAMPLES = 4
 
 
 class Vegas(CongestionController):
@@ -58,16 +65,16 @@ class Vegas(CongestionController):
 
     def __init__(self, max_datagram_size: int, initial_window_packets: int) -> None:
         super().__init__(max_datagram_size, initial_window_packets)
-        self._round_start = 0.0  # packets sent at or after this time belong to the next round
+        self._round_start = 0.0  # ACK of a packet sent at or after this ends the round
+        self._settling = False  # the round after a change measures the old window: skip it
         self._round_min_rtt = float("inf")
         self._round_acked = 0
         self._round_lost = 0
         self._round_max_in_flight = 0
-        self._empty_rounds = 0
         self._recovery_start = -1.0
         self._recent: list[float] = []
         self._phase = "slow_start"
-        self.queue_estimate = 0.0  # packets, at the last round's end
+        self.queue_estimate = 0.0  # our packets queued at the bottleneck, last measurement
         self.random_losses = 0  # loss events judged non-congestive
 
     @property
@@ -80,7 +87,7 @@ class Vegas(CongestionController):
 
     def _queued(self, rtt_sample: float, base: float) -> float:
         """Packets of ours in the bottleneck queue if the RTT is ``rtt_sample``."""
-        if rtt_sample <= base or rtt_sample <= 0:
+        if rtt_sample <= base:
             return 0.0
         return self.cwnd / self.mss * (rtt_sample - base) / rtt_sample
 
@@ -91,6 +98,10 @@ class Vegas(CongestionController):
         latest = rtt.latest
         if latest < self._round_min_rtt:
             self._round_min_rtt = latest
+        recent = self._recent
+        recent.append(latest)
+        if len(recent) > _RECENT_SAMPLES:
+            del recent[0]
         acked = 0
         newest_sent = 0.0
         for pkt in packets:
@@ -103,91 +114,103 @@ class Vegas(CongestionController):
         # sends little must not inflate the window with growth it never tested
         limited = self._round_max_in_flight + 2 * self.mss >= self.cwnd * 0.75
         if self._phase == "slow_start":
-            recent = self._recent
-            recent.append(latest)
-            if len(recent) > _SS_SAMPLES:
-                del recent[0]
-            if len(recent) == _SS_SAMPLES and self._queued(min(recent), base) > GAMMA:
-                self._exit_slow_start(min(recent), base)
+            if len(recent) == _RECENT_SAMPLES and self._queued(min(recent), base) > GAMMA:
+                self._exit_slow_start(min(recent), base, now)
             elif limited:
                 self.cwnd += acked
                 if self.cwnd >= self.ssthresh:
                     self._phase = "ramp_up"
+                    self._settling = True
         if newest_sent >= self._round_start:
             self._end_round(now, base, limited)
 
-    def _exit_slow_start(self, rtt_sample: float, base: float) -> None:
+    def _exit_slow_start(self, rtt_sample: float, base: float, now: float) -> None:
         """Delay rose: drop the queue slow start built and continue with the Vegas update."""
         target = self.cwnd * base / rtt_sample + (ALPHA + BETA) / 2 * self.mss
         self.cwnd = max(int(min(self.cwnd, target)), self.min_window)
         self.ssthresh = self.cwnd
         self._phase = "steady"
+        self._settling = True
+        self._round_start = now
 
     def _end_round(self, now: float, base: float, limited: bool) -> None:
         rtt_min = self._round_min_rtt
-        queued = self._queued(rtt_min, base) if rtt_min != float("inf") else 0.0
-        self.queue_estimate = queued
-        if self._phase != "slow_start" and rtt_min != float("inf"):
-            mss = self.mss
+        if self._phase == "slow_start":
+            total = self._round_acked + self._round_lost
+            if total >= 8 and self._round_lost > SLOW_START_LOSS * total:
+                self.ssthresh = self.cwnd  # loss too frequent to be only random noise
+                self._phase = "ramp_up"
+                self._settling = True
+        elif self._settling:
+            self._settling = False
+        elif rtt_min != float("inf"):
+            queued = self._queued(rtt_min, base)
+            self.queue_estimate = queued
+            before = self.cwnd
             if queued < 1.0:
-                self._empty_rounds += 1
-            else:
-                self._empty_rounds = 0
-            if queued < ALPHA and self._empty_rounds >= 2:
+                # nothing queued: the path has room; grow by a fraction of the window
                 if limited:
-                    self.cwnd += max(int(self.cwnd * RAMP), mss)
+                    self.cwnd += max(int(self.cwnd * RAMP), self.mss)
                 self._phase = "ramp_up"
             else:
-                delta = GAIN * ((ALPHA + BETA) / 2 - queued) * mss
+                delta = GAIN * ((ALPHA + BETA) / 2 - queued) * self.mss
                 if delta > 0 and not limited:
                     delta = 0
-                # at most double, at most halve per round
                 delta = max(min(delta, self.cwnd), -self.cwnd * MIN_DECREASE)
                 self.cwnd = max(int(self.cwnd + delta), self.min_window)
                 self._phase = "steady"
+            self._settling = self.cwnd != before
         self._round_start = now
         self._round_min_rtt = float("inf")
         self._round_acked = 0
         self._round_lost = 0
         self._round_max_in_flight = 0
 
+    def _delay_rose(self, rtt: RttEstimator) -> bool:
+        """Whether recent RTT samples show a queue clearly above our target."""
+        if not self._recent:
+            return False
+        base = rtt.base
+        sample = min(self._recent)
+        threshold = min(max(base * DELAY_RISE_FRACTION, DELAY_RISE_MIN), DELAY_RISE_MAX)
+        return sample - base > threshold and self._queued(sample, base) > BETA
+
     def on_packets_lost(self, packets: list[SentPacket], rtt: RttEstimator, now: float) -> None:
         self._round_lost += len(packets)
         newest = max((p.time_sent for p in packets if p.in_flight), default=None)
         if newest is None or newest <= self._recovery_start:
             return  # one reaction per round trip of losses
-        base = rtt.base
-        queued = self._queued(rtt.latest, base) if rtt.has_sample else 0.0
         total = self._round_acked + self._round_lost
         heavy = total >= 8 and self._round_lost > HEAVY_LOSS * total
-        if queued <= BETA and not heavy:
+        if not heavy and not self._delay_rose(rtt):
             # random loss: the delay says the queue is not growing; repair, keep the rate
             self.random_losses += 1
-            if self._phase == "slow_start":
-                self.ssthresh = self.cwnd
-                self._phase = "ramp_up"
             return
+        base = rtt.base
         self._recovery_start = now
         self.congestion_events += 1
-        fitted = self.cwnd * base / max(rtt.latest, base) + (ALPHA + BETA) / 2 * self.mss
+        sample = min(self._recent) if self._recent else rtt.latest
+        fitted = self.cwnd * base / max(sample, base) + (ALPHA + BETA) / 2 * self.mss
         if heavy:
             fitted = min(fitted, self.cwnd * 0.7)
-        self.cwnd = max(int(max(min(fitted, self.cwnd * 0.85), self.cwnd * MIN_DECREASE)),
+        # the delay tells how much of the window the path carries: shrink to that
+        self.cwnd = max(int(max(min(fitted, self.cwnd), self.cwnd * MIN_DECREASE)),
                         self.min_window)
         self.ssthresh = self.cwnd
-        self._empty_rounds = 0
         self._phase = "recovery"
+        self._settling = True
+        self._round_start = now
 
     def on_path_change(self) -> None:
         super().on_path_change()
         self._phase = "slow_start"
         self._recent.clear()
-        self._empty_rounds = 0
         self._recovery_start = -1.0
         self._round_min_rtt = float("inf")
+        self._settling = False
 
     def on_idle(self) -> None:
         super().on_idle()
         self._phase = "slow_start"
         self._recent.clear()
-        self._empty_rounds = 0
+        self._settling = False
