@@ -56,6 +56,12 @@ DELAY_RISE_MIN = 0.002
 DELAY_RISE_MAX = 0.008
 #: Never shrink below this fraction of the window in one congestion event.
 MIN_DECREASE = 0.5
+#: Every this many seconds of steady sending, shrink the window by PROBE_DEPTH for two rounds
+#: so the bottleneck queue (other flows' packets too) drains and the base RTT is re-measured.
+#: Without it a flow that starts while others keep a queue takes that queue for the empty
+#: path and settles at about 1.6 times their share (Vegas's "late-comer advantage").
+PROBE_INTERVAL = 2.0
+PROBE_DEPTH = 1 / 4
 #: RTT samples over which the latest delay is judged (the minimum filters jitter).
 _RECENT_SAMPLES = 4
 
@@ -74,6 +80,10 @@ class Vegas(CongestionController):
         self._recovery_start = -1.0
         self._recent: list[float] = []
         self._phase = "slow_start"
+        self._next_probe = float("inf")
+        self._was_empty = False
+        self._probe_rounds = 0
+        self._probe_saved = 0
         self.queue_estimate = 0.0  # our packets queued at the bottleneck, last measurement
         self.random_losses = 0  # loss events judged non-congestive
 
@@ -132,23 +142,40 @@ class Vegas(CongestionController):
         self._phase = "steady"
         self._settling = True
         self._round_start = now
+        self._next_probe = now + PROBE_INTERVAL
 
     def _end_round(self, now: float, base: float, limited: bool) -> None:
         rtt_min = self._round_min_rtt
+        if self._next_probe == float("inf") and self._phase != "slow_start":
+            self._next_probe = now + PROBE_INTERVAL
         if self._phase == "slow_start":
             total = self._round_acked + self._round_lost
             if total >= 8 and self._round_lost > SLOW_START_LOSS * total:
                 self.ssthresh = self.cwnd  # loss too frequent to be only random noise
                 self._phase = "ramp_up"
                 self._settling = True
+        elif self._phase == "probe_rtt":
+            self._probe_rounds += 1
+            if self._probe_rounds >= 2:
+                # the drained rounds refreshed the base RTT (the estimator keeps the minimum)
+                self.cwnd = max(self.cwnd, self._probe_saved)
+                self._phase = "steady"
+                self._settling = True
+                self._next_probe = now + PROBE_INTERVAL
         elif self._settling:
             self._settling = False
+        elif now >= self._next_probe and limited:
+            self._probe_saved = self.cwnd
+            self.cwnd = max(int(self.cwnd * (1 - PROBE_DEPTH)), self.min_window)
+            self._phase = "probe_rtt"
+            self._probe_rounds = 0
         elif rtt_min != float("inf"):
             queued = self._queued(rtt_min, base)
             self.queue_estimate = queued
             before = self.cwnd
-            if queued < 1.0:
-                # nothing queued: the path has room; grow by a fraction of the window
+            empty = queued < 1.0
+            if empty and self._was_empty:
+                # nothing queued twice in a row: the path has room; grow by a fraction
                 if limited:
                     self.cwnd += max(int(self.cwnd * RAMP), self.mss)
                 self._phase = "ramp_up"
@@ -159,6 +186,7 @@ class Vegas(CongestionController):
                 delta = max(min(delta, self.cwnd), -self.cwnd * MIN_DECREASE)
                 self.cwnd = max(int(self.cwnd + delta), self.min_window)
                 self._phase = "steady"
+            self._was_empty = empty
             self._settling = self.cwnd != before
         self._round_start = now
         self._round_min_rtt = float("inf")
@@ -197,6 +225,7 @@ class Vegas(CongestionController):
         self.cwnd = max(int(max(min(fitted, self.cwnd), self.cwnd * MIN_DECREASE)),
                         self.min_window)
         self.ssthresh = self.cwnd
+        self._probe_saved = min(self._probe_saved, self.cwnd)
         self._phase = "recovery"
         self._settling = True
         self._round_start = now
@@ -208,9 +237,11 @@ class Vegas(CongestionController):
         self._recovery_start = -1.0
         self._round_min_rtt = float("inf")
         self._settling = False
+        self._next_probe = float("inf")
 
     def on_idle(self) -> None:
         super().on_idle()
         self._phase = "slow_start"
         self._recent.clear()
         self._settling = False
+        self._next_probe = float("inf")

@@ -15,9 +15,10 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from ..config import Config
 from ..core.connection import Connection
 from ..core.events import ConnectionStats
-from .simnet import LinkStats, SimNetwork, SimNode
+from .simnet import LinkConfig, LinkStats, SimNetwork, SimNode
 
 _CHUNK = 64 * 1024
 
@@ -146,3 +147,87 @@ class QueueProbe:
     def average(self) -> float:
         n = self.stats.queue_samples - self._samples
         return (self.stats.queue_delay_total - self._total) / n if n else 0.0
+
+
+@dataclass
+class BottleneckRun:
+    """Figures of one :func:`run_bottleneck` scenario."""
+
+    controller: str
+    loss: float
+    seconds: float
+    rate: float
+    goodputs: list[float]  # per flow, bytes/s over the measured stretch
+    queue_delay: float  # average queueing delay at the bottleneck over the measured stretch
+    queue_delay_max: float
+    queue_drops: int
+    exact: bool  # every flow ended with the receiver's hash equal to the sender's
+    stats: list[ConnectionStats]  # senders' stats at the end of the measured stretch
+
+    @property
+    def goodput(self) -> float:
+        return sum(self.goodputs)
+
+    @property
+    def utilisation(self) -> float:
+        return self.goodput / self.rate
+
+    def summary(self) -> dict[str, object]:
+        st = self.stats[0]
+        return {"cc": self.controller, "loss": self.loss, "sim_s": self.seconds,
+                "goodput_MBps": [round(g / 1e6, 3) for g in self.goodputs],
+                "of_bottleneck": round(self.utilisation, 3),
+                "queue_delay_ms": round(self.queue_delay * 1e3, 2),
+                "queue_delay_max_ms": round(self.queue_delay_max * 1e3, 2),
+                "queue_drops": self.queue_drops, "exact": self.exact,
+                "srtt_ms": round(st.smoothed_rtt * 1e3, 2),
+                "min_rtt_ms": round(st.min_rtt * 1e3, 2), "cwnd": st.cwnd,
+                "lost": st.packets_lost, "retransmissions": st.retransmissions,
+                "spurious": st.spurious_losses, "congestion_events": st.congestion_events,
+                "state": st.congestion_state}
+
+
+def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
+                   rate: float = 100e6 / 8, queue_packets: int = 100, one_way_delay: float = 0.01,
+                   flows: int = 1, stagger: float = 0.0, warmup: float = 0.0, seed: int = 1,
+                   config: Config | None = None) -> BottleneckRun:
+    """Bulk flows from one host to another through a bottleneck (issue 7's scenario).
+
+    The forward link has the rate limit, the finite queue and ``loss``; the reverse link
+    (ACKs) has the same delay and loss but no rate limit. Flow *i* starts ``i * stagger``
+    seconds after the first; goodput and queueing delay are measured from ``warmup`` to
+    ``seconds`` after the first flow started. Then every flow closes and must end hash-exact.
+    """
+    cfg = (config or Config()).replace(congestion_control=controller)
+    net = SimNetwork(seed=seed)
+    server = net.add_node(("10.0.0.1", 4433), cfg, listen=True)
+    net.set_link("10.0.0.2", "10.0.0.1", LinkConfig(delay=one_way_delay, loss=loss, rate=rate,
+                                                    queue_packets=queue_packets),
+                 both_ways=False)
+    net.set_link("10.0.0.1", "10.0.0.2", LinkConfig(delay=one_way_delay, loss=loss),
+                 both_ways=False)
+    client = net.add_node(("10.0.0.2", 5000), cfg)
+    link = net.link_stats("10.0.0.2", "10.0.0.1")
+    started: list[Flow] = []
+    t0 = net.now
+    for i in range(flows):
+        if i:
+            drive(net, started, t0 + i * stagger)
+        started.append(open_flow(net, client, server, seed=seed * 100 + i))
+    drive(net, started, t0 + warmup)
+    probe = QueueProbe(link)
+    probe.start()
+    max_before = link.queue_delay_max
+    link.queue_delay_max = 0.0
+    for f in started:
+        f.mark("start")
+    drive(net, started, t0 + seconds)
+    for f in started:
+        f.mark("end")
+    stats = [f.stats() for f in started]
+    delay, delay_max = probe.average(), link.queue_delay_max
+    link.queue_delay_max = max(delay_max, max_before)
+    ok = finish(net, started)
+    return BottleneckRun(controller, loss, seconds, rate,
+                         [f.goodput("start", "end") for f in started], delay, delay_max,
+                         link.queue_drops, ok and all(f.exact() for f in started), stats)

@@ -50,6 +50,7 @@ class LinkStats:
     reordered: int = 0
     queue_delay_total: float = 0.0
     queue_samples: int = 0
+    queue_delay_max: float = 0.0
 
 
 @dataclass
@@ -176,6 +177,8 @@ class SimNetwork:
             link.busy_until = depart
             heapq.heappush(queue, depart)
             st.queue_delay_total += start - self.now
+            if start - self.now > st.queue_delay_max:
+                st.queue_delay_max = start - self.now
             st.queue_samples += 1
         for _ in range(copies):
             arrive = depart + cfg.delay
