@@ -64,6 +64,8 @@ _MAX_CLOSE_RESENDS = 8
 #: Packet numbers below the newest one the peer knows we acknowledged that we still report
 #: (so a slightly reordered packet is not taken for a duplicate).
 _ACK_HISTORY = 16
+#: A receiver that only acknowledges adds a PING to every this many ACK-only packets.
+_ACK_ONLY_PING_EVERY = 16
 _PN = struct.Struct("!Q")
 _SHORT_TYPE = b"\x40"
 _PING = bytes((wire.PING,))
@@ -124,6 +126,7 @@ class Connection:
         self._ack_deadline: float | None = None
         self._ack_eliciting_unacked = 0
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
+        self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
 
         # control frames waiting to be (re)sent
         self._control: deque[wire.Frame] = deque()
@@ -482,6 +485,10 @@ class Connection:
                         self._handshake_pending = True
                 elif isinstance(frame, wire.PingFrame):
                     pass  # a lost PING needs no repeat
+                elif isinstance(frame, wire.DataBlockedFrame):
+                    if (frame.limit == self.peer_max_data
+                            and self.send_buf.next_offset >= self.peer_max_data):
+                        self._control.append(frame)  # still blocked there: say it again
                 else:
                     self._control.append(frame)
         self.cc.on_packets_lost(lost, self.rtt, now)
@@ -659,8 +666,17 @@ class Connection:
                 if probing and not eliciting:
                     parts.append(_PING)  # a probe must elicit an ACK
                     eliciting = True
+                elif not eliciting and parts and self._ack_only_sent >= _ACK_ONLY_PING_EVERY:
+                    # a pure receiver's ACKs are never acknowledged, so it would repeat old
+                    # ranges forever: now and then make one elicit an ACK (ack of ack)
+                    parts.append(_PING)
+                    eliciting = True
             if not parts:
                 break
+            if eliciting:
+                self._ack_only_sent = 0
+            else:
+                self._ack_only_sent += 1
             if retransmission:
                 self.retransmissions += 1
             datagram = self._finish_packet(parts, now, stream, control, eliciting)

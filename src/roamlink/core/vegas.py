@@ -77,6 +77,8 @@ class Vegas(CongestionController):
         self._round_acked = 0
         self._round_lost = 0
         self._round_max_in_flight = 0
+        self._last_round_max_in_flight = 0
+        self._last_round_counts = (0, 0)
         self._recovery_start = -1.0
         self._recent: list[float] = []
         self._phase = "slow_start"
@@ -105,7 +107,7 @@ class Vegas(CongestionController):
                          bytes_in_flight: int) -> None:
         if not rtt.has_sample:
             return
-        latest = rtt.latest
+        latest = rtt.latest_path
         if latest < self._round_min_rtt:
             self._round_min_rtt = latest
         recent = self._recent
@@ -122,7 +124,8 @@ class Vegas(CongestionController):
         base = rtt.base
         # the window counts as used if the round had it (nearly) full: an application that
         # sends little must not inflate the window with growth it never tested
-        limited = self._round_max_in_flight + 2 * self.mss >= self.cwnd * 0.75
+        used = max(self._round_max_in_flight, self._last_round_max_in_flight)
+        limited = used + 2 * self.mss >= self.cwnd * 0.75
         if self._phase == "slow_start":
             if len(recent) == _RECENT_SAMPLES and self._queued(min(recent), base) > GAMMA:
                 self._exit_slow_start(min(recent), base, now)
@@ -149,8 +152,7 @@ class Vegas(CongestionController):
         if self._next_probe == float("inf") and self._phase != "slow_start":
             self._next_probe = now + PROBE_INTERVAL
         if self._phase == "slow_start":
-            total = self._round_acked + self._round_lost
-            if total >= 8 and self._round_lost > SLOW_START_LOSS * total:
+            if self._loss_fraction() > SLOW_START_LOSS:
                 self.ssthresh = self.cwnd  # loss too frequent to be only random noise
                 self._phase = "ramp_up"
                 self._settling = True
@@ -190,9 +192,21 @@ class Vegas(CongestionController):
             self._settling = self.cwnd != before
         self._round_start = now
         self._round_min_rtt = float("inf")
+        self._last_round_counts = (self._round_acked, self._round_lost)
         self._round_acked = 0
         self._round_lost = 0
+        self._last_round_max_in_flight = self._round_max_in_flight
         self._round_max_in_flight = 0
+
+    def _loss_fraction(self) -> float:
+        """Lost / (acked + lost) over this round and the last; 0 until half a window is known
+        (a few losses early in a round say nothing about the loss rate)."""
+        acked = self._round_acked + self._last_round_counts[0]
+        lost = self._round_lost + self._last_round_counts[1]
+        total = acked + lost
+        if total < 8 or total * self.mss < self.cwnd // 2:
+            return 0.0
+        return lost / total
 
     def _delay_rose(self, rtt: RttEstimator) -> bool:
         """Whether recent RTT samples show a queue clearly above our target."""
@@ -208,8 +222,7 @@ class Vegas(CongestionController):
         newest = max((p.time_sent for p in packets if p.in_flight), default=None)
         if newest is None or newest <= self._recovery_start:
             return  # one reaction per round trip of losses
-        total = self._round_acked + self._round_lost
-        heavy = total >= 8 and self._round_lost > HEAVY_LOSS * total
+        heavy = self._loss_fraction() > HEAVY_LOSS
         if not heavy and not self._delay_rose(rtt):
             # random loss: the delay says the queue is not growing; repair, keep the rate
             self.random_losses += 1
@@ -217,7 +230,7 @@ class Vegas(CongestionController):
         base = rtt.base
         self._recovery_start = now
         self.congestion_events += 1
-        sample = min(self._recent) if self._recent else rtt.latest
+        sample = min(self._recent) if self._recent else rtt.latest_path
         fitted = self.cwnd * base / max(sample, base) + (ALPHA + BETA) / 2 * self.mss
         if heavy:
             fitted = min(fitted, self.cwnd * 0.7)
