@@ -359,18 +359,25 @@ class Connection:
             if _ack_eliciting(frame):
                 eliciting = True
             self._on_frame(frame, addr, now)
-            if self.state in (State.DRAINING, State.CLOSED, State.CLOSING):
+            if self.state in (State.CLOSED, State.CLOSING) or (
+                    self.state is State.DRAINING and not self._graceful_drain):
                 return
 
         if eliciting:
             self._ack_eliciting_unacked += 1
             if (out_of_order or self._ack_eliciting_unacked >= self.config.ack_every
-                    or first != wire.SHORT or self.state is State.HANDSHAKING):
+                    or first != wire.SHORT or self.state is State.HANDSHAKING
+                    or self.state is State.DRAINING):
                 self._ack_pending = True
                 self._ack_deadline = None
             elif self._ack_deadline is None:
                 self._ack_deadline = now + self.config.max_ack_delay
         self._check_streams_done(now)
+        if self.state is State.DRAINING and self._ack_deadline is not None:
+            # no ACK timer runs while draining: the peer's FIN must be acknowledged now, or
+            # the peer retransmits it until its idle timeout
+            self._ack_pending = True
+            self._ack_deadline = None
 
     def on_packet_path(self, addr: Address, size: int, is_newest: bool, now: float) -> None:
         """Hook for path tracking (a packet from ``addr`` was accepted)."""
