@@ -167,14 +167,14 @@ class Endpoint:
     def pause_reading(self) -> None:
         """Stop taking datagrams off the socket (they queue in, then overflow, the kernel)."""
         if self._transport is not None:
-            self._transport.pause_reading()
+            self._transport.pause_reading()  # type: ignore[attr-defined]  # (selector's has it)
         elif self._reading and self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self._reading = False
 
     def resume_reading(self) -> None:
         if self._transport is not None:
-            self._transport.resume_reading()
+            self._transport.resume_reading()  # type: ignore[attr-defined]
         elif not self._reading and not self._closing and self.sock is not None:
             self.loop.add_reader(self.sock.fileno(), self._on_readable)
             self._reading = True
