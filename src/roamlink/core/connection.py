@@ -322,19 +322,19 @@ class Connection:
 
         if pn > self._largest_received + MAX_PACKET_NUMBER_JUMP:
             raise wire.MalformedPacket("packet number far beyond any in flight")
-        frames = wire.decode_frames(memoryview(data)[offset:])
+        frames = wire.decode_frames(data, offset)
         if self.state is State.DRAINING and not self._graceful_drain:
             return
         if self.state is State.CLOSING:
             self._close_resend_due = self._close_resends < _MAX_CLOSE_RESENDS
             return
-        lowest = self._received.first()
-        if self._received.contains(pn) or (lowest is not None and pn < lowest[0]):
+        largest = self._largest_received
+        if pn <= largest and self._is_duplicate(pn):
             self.duplicate_packets += 1
             if any(_ack_eliciting(f) for f in frames):
                 self._ack_pending = True  # our ACK may have been lost
             return
-        if (self.recv_buf.segment_count >= MAX_SEGMENTS
+        if (len(self.recv_buf._segments) >= MAX_SEGMENTS
                 and any(isinstance(f, wire.PushFrame) for f in frames)):
             self.dropped_packets += 1  # not acknowledged: the peer will send it again
             return
@@ -342,10 +342,12 @@ class Connection:
         self.packets_received += 1
         self.bytes_received += len(data)
         self._last_received = now
-        is_newest = pn > self._largest_received
-        out_of_order = pn != self._largest_received + 1
-        self._received.add(pn, pn + 1)
-        self._received.drop_oldest(wire.MAX_ACK_RANGES)
+        is_newest = pn > largest
+        out_of_order = pn != largest + 1
+        received = self._received
+        received.add(pn, pn + 1)
+        if out_of_order:
+            received.drop_oldest(wire.MAX_ACK_RANGES)
         if is_newest:
             self._largest_received = pn
             self._largest_received_time = now
@@ -355,7 +357,12 @@ class Connection:
             self._complete_handshake()  # server: the client used the CID it learnt from us
 
         eliciting = False
+        push_frame = wire.PushFrame
         for frame in frames:
+            if type(frame) is push_frame:  # the common case, without the generic dispatch
+                eliciting = True
+                self._on_push(frame)
+                continue
             if _ack_eliciting(frame):
                 eliciting = True
             self._on_frame(frame, addr, now)
@@ -378,6 +385,11 @@ class Connection:
             # the peer retransmits it until its idle timeout
             self._ack_pending = True
             self._ack_deadline = None
+
+    def _is_duplicate(self, pn: int) -> bool:
+        """``pn`` (not above the largest received) was seen, or is older than we remember."""
+        lowest = self._received.first()
+        return self._received.contains(pn) or (lowest is not None and pn < lowest[0])
 
     def on_packet_path(self, addr: Address, size: int, is_newest: bool, now: float) -> None:
         """Hook for path tracking (a packet from ``addr`` was accepted)."""
@@ -467,11 +479,25 @@ class Connection:
         if acked:
             send_buf = self.send_buf
             peer_knows = -1
+            # consecutive packets usually carry adjacent stream ranges: acknowledge each run
+            # of them in one call instead of one call per packet
+            run_start = run_end = -1
             for pkt in acked:
                 for offset, length, fin in pkt.stream:
-                    send_buf.on_acked(offset, length, fin)
+                    if offset == run_end and not fin:
+                        run_end += length
+                        continue
+                    if run_end > run_start:
+                        send_buf.on_acked(run_start, run_end - run_start, False)
+                    if fin:
+                        send_buf.on_acked(offset, length, True)
+                        run_start = run_end = -1
+                    else:
+                        run_start, run_end = offset, offset + length
                 if pkt.largest_acked > peer_knows:
                     peer_knows = pkt.largest_acked
+            if run_end > run_start:
+                send_buf.on_acked(run_start, run_end - run_start, False)
             if peer_knows > _ACK_HISTORY:
                 # the peer saw an ACK up to peer_knows: stop repeating older ranges
                 self._received.shift_until(peer_knows - _ACK_HISTORY)
@@ -548,7 +574,7 @@ class Connection:
 
     def _check_streams_done(self, now: float) -> None:
         """Four-way close complete: our FIN was acknowledged and the peer's FIN arrived."""
-        if (self.is_established and self.send_buf.fin_requested and self.send_buf.all_acked
+        if (self.send_buf.fin_requested and self.is_established and self.send_buf.all_acked
                 and self.recv_buf.fin_offset is not None
                 and self.recv_buf.delivered == self.recv_buf.fin_offset):
             self._set_state(Trigger.STREAMS_DONE)
@@ -665,10 +691,12 @@ class Connection:
                         self._maybe_blocked(parts, control)
                         break
                     offset, data, fin = rng
-                    parts.append(wire.encode_push_header(offset, len(data), fin))
+                    length = len(data)
+                    header = _push_header(offset, length, fin)
+                    parts.append(header)
                     parts.append(data)
-                    size += wire.push_header_size(offset, len(data)) + len(data)
-                    stream.append((offset, len(data), fin))
+                    size += len(header) + length
+                    stream.append((offset, length, fin))
                 eliciting = bool(stream or control)
                 if probing and not eliciting:
                     parts.append(_PING)  # a probe must elicit an ACK
@@ -823,6 +851,22 @@ class Connection:
             recv_buffered=self.recv_buf.buffered,
             flow_control_blocked=self.flow_blocked,
         )
+
+
+_PUSH_SMALL = struct.Struct("!BIH")  # offset < 2**30, length < 2**14: 4- and 2-byte varints
+_PUSH_LARGE = struct.Struct("!BQI")
+
+
+def _push_header(offset: int, length: int, fin: bool) -> bytes:
+    """A PUSH frame header with fixed-width varints (one struct call, not three encodes).
+
+    Varints need not be minimal (as in QUIC); the two extra bytes beside the shortest form
+    are cheaper than building it byte by byte for every packet.
+    """
+    kind = wire.PUSH_FIN if fin else wire.PUSH
+    if offset < 0x4000_0000 and length < 0x4000:
+        return _PUSH_SMALL.pack(kind, offset | 0x8000_0000, length | 0x4000)
+    return _PUSH_LARGE.pack(kind, offset | 0xC000_0000_0000_0000, length | 0x8000_0000)
 
 
 class _HandshakeMark(wire.PingFrame):
