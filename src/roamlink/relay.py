@@ -358,7 +358,6 @@ class Relay:
         self._up_identity = up.is_identity
         self._down_identity = down.is_identity
         self._mappings: dict[tuple[object, ...], _Mapping] = {}
-        self._by_fd: dict[int, _Mapping] = {}
         self._stats = _Stats()
         # Pending releases: (time, seq, is_up, mapping, data); seq keeps FIFO among equal times.
         self._heap: list[tuple[float, int, bool, _Mapping, bytes]] = []
@@ -422,12 +421,19 @@ class Relay:
         if self._closed:
             return
         for m in list(self._mappings.values()):
-            self._close_upstream(m)
+            old_sock, old_fd = m.sock, m.fd
             try:
+                # Open the new socket before closing the old one so the port cannot be reused.
                 self._open_upstream(m)
             except OSError:
                 logger.exception("relay: cannot open upstream socket for %r", m.client)
                 del self._mappings[m.client]
+                m.sock, m.fd = old_sock, old_fd
+                self._close_upstream(m)
+                continue
+            if old_sock is not None:
+                self._loop.remove_reader(old_fd)
+                old_sock.close()
         self._stats.rebinds += 1
 
     def close(self) -> None:
@@ -476,14 +482,12 @@ class Relay:
             raise
         m.sock = sock
         m.fd = sock.fileno()
-        self._by_fd[m.fd] = m
         self._loop.add_reader(m.fd, self._on_upstream_readable, m)
 
     def _close_upstream(self, m: _Mapping) -> None:
         if m.sock is None:
             return
         self._loop.remove_reader(m.fd)
-        self._by_fd.pop(m.fd, None)
         m.sock.close()
         m.sock = None
         m.fd = -1
