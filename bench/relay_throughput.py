@@ -48,13 +48,16 @@ def _relay_main(conn: multiprocessing.connection.Connection, target: tuple[str, 
     async def serve() -> None:
         relay = await start_relay(("127.0.0.1", 0), target)
         conn.send(relay.local_addr)
+        cpu0 = time.process_time()
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
         loop.add_reader(conn.fileno(), lambda: stop.done() or stop.set_result(None))
         await stop
         loop.remove_reader(conn.fileno())
         conn.recv()
-        conn.send(dataclasses.asdict(relay.counters()))
+        stats: dict[str, Any] = dataclasses.asdict(relay.counters())
+        stats["cpu_s"] = round(time.process_time() - cpu0, 3)
+        conn.send(stats)
         relay.close()
         await relay.wait_closed()
 
@@ -183,6 +186,10 @@ async def _run(args: argparse.Namespace, loop_name: str) -> dict[str, Any]:
     finally:
         rt.close()
     result["mb_per_s"] = result["relay"]["mb_per_s"]
+    rc = result["relay_counters"]
+    handled = rc["up_received"] + rc["down_received"]
+    if handled:
+        result["relay_cpu_us_per_datagram"] = round(rc["cpu_s"] / handled * 1e6, 2)
     return result
 
 

@@ -511,47 +511,87 @@ class Relay:
 
     # -- datagram path ----------------------------------------------------------------
     def _on_listen_readable(self) -> None:
-        sock = self._sock
-        stats = self._stats
-        mappings = self._mappings
-        for _ in range(_BATCH):
-            try:
-                data, client = sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # e.g. ICMP error queued on the socket; nothing to forward
-            stats.up_received += 1
-            stats.up_received_bytes += len(data)
-            m = mappings.get(client)
-            if m is None:
-                m = self._mapping_for(client)
+        # Hot path: counters are accumulated in locals and stored once per batch.
+        recvfrom = self._sock.recvfrom
+        get = self._mappings.get
+        identity = self._up_identity
+        n = nbytes = fwd = fwd_bytes = failed = 0
+        try:
+            for _ in range(_BATCH):
+                try:
+                    data, client = recvfrom(_MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return  # e.g. an ICMP error queued on the socket; nothing to forward
+                size = len(data)
+                n += 1
+                nbytes += size
+                m = get(client)
                 if m is None:
-                    stats.dropped_send += 1
+                    m = self._mapping_for(client)
+                    if m is None:
+                        failed += 1
+                        continue
+                if not identity:
+                    self._schedule(self._up, True, m, data)
                     continue
-            if self._up_identity:
-                self._send_up(m, data)
-            else:
-                self._schedule(self._up, True, m, data)
+                sock = m.sock
+                if sock is None:
+                    failed += 1
+                    continue
+                try:
+                    sock.send(data)
+                except OSError:
+                    failed += 1
+                    continue
+                fwd += 1
+                fwd_bytes += size
+        finally:
+            st = self._stats
+            st.up_received += n
+            st.up_received_bytes += nbytes
+            st.up_forwarded += fwd
+            st.up_forwarded_bytes += fwd_bytes
+            st.dropped_send += failed
 
     def _on_upstream_readable(self, m: _Mapping) -> None:
         sock = m.sock
         if sock is None:
             return
-        stats = self._stats
-        for _ in range(_BATCH):
-            try:
-                data = sock.recv(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # ECONNREFUSED from an ICMP port-unreachable: target not listening
-            stats.down_received += 1
-            stats.down_received_bytes += len(data)
-            if self._down_identity:
-                self._send_down(m, data)
-            else:
-                self._schedule(self._down, False, m, data)
+        recv = sock.recv
+        sendto = self._sock.sendto
+        client = m.client
+        identity = self._down_identity
+        n = nbytes = fwd = fwd_bytes = failed = 0
+        try:
+            for _ in range(_BATCH):
+                try:
+                    data = recv(_MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return  # ECONNREFUSED from an ICMP port-unreachable: target not listening
+                size = len(data)
+                n += 1
+                nbytes += size
+                if not identity:
+                    self._schedule(self._down, False, m, data)
+                    continue
+                try:
+                    sendto(data, client)
+                except OSError:
+                    failed += 1
+                    continue
+                fwd += 1
+                fwd_bytes += size
+        finally:
+            st = self._stats
+            st.down_received += n
+            st.down_received_bytes += nbytes
+            st.down_forwarded += fwd
+            st.down_forwarded_bytes += fwd_bytes
+            st.dropped_send += failed
 
     def _send_up(self, m: _Mapping, data: bytes) -> None:
         sock = m.sock
