@@ -262,7 +262,7 @@ class ImpairmentModel:
 
 
 # ------------------------------------------------------------------------------- relay
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RelayCounters:
     """Snapshot of a relay's counters.  "up" is client -> target, "down" is target -> client.
 
