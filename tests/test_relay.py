@@ -9,6 +9,8 @@ import struct
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from roamlink.relay import (
     Impairment,
@@ -174,6 +176,35 @@ def test_model_rate_plus_delay() -> None:
     # 1000 bytes at 8 Mbit/s = 1 ms serialization, then 20 ms propagation.
     assert model.decide(1.0, 1000) == [pytest.approx(1.021)]
     assert model.decide(1.0, 1000) == [pytest.approx(1.022)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    delay=st.floats(0, 0.1), jitter=st.floats(0, 0.05), loss=st.floats(0, 1),
+    reorder=st.floats(0, 1), duplicate=st.floats(0, 1),
+    rate=st.none() | st.floats(1e4, 1e9), queue=st.integers(1, 50), seed=st.integers(0, 2**32),
+    gaps=st.lists(st.floats(0, 0.01), min_size=1, max_size=200),
+)
+def test_model_invariants(delay: float, jitter: float, loss: float, reorder: float,
+                          duplicate: float, rate: float | None, queue: int, seed: int,
+                          gaps: list[float]) -> None:
+    imp = Impairment(delay=delay, jitter=jitter, loss=loss, reorder=reorder,
+                     duplicate=duplicate, rate=rate, queue_packets=queue, seed=seed)
+    model = ImpairmentModel(imp)
+    now = 0.0
+    outcomes = {0: 0, 1: 0, 2: 0}
+    for gap in gaps:
+        now += gap
+        times = model.decide(now, 1200)
+        outcomes[len(times)] += 1
+        assert all(t >= now for t in times)  # nothing leaves before it arrived
+        max_extra = delay + jitter + imp.reorder_gap
+        if rate is not None:
+            max_extra += queue * 1200 * 8 / rate
+        assert all(t <= now + max_extra + 1e-9 for t in times)
+    assert outcomes[0] == model.dropped_loss + model.dropped_queue
+    assert outcomes[2] == model.duplicated
+    assert model.reordered <= outcomes[1] + outcomes[2]
 
 
 # ------------------------------------------------------------------------------ loopback
