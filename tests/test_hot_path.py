@@ -18,10 +18,11 @@ B = ("10.0.0.1", 4433)
 
 
 @given(st.integers(0, wire.VARINT_MAX - 70000), st.integers(0, 65000), st.booleans())
-def test_fixed_width_push_header_decodes(offset: int, length: int, fin: bool) -> None:
+def test_fast_push_header_is_the_codec_s(offset: int, length: int, fin: bool) -> None:
+    header = _push_header(offset, length, fin)
+    assert header == wire.encode_push_header(offset, length, fin)
     data = bytes(length)
-    frames = wire.decode_frames(_push_header(offset, length, fin) + data)
-    assert frames == [wire.PushFrame(offset, data, fin)]
+    assert wire.decode_frames(header + data) == [wire.PushFrame(offset, data, fin)]
 
 
 @given(st.lists(st.tuples(st.integers(0, 1 << 40), st.binary(max_size=64), st.booleans()),

@@ -300,8 +300,7 @@ class Endpoint:
             datagrams = []
         if datagrams:
             self._out.extend(datagrams)
-        if conn.routing_changes:
-            self.dispatcher.sync_routes(conn)
+        self.dispatcher.sync_routes(conn)
         self._arm_timer(conn)
         observer = self.observers.get(conn)
         if observer is not None:
