@@ -50,10 +50,12 @@ async def _recv() -> dict[str, Any]:
     print(f"PORT {listener.local_addr[1]}", flush=True)
     stream = await listener.accept()
     start = time.perf_counter()
+    cpu0 = time.process_time()
     got = 0
     while chunk := await stream.read(CHUNK):
         got += len(chunk)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     stream.write(b"done")
     stream.write_eof()
     await stream.wait_closed()
@@ -61,7 +63,7 @@ async def _recv() -> dict[str, Any]:
     ep = listener.endpoint
     listener.close()
     await listener.wait_closed()
-    return {"bytes": got, "seconds": elapsed, "mb_per_s": got / elapsed / 1e6,
+    return {"bytes": got, "seconds": elapsed, "cpu_share": round(cpu / elapsed, 2), "mb_per_s": got / elapsed / 1e6,
             "dup": st.duplicate_packets, "pkts_in": st.packets_received,
             "pkts_out": st.packets_sent,
             "io": getattr(ep, "io_stats", lambda: {})()}
@@ -73,16 +75,18 @@ async def _send(port: int, size: int) -> dict[str, Any]:
     stream = await roamlink.connect("127.0.0.1", port, config=_config())
     view = memoryview(payload)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     for off in range(0, len(payload), CHUNK):
         stream.write(view[off:off + CHUNK])
         await stream.drain()
     stream.write_eof()
     assert await stream.read() == b"done"
     el = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     st = stream.stats()
     ep = stream._endpoint
     await stream.wait_closed()
-    return {"send_s": el, "retrans": st.retransmissions, "lost": st.packets_lost,
+    return {"send_s": el, "cpu_share": round(cpu / el, 2), "retrans": st.retransmissions, "lost": st.packets_lost,
             "spurious": st.spurious_losses, "pto": st.pto_count, "srtt_ms": st.smoothed_rtt * 1e3,
             "min_rtt_ms": st.min_rtt * 1e3, "cwnd": st.cwnd, "pkts_out": st.packets_sent,
             "pkts_in": st.packets_received, "io": getattr(ep, "io_stats", lambda: {})()}
