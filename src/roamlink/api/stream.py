@@ -85,7 +85,8 @@ class Stream:
                 return b""
             await self._wait("_read_waiter")
         data = conn.read(n)
-        self._endpoint.mark(conn)  # may release flow-control credit
+        if conn.credit_update_due:
+            self._endpoint.mark(conn)  # tell the peer about the released credit
         return data
 
     async def readexactly(self, n: int) -> bytes:
