@@ -287,3 +287,29 @@ def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         sock.close()
 
     run(main(), 10)
+
+
+def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> None:
+    async def main() -> None:
+        async with await roamlink.listen("127.0.0.1", 0) as listener:
+            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
+            server = await listener.accept()
+            ep = stream._endpoint  # noqa: SLF001
+            for _ in range(100):  # let the handshake's packets be acknowledged (bounded)
+                if not stream._conn.recovery.bytes_in_flight:  # noqa: SLF001
+                    break
+                await asyncio.sleep(0.01)
+            assert stream._conn.recovery.bytes_in_flight == 0  # noqa: SLF001
+            before = ep.io.datagrams_out
+            stream.write(b"ping")  # nothing in flight: sent before the loop runs again
+            assert ep.io.datagrams_out == before + 1
+            stream.write(b"a")  # in flight now: these wait for the end of the tick...
+            stream.write(b"b")
+            assert ep.io.datagrams_out == before + 1
+            assert await server.readexactly(6) == b"pingab"  # ...and arrive all the same
+            assert ep.io.datagrams_out <= before + 3
+            stream.close()
+            server.close()
+            await stream.wait_closed()
+
+    run(main(), 30)

@@ -108,7 +108,7 @@ class Stream:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; raises :class:`ConnectionClosed` (or a subclass) once closed."""
         self._conn.send(bytes(data))
-        self._endpoint.mark(self._conn)
+        self._endpoint.mark_written(self._conn)
 
     def writelines(self, data: list[bytes]) -> None:
         for chunk in data:
