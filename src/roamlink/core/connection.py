@@ -494,8 +494,9 @@ class Connection:
         if old_addr != cand.addr:
             self.addr_changes.append((old_addr, cand.addr))
         self._ack_pending = True  # acknowledge on the new path at once
-        self.log.info("path validated in %.1f ms: %s -> %s (%s)", result.elapsed * 1e3,
-                      old_addr, cand.addr, cand.reason)
+        self.log.info("path validated in %.1f ms: %s -> %s (%s; local socket %d -> %d)",
+                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_local,
+                      cand.local)
         self._events.append(PathChanged(old_addr, cand.addr, cand.reason, result.elapsed,
                                         old_local, cand.local))
         if not self.paths.candidates:
