@@ -343,10 +343,40 @@ class NatTopology(_Topology):
     def _build(self) -> None:
         c, r, s = (self._add_ns(role) for role in ("c", "r", "s"))
         assert (c, r, s) == (self.client_ns, self.router_ns, self.server_ns)
-        _cmd(["ip", "link", "add", "rl-c", "netns", c, "type", "veth",
-              "peer", "name", "rl-in", "netns", r])  # fmt: skip
-        _cmd(["ip", "link", "add", "rl-ext", "netns", r, "type", "veth",
-              "peer", "name", "rl-s", "netns", s])  # fmt: skip
+        _cmd(
+            [
+                "ip",
+                "link",
+                "add",
+                "rl-c",
+                "netns",
+                c,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "rl-in",
+                "netns",
+                r,
+            ]
+        )
+        _cmd(
+            [
+                "ip",
+                "link",
+                "add",
+                "rl-ext",
+                "netns",
+                r,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "rl-s",
+                "netns",
+                s,
+            ]
+        )
         self.ip(c, "addr", "add", f"{self.CLIENT_IP}/24", "dev", "rl-c")
         self.ip(r, "addr", "add", f"{self.ROUTER_INSIDE_IP}/24", "dev", "rl-in")
         for ext in self.ROUTER_EXTERNAL_IPS:
@@ -360,12 +390,39 @@ class NatTopology(_Topology):
 
     def _apply_snat(self) -> None:
         r = self.router_ns
+        to_source = f"{self.router_external_ip}:{_PORT_RANGES[self._range_idx]}"
         self.sh(r, "iptables", "-t", "nat", "-F", "POSTROUTING")
-        self.sh(r, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "rl-ext",
-                "-p", "udp", "-j", "SNAT", "--random-fully",
-                "--to-source", f"{self.router_external_ip}:{_PORT_RANGES[self._range_idx]}")  # fmt: skip
-        self.sh(r, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "rl-ext",
-                "-j", "SNAT", "--to-source", self.router_external_ip)  # fmt: skip
+        self.sh(
+            r,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "rl-ext",
+            "-p",
+            "udp",
+            "-j",
+            "SNAT",
+            "--random-fully",
+            "--to-source",
+            to_source,
+        )
+        self.sh(
+            r,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "rl-ext",
+            "-j",
+            "SNAT",
+            "--to-source",
+            self.router_external_ip,
+        )
 
     def mappings(self) -> list[NatMapping]:
         """Current UDP NAT mappings of client flows (router conntrack table).
@@ -445,8 +502,23 @@ class BottleneckTopology(_Topology):
 
     def _build(self) -> None:
         a, b = self._add_ns("a"), self._add_ns("b")
-        _cmd(["ip", "link", "add", "rl-a", "netns", a, "type", "veth",
-              "peer", "name", "rl-b", "netns", b])  # fmt: skip
+        _cmd(
+            [
+                "ip",
+                "link",
+                "add",
+                "rl-a",
+                "netns",
+                a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "rl-b",
+                "netns",
+                b,
+            ]
+        )
         self.ip(a, "addr", "add", f"{self.A_IP}/24", "dev", "rl-a")
         self.ip(b, "addr", "add", f"{self.B_IP}/24", "dev", "rl-b")
         for ns, dev in ((a, "rl-a"), (b, "rl-b")):
@@ -464,8 +536,22 @@ class BottleneckTopology(_Topology):
         if self.both_directions:
             devs.append((self.b_ns, "rl-b"))
         for ns, dev in devs:
-            self.sh(ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-                    "rate", rate, "burst", str(self.burst_bytes), "limit", str(limit))  # fmt: skip
+            self.sh(
+                ns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                str(self.burst_bytes),
+                "limit",
+                str(limit),
+            )
 
     def qdisc_stats(self, ns: str | None = None) -> str:
         """`tc -s qdisc` output (sent/dropped/overlimits) for the shaped device in ns."""

@@ -1,0 +1,38 @@
+"""pytest fixtures for network-namespace tests (root only; skip with a reason elsewhere).
+
+Wire into a conftest with either
+    pytest_plugins = ["netns_fixtures"]          # in the rootdir-level conftest.py
+or
+    from netns_fixtures import bottleneck_topology, nat_topology  # noqa: F401
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from roamlink.testing.netns import BottleneckTopology, NatTopology, cleanup_stale, ensure_tools
+
+
+def _require_netns() -> None:
+    ok, reason = ensure_tools()
+    if not ok:
+        pytest.skip(f"netns unavailable: {reason}")
+    cleanup_stale()
+
+
+@pytest.fixture
+def nat_topology() -> Iterator[NatTopology]:
+    """client ns -> NAT router ns (SNAT --random-fully) -> server ns."""
+    _require_netns()
+    with NatTopology() as topo:
+        yield topo
+
+
+@pytest.fixture
+def bottleneck_topology() -> Iterator[BottleneckTopology]:
+    """Two namespaces joined by a 50 Mbit/s tbf-shaped veth (both directions, ~100 pkt queue)."""
+    _require_netns()
+    with BottleneckTopology(rate="50mbit", limit_packets=100) as topo:
+        yield topo
