@@ -36,3 +36,11 @@ def bottleneck_topology() -> Iterator[BottleneckTopology]:
     _require_netns()
     with BottleneckTopology(rate="50mbit", limit_packets=100) as topo:
         yield topo
+
+
+@pytest.fixture
+def nat_topology_rtt20() -> Iterator[NatTopology]:
+    """Like nat_topology, with a 10 ms one-way TUN delay line router<->server (RTT ~20 ms)."""
+    _require_netns()
+    with NatTopology(link_delay_ms=10.0) as topo:
+        yield topo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -183,3 +184,25 @@ def test_bottleneck_limits_throughput(bottleneck_topology: BottleneckTopology) -
     assert mbit < 200, mbit
     stats = b.qdisc_stats()
     assert "tbf" in stats
+
+
+def test_delay_line_adds_rtt_and_keeps_nat(nat_topology_rtt20: NatTopology) -> None:
+    t = nat_topology_rtt20
+    srv, cli = _hello(t)
+    rtts = []
+    srcs = set()
+    for i in range(4):
+        if i == 2:
+            t.rebind()
+        t0 = time.monotonic()
+        cli.send((t.server_ip, SERVER_PORT), f"p{i}")
+        got = srv.recv(timeout=5)
+        assert got is not None and got[0] == f"p{i}"
+        srcs.add(got[1])
+        srv.send(got[1], "r")
+        assert cli.recv(timeout=5) == ("r", (t.server_ip, SERVER_PORT))
+        rtts.append(time.monotonic() - t0)
+    # Lower bound only (a delay line cannot be faster than its delay): not a flaky timing test.
+    assert min(rtts) >= 0.019, rtts
+    assert len(srcs) == 2  # rebinding works through the delay line too
+    print(json.dumps({"rtt_ms": [round(r * 1000, 2) for r in rtts]}))

@@ -74,6 +74,14 @@ def _cmd(
     return proc
 
 
+def _veth(ns_a: str, dev_a: str, ns_b: str, dev_b: str) -> None:
+    """A veth pair created directly inside its namespaces (never visible in the root ns)."""
+    _cmd(
+        ["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth"]
+        + ["peer", "name", dev_b, "netns", ns_b]
+    )
+
+
 def _missing_tools() -> list[str]:
     return [t for t in _REQUIRED_TOOLS if shutil.which(t) is None]
 
@@ -304,6 +312,22 @@ class _Topology:
     ) -> None:
         self.close()
 
+    def _start_delay_line(self, ns_a: str, dev_a: str, ns_b: str, dev_b: str, delay: float) -> None:
+        """Create TUN dev_a in ns_a and dev_b in ns_b, joined by a process that forwards each
+        packet after `delay` seconds (FIFO). It exits when our end of its stdin closes."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _DELAY_SRC, ns_a, dev_a, ns_b, dev_b, repr(delay)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], _CMD_TIMEOUT)
+        line = proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            raise NetnsError(f"delay line failed to start (rc={proc.poll()})")
+
     def _build_guarded(self) -> None:
         try:
             self._build()
@@ -328,8 +352,14 @@ class NatTopology(_Topology):
     ROUTER_EXTERNAL_IPS = ("10.200.2.1", "10.200.2.3")
     SERVER_IP = "10.200.2.2"
 
-    def __init__(self) -> None:
+    def __init__(self, link_delay_ms: float = 0.0) -> None:
+        """link_delay_ms > 0 replaces the router-server veth by a user-space TUN delay line
+        adding that one-way delay in each direction (RTT += 2 * link_delay_ms), because this
+        kernel has no netem. The delay line is a Python process: fine for migration tests and
+        RTT-sensitive benchmarks, not for multi-hundred-Mbit/s throughput.
+        """
         super().__init__()
+        self.link_delay_ms = link_delay_ms
         self.client_ns = f"{self.tag}-c"
         self.router_ns = f"{self.tag}-r"
         self.server_ns = f"{self.tag}-s"
@@ -343,40 +373,11 @@ class NatTopology(_Topology):
     def _build(self) -> None:
         c, r, s = (self._add_ns(role) for role in ("c", "r", "s"))
         assert (c, r, s) == (self.client_ns, self.router_ns, self.server_ns)
-        _cmd(
-            [
-                "ip",
-                "link",
-                "add",
-                "rl-c",
-                "netns",
-                c,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "rl-in",
-                "netns",
-                r,
-            ]
-        )
-        _cmd(
-            [
-                "ip",
-                "link",
-                "add",
-                "rl-ext",
-                "netns",
-                r,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "rl-s",
-                "netns",
-                s,
-            ]
-        )
+        _veth(c, "rl-c", r, "rl-in")
+        if self.link_delay_ms > 0:
+            self._start_delay_line(r, "rl-ext", s, "rl-s", self.link_delay_ms / 1000.0)
+        else:
+            _veth(r, "rl-ext", s, "rl-s")
         self.ip(c, "addr", "add", f"{self.CLIENT_IP}/24", "dev", "rl-c")
         self.ip(r, "addr", "add", f"{self.ROUTER_INSIDE_IP}/24", "dev", "rl-in")
         for ext in self.ROUTER_EXTERNAL_IPS:
@@ -502,23 +503,7 @@ class BottleneckTopology(_Topology):
 
     def _build(self) -> None:
         a, b = self._add_ns("a"), self._add_ns("b")
-        _cmd(
-            [
-                "ip",
-                "link",
-                "add",
-                "rl-a",
-                "netns",
-                a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "rl-b",
-                "netns",
-                b,
-            ]
-        )
+        _veth(a, "rl-a", b, "rl-b")
         self.ip(a, "addr", "add", f"{self.A_IP}/24", "dev", "rl-a")
         self.ip(b, "addr", "add", f"{self.B_IP}/24", "dev", "rl-b")
         for ns, dev in ((a, "rl-a"), (b, "rl-b")):
@@ -559,6 +544,50 @@ class BottleneckTopology(_Topology):
         dev = "rl-a" if ns == self.a_ns else "rl-b"
         return self.sh(ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout
 
+
+# --- Delay line: two TUN devices in two namespaces, packets forwarded after a fixed delay ---
+
+_DELAY_SRC = r"""
+import collections, ctypes, fcntl, os, select, struct, sys, time
+TUNSETIFF, IFF_TUN, IFF_NO_PI, CLONE_NEWNET = 0x400454CA, 0x0001, 0x1000, 0x40000000
+libc = ctypes.CDLL(None, use_errno=True)
+def open_tun(ns, name):
+    nsfd = os.open("/run/netns/" + ns, os.O_RDONLY)
+    if libc.setns(nsfd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns " + ns)
+    os.close(nsfd)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+ns_a, dev_a, ns_b, dev_b, delay = sys.argv[1:5] + [float(sys.argv[5])]
+fa = open_tun(ns_a, dev_a)
+fb = open_tun(ns_b, dev_b)
+print("ready", flush=True)
+peer = {fa: fb, fb: fa}
+q = collections.deque()
+while True:
+    now = time.monotonic()
+    while q and q[0][0] <= now:
+        _, out, pkt = q.popleft()
+        try:
+            os.write(out, pkt)
+        except OSError:
+            pass
+    timeout = max(0.0, q[0][0] - now) if q else 1.0
+    r, _, _ = select.select([fa, fb, sys.stdin], [], [], timeout)
+    now = time.monotonic()
+    for fd in r:
+        if fd is sys.stdin:
+            if not sys.stdin.readline():
+                sys.exit(0)
+            continue
+        for _ in range(256):
+            try:
+                pkt = os.read(fd, 65535)
+            except BlockingIOError:
+                break
+            q.append((now + delay, peer[fd], pkt))
+"""
 
 # --- UDP agent: a socket inside a namespace driven by JSON lines over stdin/stdout ---
 
