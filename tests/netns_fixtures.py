@@ -44,3 +44,11 @@ def nat_topology_rtt20() -> Iterator[NatTopology]:
     _require_netns()
     with NatTopology(link_delay_ms=10.0) as topo:
         yield topo
+
+
+@pytest.fixture
+def bottleneck_topology_delayed() -> Iterator[BottleneckTopology]:
+    """50 Mbit/s tbf both ways over a 10 ms one-way delay line (RTT ~20 ms, BDP ~125 kB)."""
+    _require_netns()
+    with BottleneckTopology(rate="50mbit", limit_packets=100, link_delay_ms=10.0) as topo:
+        yield topo

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+import roamlink.testing.netns as netns
 from roamlink.testing.netns import (
     BottleneckTopology,
     NatTopology,
+    cleanup_stale,
     ensure_tools,
     list_namespaces,
 )
@@ -57,6 +62,8 @@ def test_rebind_gives_new_source_port(nat_topology: NatTopology) -> None:
         got = srv.recv(timeout=5)
         assert got is not None and got[0] == f"m{i}"
         seen.append(got[1])
+        m = t.wait_mapping(cli.bound[1], timeout=1)
+        assert m is not None and m.external == got[1]
         old = t.rebind()
         assert [m.external for m in old] == [got[1]]
         assert t.mappings() == []
@@ -171,7 +178,7 @@ def test_bottleneck_limits_throughput(bottleneck_topology: BottleneckTopology) -
     sink = b.python(b.b_ns, SINK, b.b_ip, "6000", stdout=subprocess.PIPE, text=True)
     assert sink.stdout is not None
     assert sink.stdout.readline().strip() == "ready"
-    blast = b.run(b.a_ns, ["python3", "-c", BLAST, b.b_ip, "6000", "1.5"], timeout=20)
+    blast = b.run(b.a_ns, [sys.executable, "-c", BLAST, b.b_ip, "6000", "1.5"], timeout=20)
     assert blast.returncode == 0, blast.stderr
     out, _ = sink.communicate(timeout=20)
     received, dt = out.split()
@@ -206,3 +213,69 @@ def test_delay_line_adds_rtt_and_keeps_nat(nat_topology_rtt20: NatTopology) -> N
     assert min(rtts) >= 0.019, rtts
     assert len(srcs) == 2  # rebinding works through the delay line too
     print(json.dumps({"rtt_ms": [round(r * 1000, 2) for r in rtts]}))
+
+
+def test_bottleneck_with_delay(bottleneck_topology_delayed: BottleneckTopology) -> None:
+    b = bottleneck_topology_delayed
+    a_agent = b.udp_agent(b.a_ns)
+    b_agent = b.udp_agent(b.b_ns, b.b_ip, 7000)
+    t0 = time.monotonic()
+    a_agent.send((b.b_ip, 7000), "x")
+    got = b_agent.recv(timeout=5)
+    assert got is not None
+    b_agent.send(got[1], "y")
+    assert a_agent.recv(timeout=5) is not None
+    assert time.monotonic() - t0 >= 0.019  # 2 x 10 ms, lower bound only
+    assert "tbf" in b.qdisc_stats(b.a_ns) and "tbf" in b.qdisc_stats(b.b_ns)
+
+
+def test_cleanup_stale_removes_leftovers_of_killed_process() -> None:
+    ok, reason = ensure_tools()
+    if not ok:
+        pytest.skip(f"netns unavailable: {reason}")
+    code = (
+        "import time\n"
+        "from roamlink.testing.netns import NatTopology\n"
+        "t = NatTopology()\n"
+        "print(' '.join(t.namespaces), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(netns.__file__).parents[2])},
+    )
+    try:
+        assert child.stdout is not None
+        names = child.stdout.readline().split()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert len(names) == 3 and set(names) <= set(list_namespaces())
+    removed = cleanup_stale()
+    assert set(names) <= set(removed)
+    assert not set(names) & set(list_namespaces())
+
+
+def test_ensure_tools_reports_non_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns.sys, "platform", "linux")
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    ok, reason = ensure_tools.__wrapped__()
+    assert not ok and "root" in reason
+
+
+def test_ensure_tools_installs_missing_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns.sys, "platform", "linux")
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns.shutil, "which", lambda name: None)
+    calls: list[float] = []
+
+    def fake_install(timeout: float) -> str | None:
+        calls.append(timeout)
+        return "no network"
+
+    monkeypatch.setattr(netns, "_install_tools", fake_install)
+    ok, reason = ensure_tools.__wrapped__(install_timeout=5.0)
+    assert calls == [5.0]
+    assert not ok and "install failed" in reason and "conntrack" in reason

@@ -434,6 +434,20 @@ class NatTopology(_Topology):
         proc = self.sh(self.router_ns, "conntrack", "-L", "-p", "udp", check=False)
         return [m for m in _parse_conntrack(proc.stdout) if m.client[0] == self.client_ip]
 
+    def wait_mapping(
+        self, client_port: int | None = None, timeout: float = 5.0
+    ) -> NatMapping | None:
+        """Poll until the client flow (any, or from client_port) has a NAT mapping, e.g. to
+        learn the new external address after rebind() once the client has sent again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.mappings():
+                if client_port is None or m.client[1] == client_port:
+                    return m
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
     def _flush(self) -> None:
         # conntrack -D exits 1 when nothing matched; that is fine.
         self.sh(self.router_ns, "conntrack", "-D", "-p", "udp", check=False)
@@ -474,7 +488,9 @@ class BottleneckTopology(_Topology):
     """a ns --veth-- b ns; egress limited by tbf (a->b, and b->a if both_directions).
 
     ``limit_packets`` sizes the tbf queue in packets of ``mtu`` bytes (a router-like buffer);
-    excess is dropped, which is the point of a bottleneck test.
+    excess is dropped, which is the point of a bottleneck test. ``link_delay_ms`` > 0 uses
+    the TUN delay line instead of the veth (tbf still shapes its egress), giving a real
+    bandwidth-delay product; the delay line itself forwards a few hundred Mbit/s.
     """
 
     A_IP = "10.201.0.1"
@@ -488,8 +504,10 @@ class BottleneckTopology(_Topology):
         mtu: int = 1500,
         burst_bytes: int | None = None,
         both_directions: bool = True,
+        link_delay_ms: float = 0.0,
     ) -> None:
         super().__init__()
+        self.link_delay_ms = link_delay_ms
         self.a_ns = f"{self.tag}-a"
         self.b_ns = f"{self.tag}-b"
         self.a_ip = self.A_IP
@@ -503,7 +521,10 @@ class BottleneckTopology(_Topology):
 
     def _build(self) -> None:
         a, b = self._add_ns("a"), self._add_ns("b")
-        _veth(a, "rl-a", b, "rl-b")
+        if self.link_delay_ms > 0:
+            self._start_delay_line(a, "rl-a", b, "rl-b", self.link_delay_ms / 1000.0)
+        else:
+            _veth(a, "rl-a", b, "rl-b")
         self.ip(a, "addr", "add", f"{self.A_IP}/24", "dev", "rl-a")
         self.ip(b, "addr", "add", f"{self.B_IP}/24", "dev", "rl-b")
         for ns, dev in ((a, "rl-a"), (b, "rl-b")):
