@@ -485,16 +485,23 @@ class NatTopology(_Topology):
 
 
 class BottleneckTopology(_Topology):
-    """a ns --veth-- b ns; egress limited by tbf (a->b, and b->a if both_directions).
+    """a ns --veth-- router ns --veth-- b ns, the router's egress shaped by tbf.
 
-    ``limit_packets`` sizes the tbf queue in packets of ``mtu`` bytes (a router-like buffer);
-    excess is dropped, which is the point of a bottleneck test. ``link_delay_ms`` > 0 uses
-    the TUN delay line instead of the veth (tbf still shapes its egress), giving a real
-    bandwidth-delay product; the delay line itself forwards a few hundred Mbit/s.
+    The shaper sits in the router, not in the sender's own stack: a qdisc on the sender's
+    device would hold the sender's skbs against its SO_SNDBUF and turn queue overflow into
+    sender blocking, whereas a real bottleneck drops. Here a->b traffic is shaped on the
+    router's device toward b (and b->a toward a if both_directions).
+
+    ``limit_packets`` sizes the tbf queue in packets of ``mtu`` bytes (a router-like buffer).
+    ``link_delay_ms`` > 0 makes the router-b hop a TUN delay line (one-way delay each way;
+    tbf still shapes its egress), giving a real bandwidth-delay product; the delay line
+    itself forwards several hundred Mbit/s.
     """
 
-    A_IP = "10.201.0.1"
-    B_IP = "10.201.0.2"
+    A_IP = "10.201.1.2"
+    ROUTER_A_IP = "10.201.1.1"
+    ROUTER_B_IP = "10.201.2.1"
+    B_IP = "10.201.2.2"
 
     def __init__(
         self,
@@ -509,6 +516,7 @@ class BottleneckTopology(_Topology):
         super().__init__()
         self.link_delay_ms = link_delay_ms
         self.a_ns = f"{self.tag}-a"
+        self.router_ns = f"{self.tag}-r"
         self.b_ns = f"{self.tag}-b"
         self.a_ip = self.A_IP
         self.b_ip = self.B_IP
@@ -520,17 +528,28 @@ class BottleneckTopology(_Topology):
         self._build_guarded()
 
     def _build(self) -> None:
-        a, b = self._add_ns("a"), self._add_ns("b")
+        a, r, b = self._add_ns("a"), self._add_ns("r"), self._add_ns("b")
+        _veth(a, "rl-a", r, "rl-ra")
         if self.link_delay_ms > 0:
-            self._start_delay_line(a, "rl-a", b, "rl-b", self.link_delay_ms / 1000.0)
+            self._start_delay_line(r, "rl-rb", b, "rl-b", self.link_delay_ms / 1000.0)
         else:
-            _veth(a, "rl-a", b, "rl-b")
-        self.ip(a, "addr", "add", f"{self.A_IP}/24", "dev", "rl-a")
-        self.ip(b, "addr", "add", f"{self.B_IP}/24", "dev", "rl-b")
-        for ns, dev in ((a, "rl-a"), (b, "rl-b")):
+            _veth(r, "rl-rb", b, "rl-b")
+        for ns, dev, addr in (
+            (a, "rl-a", self.A_IP),
+            (r, "rl-ra", self.ROUTER_A_IP),
+            (r, "rl-rb", self.ROUTER_B_IP),
+            (b, "rl-b", self.B_IP),
+        ):
+            self.ip(ns, "addr", "add", f"{addr}/24", "dev", dev)
             self.ip(ns, "link", "set", dev, "mtu", str(self.mtu))
             self.ip(ns, "link", "set", dev, "up")
+        self.ip(a, "route", "add", "default", "via", self.ROUTER_A_IP)
+        self.ip(b, "route", "add", "default", "via", self.ROUTER_B_IP)
+        self.sh(r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         self.set_rate(self.rate)
+
+    def _shaped_devs(self) -> list[str]:
+        return ["rl-rb", "rl-ra"] if self.both_directions else ["rl-rb"]
 
     def set_rate(self, rate: str, limit_packets: int | None = None) -> None:
         """(Re)apply the tbf shaper, e.g. to change the bottleneck mid-test."""
@@ -538,32 +557,14 @@ class BottleneckTopology(_Topology):
         if limit_packets is not None:
             self.limit_packets = limit_packets
         limit = self.limit_packets * (self.mtu + 14)
-        devs = [(self.a_ns, "rl-a")]
-        if self.both_directions:
-            devs.append((self.b_ns, "rl-b"))
-        for ns, dev in devs:
-            self.sh(
-                ns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                str(self.burst_bytes),
-                "limit",
-                str(limit),
-            )
+        for dev in self._shaped_devs():
+            tbf = ["rate", rate, "burst", str(self.burst_bytes), "limit", str(limit)]
+            self.sh(self.router_ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", *tbf)
 
-    def qdisc_stats(self, ns: str | None = None) -> str:
-        """`tc -s qdisc` output (sent/dropped/overlimits) for the shaped device in ns."""
-        ns = ns or self.a_ns
-        dev = "rl-a" if ns == self.a_ns else "rl-b"
-        return self.sh(ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout
+    def qdisc_stats(self, toward: str = "b") -> str:
+        """`tc -s qdisc` output (sent/dropped/overlimits) of the shaper toward 'b' or 'a'."""
+        dev = "rl-rb" if toward == "b" else "rl-ra"
+        return self.sh(self.router_ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout
 
 
 # --- Delay line: two TUN devices in two namespaces, packets forwarded after a fixed delay ---
