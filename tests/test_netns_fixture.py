@@ -189,7 +189,7 @@ def test_bottleneck_limits_throughput(bottleneck_topology: BottleneckTopology) -
     print(json.dumps({"sent_mbit": sent_bytes * 8 / 1.5 / 1e6, "received_mbit": mbit}))
     # Loose bound: 50 Mbit/s bottleneck, never near 200 Mbit/s whatever the machine speed.
     assert mbit < 200, mbit
-    assert mbit * 1.5 / 8 * 1e6 <= sent_bytes * 1.05 + 1e5
+    assert received_bytes <= sent_bytes
     assert "tbf" in b.qdisc_stats("b")
 
 
