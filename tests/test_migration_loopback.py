@@ -97,3 +97,22 @@ def test_failed_migration_keeps_the_old_path() -> None:
             assert digest == hashlib.sha256(b"still here").digest()
 
     run(main(), 60)
+
+
+def test_icmp_errors_never_close_anything() -> None:
+    async def main() -> None:
+        async with await roamlink.listen("127.0.0.1", 0) as listener:
+            server = asyncio.create_task(_sink(listener))
+            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
+            stream.write(b"x" * 200_000)
+            # what a socket reports when a stale NAT mapping draws ICMP port unreachable
+            for _ in range(50):
+                listener.endpoint.error_received(ConnectionRefusedError(111, "refused"))
+            stream.write(b"y" * 200_000)
+            stream.write_eof()
+            assert await stream.read() == b"ok"
+            digest, _ = await server
+            assert digest == hashlib.sha256(b"x" * 200_000 + b"y" * 200_000).digest()
+            assert listener.endpoint.socket_errors == 50
+
+    run(main(), 60)
