@@ -2,8 +2,10 @@
 
 Follows RFC 9002: a packet is lost when a packet sent ``PACKET_THRESHOLD`` later was
 acknowledged, or when it is older than ``TIME_THRESHOLD`` x RTT and a later one was
-acknowledged. A probe timeout (PTO) with exponential backoff recovers a lost tail. Lost
-packets are never resent as such: their frames are handed back to be sent in new packets.
+acknowledged. Both thresholds grow when a loss turns out spurious (the path reorders more
+than they allow, as jittery radio links do), the way TCP RACK widens its reordering window.
+A probe timeout (PTO) with exponential backoff recovers a lost tail. Lost packets are never
+resent as such: their frames are handed back to be sent in new packets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from .wire import AckFrame
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
 TIMER_GRANULARITY = 0.001
+#: Ceilings of the adapted thresholds: loss detection never waits longer than this.
+MAX_PACKET_THRESHOLD = 64
+MAX_TIME_THRESHOLD = 2.0
 _REMEMBER_LOST = 2048  # lost packet numbers kept to detect spurious retransmissions
 
 
@@ -60,6 +65,8 @@ class Recovery:
         self.loss_time: float | None = None
         self.last_ack_eliciting_time: float | None = None
         self._lost_pns: list[int] = []  # sorted; recently declared lost
+        self.packet_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
         # counters
         self.packets_lost = 0
         self.spurious_losses = 0
@@ -103,6 +110,7 @@ class Recovery:
                 if i < j:
                     self.spurious_losses += j - i
                     del lost_pns[i:j]
+                    self._widen_thresholds()
                     if not lost_pns:
                         break
         rtt_updated = False
@@ -126,14 +134,15 @@ class Recovery:
     def _detect_lost(self, now: float) -> list[SentPacket]:
         self.loss_time = None
         rtt = self.rtt
-        loss_delay = max(TIME_THRESHOLD * max(rtt.latest, rtt.smoothed), TIMER_GRANULARITY)
+        loss_delay = max(self.time_threshold * max(rtt.latest, rtt.smoothed), TIMER_GRANULARITY)
+        threshold = self.packet_threshold
         lost_send_time = now - loss_delay
         largest = self.largest_acked
         lost: list[SentPacket] = []
         for pn, pkt in self.sent.items():
             if pn > largest:
                 break
-            if pkt.time_sent <= lost_send_time or largest - pn >= PACKET_THRESHOLD:
+            if pkt.time_sent <= lost_send_time or largest - pn >= threshold:
                 lost.append(pkt)
             else:
                 t = pkt.time_sent + loss_delay
@@ -142,6 +151,12 @@ class Recovery:
         for pkt in lost:
             self._forget_lost(pkt)
         return lost
+
+    def _widen_thresholds(self) -> None:
+        """A loss was spurious: tolerate more reordering (by half again, and 1/8 RTT)."""
+        self.packet_threshold = min(self.packet_threshold + max(self.packet_threshold // 2, 1),
+                                    MAX_PACKET_THRESHOLD)
+        self.time_threshold = min(self.time_threshold + 0.125, MAX_TIME_THRESHOLD)
 
     def _forget_lost(self, pkt: SentPacket) -> None:
         del self.sent[pkt.number]

@@ -63,7 +63,8 @@ MIN_DECREASE = 0.5
 PROBE_INTERVAL = 2.0
 PROBE_DEPTH = 1 / 4
 #: RTT samples over which the latest delay is judged (the minimum filters jitter).
-_RECENT_SAMPLES = 4
+_RECENT_SAMPLES = 8
+_SS_SAMPLES = 4
 
 
 class Vegas(CongestionController):
@@ -127,8 +128,8 @@ class Vegas(CongestionController):
         used = max(self._round_max_in_flight, self._last_round_max_in_flight)
         limited = used + 2 * self.mss >= self.cwnd * 0.75
         if self._phase == "slow_start":
-            if len(recent) == _RECENT_SAMPLES and self._queued(min(recent), base) > GAMMA:
-                self._exit_slow_start(min(recent), base, now)
+            if len(recent) == _RECENT_SAMPLES and self._delay_rose(rtt, GAMMA, slow_start=True):
+                self._exit_slow_start(min(recent[-_SS_SAMPLES:]), base, now)
             elif limited:
                 self.cwnd += acked
                 if self.cwnd >= self.ssthresh:
@@ -208,14 +209,24 @@ class Vegas(CongestionController):
             return 0.0
         return lost / total
 
-    def _delay_rose(self, rtt: RttEstimator) -> bool:
-        """Whether recent RTT samples show a queue clearly above our target."""
+    def _delay_rose(self, rtt: RttEstimator, packets: float, slow_start: bool = False) -> bool:
+        """Whether recent RTT samples show more than ``packets`` of ours queued, by a margin
+        that jitter alone would not explain.
+
+        Slow start must react within a few samples (the queue doubles every RTT), so it looks
+        at fewer samples and needs no absolute margin beyond the jitter.
+        """
         if not self._recent:
             return False
         base = rtt.base
-        sample = min(self._recent)
-        threshold = min(max(base * DELAY_RISE_FRACTION, DELAY_RISE_MIN), DELAY_RISE_MAX)
-        return sample - base > threshold and self._queued(sample, base) > BETA
+        if slow_start:
+            sample = min(self._recent[-_SS_SAMPLES:])
+            threshold = 0.0
+        else:
+            sample = min(self._recent)
+            threshold = min(max(base * DELAY_RISE_FRACTION, DELAY_RISE_MIN), DELAY_RISE_MAX)
+        threshold = max(threshold, 2 * rtt.variance)  # a jittery path: rises within it are noise
+        return sample - base > threshold and self._queued(sample, base) > packets
 
     def on_packets_lost(self, packets: list[SentPacket], rtt: RttEstimator, now: float) -> None:
         self._round_lost += len(packets)
@@ -223,7 +234,7 @@ class Vegas(CongestionController):
         if newest is None or newest <= self._recovery_start:
             return  # one reaction per round trip of losses
         heavy = self._loss_fraction() > HEAVY_LOSS
-        if not heavy and not self._delay_rose(rtt):
+        if not heavy and not self._delay_rose(rtt, BETA):
             # random loss: the delay says the queue is not growing; repair, keep the rate
             self.random_losses += 1
             return
