@@ -23,6 +23,8 @@ TIMER_GRANULARITY = 0.001
 #: Ceilings of the adapted thresholds: loss detection never waits longer than this.
 MAX_PACKET_THRESHOLD = 64
 MAX_TIME_THRESHOLD = 2.0
+#: After this many losses with none found spurious, the thresholds step back toward RFC 9002's.
+_NARROW_AFTER = 64
 _REMEMBER_LOST = 2048  # lost packet numbers kept to detect spurious retransmissions
 
 
@@ -67,6 +69,7 @@ class Recovery:
         self._lost_pns: list[int] = []  # sorted; recently declared lost
         self.packet_threshold = PACKET_THRESHOLD
         self.time_threshold = TIME_THRESHOLD
+        self._losses_since_spurious = 0
         # counters
         self.packets_lost = 0
         self.spurious_losses = 0
@@ -157,12 +160,19 @@ class Recovery:
         self.packet_threshold = min(self.packet_threshold + max(self.packet_threshold // 2, 1),
                                     MAX_PACKET_THRESHOLD)
         self.time_threshold = min(self.time_threshold + 0.125, MAX_TIME_THRESHOLD)
+        self._losses_since_spurious = 0
 
     def _forget_lost(self, pkt: SentPacket) -> None:
         del self.sent[pkt.number]
         if pkt.in_flight:
             self.bytes_in_flight -= pkt.size
         self.packets_lost += 1
+        self._losses_since_spurious += 1
+        if self._losses_since_spurious >= _NARROW_AFTER:
+            # no reordering seen for a while: detect real losses sooner again
+            self._losses_since_spurious = 0
+            self.packet_threshold = max(self.packet_threshold * 2 // 3, PACKET_THRESHOLD)
+            self.time_threshold = max(self.time_threshold - 0.125, TIME_THRESHOLD)
         lost_pns = self._lost_pns
         if not lost_pns or pkt.number > lost_pns[-1]:
             lost_pns.append(pkt.number)
