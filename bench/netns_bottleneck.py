@@ -6,9 +6,9 @@ here has no netem, so there is no added delay: the base RTT is a fraction of a m
 everything above it is the tbf queue. A loss-based controller fills that queue (100 packets
 of 1200 bytes at 50 Mbit/s is ~19 ms); Vegas should stay near the base RTT.
 
-Needs root (CI is root); prints a reason and exits 0 elsewhere. It sets the namespaces up
-itself (a few ``ip``/``tc`` commands), uses only addresses inside them, and removes them at
-the end.
+Needs root (CI is root); prints a reason and exits 0 elsewhere. The namespaces come from
+``roamlink.testing.netns.BottleneckTopology``; only addresses inside them are used, and they
+are removed at the end.
 
 Usage: sudo PYTHONPATH=src python3 bench/netns_bottleneck.py [--mib 32] [--rate-mbit 50]
        [--queue-packets 100] [--controllers vegas newreno]
@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,69 +28,44 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
-CLIENT_IP, SERVER_IP = "10.207.0.1", "10.207.0.2"
 PORT = 4433
 MiB = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------- topology
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
 class Topology:
-    """client ns --veth (tbf on the client's egress)--> server ns."""
+    """client ns --veth (tbf on the client's egress)--> server ns, from the shared fixture."""
 
     def __init__(self, rate_mbit: float, queue_packets: int) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.client_ns, self.server_ns = f"rlc{tag}", f"rls{tag}"
-        self.rate_mbit, self.queue_packets = rate_mbit, queue_packets
-        self.dev = f"rlv{tag}"
+        from roamlink.testing.netns import BottleneckTopology
+
+        self.topo = BottleneckTopology(rate=f"{rate_mbit}mbit", queue_packets=queue_packets)
+        self.client_ns, self.server_ns = self.topo.a_ns, self.topo.b_ns
+        self.client_ip, self.server_ip = self.topo.a_ip, self.topo.b_ip
+        self.dev = f"rla{self.topo.tag}"
 
     def __enter__(self) -> Topology:
-        try:
-            _ip("netns", "add", self.client_ns)
-            _ip("netns", "add", self.server_ns)
-            _ip("link", "add", self.dev + "c", "type", "veth", "peer", "name", self.dev + "s")
-            _ip("link", "set", self.dev + "c", "netns", self.client_ns)
-            _ip("link", "set", self.dev + "s", "netns", self.server_ns)
-            for ns, dev, addr in ((self.client_ns, self.dev + "c", CLIENT_IP),
-                                  (self.server_ns, self.dev + "s", SERVER_IP)):
-                _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-                _ip("-n", ns, "link", "set", dev, "up")
-                _ip("-n", ns, "link", "set", "lo", "up")
-            limit = self.queue_packets * 1242  # 1200-byte UDP payloads + UDP/IP headers
-            subprocess.run(["ip", "netns", "exec", self.client_ns, "tc", "qdisc", "add", "dev",
-                            self.dev + "c", "root", "tbf", "rate", f"{self.rate_mbit}mbit",
-                            "burst", "15000", "limit", str(limit)],
-                           check=True, capture_output=True, timeout=10)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for ns in (self.client_ns, self.server_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        self.topo.close()
 
     def run(self, ns: str, *args: str) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=SRC)
-        return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+        return self.topo.popen(ns, [sys.executable, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
 
     def qdisc_stats(self) -> str:
-        out = subprocess.run(["ip", "netns", "exec", self.client_ns, "tc", "-s", "qdisc",
-                              "show", "dev", self.dev + "c"], capture_output=True, text=True,
-                             timeout=10)
+        out = self.topo.run(self.client_ns, ["tc", "-s", "qdisc", "show", "dev", self.dev],
+                            check=False)
         return " ".join(out.stdout.split())
 
 
 # ----------------------------------------------------------------------------- children
-async def server_main(cc: str) -> None:
+async def server_main(cc: str, server_ip: str) -> None:
     import roamlink
 
-    listener = await roamlink.listen(SERVER_IP, PORT,
+    listener = await roamlink.listen(server_ip, PORT,
                                      config=roamlink.Config(congestion_control=cc))
     print("READY", flush=True)
     stream = await asyncio.wait_for(listener.accept(), 30)
@@ -108,13 +82,13 @@ async def server_main(cc: str) -> None:
     await listener.wait_closed()
 
 
-async def client_main(cc: str, mib: float) -> None:
+async def client_main(cc: str, mib: float, server_ip: str) -> None:
     import random
 
     import roamlink
 
     payload = random.Random(7).randbytes(int(mib * MiB))
-    stream = await roamlink.connect(SERVER_IP, PORT,
+    stream = await roamlink.connect(server_ip, PORT,
                                     config=roamlink.Config(congestion_control=cc))
     samples: list[float] = []
     done = False
@@ -151,7 +125,8 @@ async def client_main(cc: str, mib: float) -> None:
 # ----------------------------------------------------------------------------- orchestration
 def run_one(topo: Topology, cc: str, mib: float) -> dict[str, Any]:
     me = os.path.abspath(__file__)
-    server = topo.run(topo.server_ns, me, "--child", "server", "--cc", cc)
+    server = topo.run(topo.server_ns, me, "--child", "server", "--cc", cc,
+                      "--server-ip", topo.server_ip)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -159,7 +134,7 @@ def run_one(topo: Topology, cc: str, mib: float) -> dict[str, Any]:
             err = server.stderr.read() if server.stderr else ""
             raise RuntimeError(f"server did not start: {line!r} {err}")
         client = topo.run(topo.client_ns, me, "--child", "client", "--cc", cc,
-                          "--mib", str(mib))
+                          "--mib", str(mib), "--server-ip", topo.server_ip)
         out, err = client.communicate(timeout=300)
         if client.returncode:
             raise RuntimeError(f"client failed: {err}")
@@ -182,15 +157,20 @@ def main() -> None:
     parser.add_argument("--controllers", nargs="*", default=["vegas", "newreno"])
     parser.add_argument("--child", choices=["server", "client"])
     parser.add_argument("--cc", default="vegas")
+    parser.add_argument("--server-ip", default="")
     args = parser.parse_args()
     if args.child == "server":
-        asyncio.run(server_main(args.cc))
+        asyncio.run(server_main(args.cc, args.server_ip))
         return
     if args.child == "client":
-        asyncio.run(client_main(args.cc, args.mib))
+        asyncio.run(client_main(args.cc, args.mib, args.server_ip))
         return
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
-        print(json.dumps({"skipped": "needs root and iproute2 (ip, tc)"}))
+    sys.path.insert(0, SRC)
+    from roamlink.testing.netns import ensure_tools
+
+    ok, reason = ensure_tools()
+    if not ok:
+        print(json.dumps({"skipped": f"needs network namespaces: {reason}"}))
         return
     with Topology(args.rate_mbit, args.queue_packets) as topo:
         for cc in args.controllers:

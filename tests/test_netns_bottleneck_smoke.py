@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from roamlink.testing import netns
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0
-                    or shutil.which("ip") is None or shutil.which("tc") is None,
-                    reason="needs root and iproute2 to create network namespaces")
 def test_vegas_and_newreno_through_a_tbf_bottleneck_are_byte_exact() -> None:
+    ok, reason = netns.ensure_tools()
+    if not ok:
+        pytest.skip(f"needs network namespaces: {reason}")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "netns_bottleneck.py"),
                           "--mib", "2", "--rate-mbit", "20"],
                          capture_output=True, text=True, timeout=240,
