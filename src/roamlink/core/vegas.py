@@ -45,10 +45,14 @@ GAMMA = 2
 GAIN = 0.5
 #: Growth per adjustment while the queue stays empty (fraction of the window).
 RAMP = 1 / 8
+#: ... and this much once the queue stayed empty for RAMP_FAST_AFTER measurements in a row
+#: (a long, fat path where a random loss ended slow start early).
+RAMP_FAST = 1 / 4
+RAMP_FAST_AFTER = 4
 #: Loss fraction of a round above which loss counts as congestion whatever the delay says.
 HEAVY_LOSS = 0.3
 #: Loss fraction of a round that ends slow start even without a delay rise.
-SLOW_START_LOSS = 0.1
+SLOW_START_LOSS = 0.25
 #: A loss is congestive only if the delay rose by more than this (clamped fraction of base):
 #: a few packets of queue on a fast link are well inside the jitter of real paths.
 DELAY_RISE_FRACTION = 1 / 8
@@ -84,7 +88,7 @@ class Vegas(CongestionController):
         self._recent: list[float] = []
         self._phase = "slow_start"
         self._next_probe = float("inf")
-        self._was_empty = False
+        self._empty_runs = 0  # measurements in a row with an empty queue
         self._probe_rounds = 0
         self._probe_saved = 0
         self.queue_estimate = 0.0  # our packets queued at the bottleneck, last measurement
@@ -177,10 +181,12 @@ class Vegas(CongestionController):
             self.queue_estimate = queued
             before = self.cwnd
             empty = queued < 1.0
-            if empty and self._was_empty:
+            self._empty_runs = self._empty_runs + 1 if empty else 0
+            if self._empty_runs >= 2:
                 # nothing queued twice in a row: the path has room; grow by a fraction
                 if limited:
-                    self.cwnd += max(int(self.cwnd * RAMP), self.mss)
+                    ramp = RAMP_FAST if self._empty_runs > RAMP_FAST_AFTER else RAMP
+                    self.cwnd += max(int(self.cwnd * ramp), self.mss)
                 self._phase = "ramp_up"
             else:
                 delta = GAIN * ((ALPHA + BETA) / 2 - queued) * self.mss
@@ -189,7 +195,6 @@ class Vegas(CongestionController):
                 delta = max(min(delta, self.cwnd), -self.cwnd * MIN_DECREASE)
                 self.cwnd = max(int(self.cwnd + delta), self.min_window)
                 self._phase = "steady"
-            self._was_empty = empty
             self._settling = self.cwnd != before
         self._round_start = now
         self._round_min_rtt = float("inf")

@@ -190,7 +190,7 @@ class BottleneckRun:
 def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
                    rate: float = 100e6 / 8, queue_packets: int = 100, one_way_delay: float = 0.01,
                    flows: int = 1, stagger: float = 0.0, warmup: float = 0.0, seed: int = 1,
-                   config: Config | None = None) -> BottleneckRun:
+                   config: Config | None = None, finish_timeout: float = 60.0) -> BottleneckRun:
     """Bulk flows from one host to another through a bottleneck (issue 7's scenario).
 
     The forward link has the rate limit, the finite queue and ``loss``; the reverse link
@@ -227,7 +227,7 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
     stats = [f.stats() for f in started]
     delay, delay_max = probe.average(), link.queue_delay_max
     link.queue_delay_max = max(delay_max, max_before)
-    ok = finish(net, started)
+    ok = finish(net, started, timeout=finish_timeout)
     return BottleneckRun(controller, loss, seconds, rate,
                          [f.goodput("start", "end") for f in started], delay, delay_max,
                          link.queue_drops, ok and all(f.exact() for f in started), stats)
