@@ -164,3 +164,19 @@ def test_loss_thresholds_widen_on_spurious_loss_and_narrow_back() -> None:
         rec.on_ack(wire.AckFrame(((pn - 1, pn - 1),), 0), now + 0.02)
         now += 0.001
     assert rec.packet_threshold == PACKET_THRESHOLD and rec.time_threshold == TIME_THRESHOLD
+
+
+def test_packets_taken_off_a_dead_path_are_not_spurious_losses() -> None:
+    from roamlink.core.recovery import PACKET_THRESHOLD, Recovery, SentPacket
+    from roamlink.core.rtt import RttEstimator
+
+    rec = Recovery(RttEstimator(0.02), 0.025, 0.05, 10.0)
+    for pn in range(5):
+        rec.on_packet_sent(SentPacket(pn, 0.0, 1200, True, [], []))
+    assert len(rec.take_all_in_flight()) == 5 and rec.bytes_in_flight == 0
+    rec.on_packet_sent(SentPacket(5, 0.01, 1200, True, [], []))
+    rec.on_ack(wire.AckFrame(((0, 5),), 0), 0.03)  # the old path delivered them after all
+    assert rec.spurious_losses == 0 and rec.packet_threshold == PACKET_THRESHOLD
+    rec.packet_threshold = 20
+    rec.on_new_path()
+    assert rec.packet_threshold == PACKET_THRESHOLD

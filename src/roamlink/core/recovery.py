@@ -155,6 +155,12 @@ class Recovery:
             self._forget_lost(pkt)
         return lost
 
+    def on_new_path(self) -> None:
+        """A new network path: its reordering is unknown, so start from RFC 9002's thresholds."""
+        self.packet_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
+        self._losses_since_spurious = 0
+
     def _widen_thresholds(self) -> None:
         """A loss was spurious: tolerate more reordering (by half again, and 1/8 RTT)."""
         self.packet_threshold = min(self.packet_threshold + max(self.packet_threshold // 2, 1),
@@ -213,10 +219,17 @@ class Recovery:
         return None
 
     def take_all_in_flight(self) -> list[SentPacket]:
-        """Declare everything in flight lost (e.g. its path is gone); for retransmission."""
+        """Declare everything in flight lost (e.g. its path is gone); for retransmission.
+
+        These were not judged lost by the thresholds, so a late ACK for one of them is not a
+        spurious loss and must not widen the reordering thresholds: they are not remembered.
+        """
         lost = [p for p in self.sent.values() if p.ack_eliciting]
         for pkt in lost:
             self._forget_lost(pkt)
+        if lost:
+            gone = {p.number for p in lost}
+            self._lost_pns = [pn for pn in self._lost_pns if pn not in gone]
         self.sent.clear()
         self.bytes_in_flight = 0
         self.loss_time = None
