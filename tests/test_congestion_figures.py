@@ -159,3 +159,16 @@ def test_very_poor_networks_long_delay_and_heavy_random_loss(
     assert vegas.exact and reno.exact
     assert vegas.utilisation >= minimum, vegas.summary()
     assert vegas.goodput >= 5 * reno.goodput, (vegas.summary(), reno.summary())
+
+
+def test_vegas_is_not_starved_by_a_loss_based_flow() -> None:
+    """NewReno fills the queue until it overflows; a pure delay-based flow would shrink to a
+    trickle (12% of the link here). Vegas notices that it keeps shrinking while the queue keeps
+    growing and overflowing, and competes with AIMD until the queue drains again."""
+    run = run_bottleneck("vegas", seconds=6.0, rate=RATE, flows=2, warmup=2.0,
+                         controllers=["vegas", "newreno"])
+    assert run.exact
+    vegas, reno = run.goodputs
+    assert vegas >= 0.2 * RATE, run.summary()
+    assert reno >= 0.2 * RATE
+    assert run.utilisation >= 0.85

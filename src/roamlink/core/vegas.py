@@ -66,6 +66,18 @@ MIN_DECREASE = 0.5
 #: path and settles at about 1.6 times their share (Vegas's "late-comer advantage").
 PROBE_INTERVAL = 2.0
 PROBE_DEPTH = 1 / 4
+#: Competing with loss-based flows: after this many measurements in a row in which we shrank
+#: while the queueing delay stayed high, someone else fills the queue (Reno, CUBIC): yielding
+#: further would starve us, so grow by one packet per RTT and halve-ish on congestive loss
+#: (AIMD, x0.7) until the queue is seen empty COMPETE_EXIT measurements in a row.
+COMPETE_AFTER = 6
+COMPETE_EXIT = 3
+COMPETE_DECREASE = 0.7
+#: ... "stayed high" means it did not fall by more than this (or 2 x rttvar on a jittery
+#: path) and is still twice that above the base RTT; and a congestive loss (the queue
+#: overflowed: Vegas flows alone never fill it) happened within COMPETE_MEMORY seconds.
+COMPETE_TOLERANCE = 0.0005
+COMPETE_MEMORY = 10.0
 #: RTT samples over which the latest delay is judged (the minimum filters jitter).
 _RECENT_SAMPLES = 8
 _SS_SAMPLES = 4
@@ -89,6 +101,10 @@ class Vegas(CongestionController):
         self._phase = "slow_start"
         self._next_probe = float("inf")
         self._empty_runs = 0  # measurements in a row with an empty queue
+        self._shrink_runs = 0  # measurements in a row in which we shrank
+        self._shrink_rtts: list[float] = []  # round-min RTTs of the last measurements
+        self.competing = False
+        self._last_congestive = float("-inf")
         self._probe_rounds = 0
         self._probe_saved = 0
         self.queue_estimate = 0.0  # our packets queued at the bottleneck, last measurement
@@ -140,7 +156,7 @@ class Vegas(CongestionController):
                     self._phase = "ramp_up"
                     self._settling = True
         if newest_sent >= self._round_start:
-            self._end_round(now, base, limited)
+            self._end_round(now, rtt, limited)
 
     def _exit_slow_start(self, rtt_sample: float, base: float, now: float) -> None:
         """Delay rose: drop the queue slow start built and continue with the Vegas update."""
@@ -152,7 +168,8 @@ class Vegas(CongestionController):
         self._round_start = now
         self._next_probe = now + PROBE_INTERVAL
 
-    def _end_round(self, now: float, base: float, limited: bool) -> None:
+    def _end_round(self, now: float, rtt: RttEstimator, limited: bool) -> None:
+        base = rtt.base
         rtt_min = self._round_min_rtt
         if self._next_probe == float("inf") and self._phase != "slow_start":
             self._next_probe = now + PROBE_INTERVAL
@@ -169,6 +186,8 @@ class Vegas(CongestionController):
                 self._phase = "steady"
                 self._settling = True
                 self._next_probe = now + PROBE_INTERVAL
+        elif self.competing:
+            self._compete_round(rtt_min, base, limited)
         elif self._settling:
             self._settling = False
         elif now >= self._next_probe and limited:
@@ -196,6 +215,8 @@ class Vegas(CongestionController):
                 self.cwnd = max(int(self.cwnd + delta), self.min_window)
                 self._phase = "steady"
             self._settling = self.cwnd != before
+            self._watch_competition(now, rtt_min, rtt,
+                                    shrank=queued > (ALPHA + BETA) / 2 + 1)
         self._round_start = now
         self._round_min_rtt = float("inf")
         self._last_round_counts = (self._round_acked, self._round_lost)
@@ -203,6 +224,42 @@ class Vegas(CongestionController):
         self._round_lost = 0
         self._last_round_max_in_flight = self._round_max_in_flight
         self._round_max_in_flight = 0
+
+    def _watch_competition(self, now: float, rtt_min: float, rtt: RttEstimator,
+                           shrank: bool) -> None:
+        """Enter competing mode when we keep shrinking but the queueing delay keeps growing."""
+        if not shrank:
+            self._shrink_runs = 0
+            self._shrink_rtts.clear()
+            return
+        self._shrink_runs += 1
+        history = self._shrink_rtts
+        history.append(rtt_min)
+        if len(history) > COMPETE_AFTER:
+            del history[0]
+        tolerance = max(COMPETE_TOLERANCE, 2 * rtt.variance)
+        high = rtt_min >= history[0] - tolerance and rtt_min - rtt.base > 2 * tolerance
+        overflowed = now - self._last_congestive < COMPETE_MEMORY
+        if self._shrink_runs >= COMPETE_AFTER and high and overflowed:
+            self.competing = True
+            self._phase = "competing"
+            self._shrink_runs = 0
+            history.clear()
+            self._empty_runs = 0
+            self._settling = False
+
+    def _compete_round(self, rtt_min: float, base: float, limited: bool) -> None:
+        """AIMD while a loss-based flow fills the queue; back to Vegas once it drains."""
+        queued = self._queued(rtt_min, base) if rtt_min != float("inf") else 0.0
+        self.queue_estimate = queued
+        self._empty_runs = self._empty_runs + 1 if queued < 1.0 else 0
+        if self._empty_runs >= COMPETE_EXIT:
+            self.competing = False
+            self._phase = "steady"
+            self._settling = True
+            return
+        if limited:
+            self.cwnd += self.mss
 
     def _loss_fraction(self) -> float:
         """Lost / (acked + lost) over this round and the last; 0 until half a window is known
@@ -239,6 +296,16 @@ class Vegas(CongestionController):
         if newest is None or newest <= self._recovery_start:
             return  # one reaction per round trip of losses
         heavy = self._loss_fraction() > HEAVY_LOSS
+        if self.competing:
+            # our own window is small next to the queue others keep: judge by delay alone
+            if not heavy and not self._delay_rose(rtt, 0.0):
+                self.random_losses += 1
+                return
+            self._recovery_start = now
+            self.congestion_events += 1
+            self.cwnd = max(int(self.cwnd * COMPETE_DECREASE), self.min_window)
+            self.ssthresh = self.cwnd
+            return
         if not heavy and not self._delay_rose(rtt, BETA):
             # random loss: the delay says the queue is not growing; repair, keep the rate
             self.random_losses += 1
@@ -246,6 +313,7 @@ class Vegas(CongestionController):
         base = rtt.base
         self._recovery_start = now
         self.congestion_events += 1
+        self._last_congestive = now
         sample = min(self._recent) if self._recent else rtt.latest_path
         fitted = self.cwnd * base / max(sample, base) + (ALPHA + BETA) / 2 * self.mss
         if heavy:
@@ -261,6 +329,8 @@ class Vegas(CongestionController):
 
     def on_path_change(self) -> None:
         super().on_path_change()
+        self.competing = False
+        self._shrink_runs = 0
         self._phase = "slow_start"
         self._recent.clear()
         self._recovery_start = -1.0
