@@ -136,7 +136,8 @@ def test_stats_expose_recovery_and_congestion_state() -> None:
     assert st.smoothed_rtt > 0 and st.rtt_variance > 0 and 0.02 <= st.min_rtt <= st.smoothed_rtt
     assert st.cwnd >= 2 * cfg.max_datagram_size and st.bytes_in_flight > 0
     assert st.congestion_controller == "vegas"
-    assert st.congestion_state in ("slow_start", "ramp_up", "steady", "recovery", "probe_rtt")
+    assert st.congestion_state in ("slow_start", "ramp_up", "steady", "recovery", "probe_rtt",
+                                   "competing")
     assert finish(net, [flow]) and flow.exact()
 
 
