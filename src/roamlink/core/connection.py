@@ -497,6 +497,7 @@ class Connection:
             # a new network: its capacity and delay are unknown, start over
             self.cc.on_path_change()
             self.rtt.reset()
+            self.recovery.on_new_path()
             if self.pacer is not None:
                 self._pace_at = None
         # what was in flight on the old path is resent on the new one (the receiver drops
