@@ -15,6 +15,7 @@ import ctypes
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -62,7 +63,7 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
         raise ValueError("no samples")
-    k = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
