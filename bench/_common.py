@@ -48,6 +48,7 @@ def emit(obj: dict[str, Any]) -> None:
 def machine_info() -> dict[str, Any]:
     return {"python": platform.python_version(), "cpus": os.cpu_count(),
             "machine": platform.machine(),
+            "loadavg_1min": round(os.getloadavg()[0], 2),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
