@@ -324,7 +324,9 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
 
         return int(listener.local_addr[1]), close_roamlink
     if kind == "tcp":
-        server = await asyncio.start_server(lambda r, w: spawn(TcpStream(r, w)), "127.0.0.1", 0)
+        # A deep accept queue, so many.py's burst of handshakes is not met with SYN drops.
+        server = await asyncio.start_server(lambda r, w: spawn(TcpStream(r, w)), "127.0.0.1", 0,
+                                            backlog=4096)
 
         async def close_tcp() -> None:
             for task in list(tasks):
