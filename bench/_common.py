@@ -71,7 +71,9 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 # ------------------------------------------------------------------ payload
 def payload(size: int, seed: int = 7) -> bytes:
     """Deterministic incompressible bytes; sender and receiver derive the same stream."""
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    step = 16 * MiB  # randbytes() cannot make 256 MiB or more in one call
+    return b"".join(rng.randbytes(min(step, size - off)) for off in range(0, size, step))
 
 
 def sha256_hex(data: bytes) -> str:

@@ -93,3 +93,19 @@ def test_many_connections_all_echoed(lines: list[dict[str, Any]]) -> None:
         assert line["ok"], line
         assert line["server_echoed_bytes"] == line["connections"] * line["echo_bytes_each"]
         assert line["kib_per_idle_connection"] is not None
+
+
+def test_failures_become_error_lines_and_leave_no_process() -> None:
+    """An unknown transport and a run killed by its timeout are reported, not fatal."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "compare.py"),
+                           "--only", "nosuch,roamlink,tcp", "--size-mib", "256",
+                           "--repeat", "1", "--timeout", "1"],
+                          capture_output=True, text=True, timeout=300)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    runs = {ln["transport"]: ln for ln in lines if "run" in ln}
+    assert "unknown transport" in runs["nosuch"]["error"]
+    assert "error" in runs["roamlink"]  # 256 MiB cannot arrive within the 1 s timeout
+    summary = lines[-1]
+    assert summary["summary"] == "compare" and summary["mb_per_s"]["nosuch"] is None
+    assert summary["ratios"]["roamlink/tcp"] is None
+    assert _bench_children() == []
