@@ -353,7 +353,13 @@ async def compare(args: argparse.Namespace, bench: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="roamlink-bench-") as tmp:
         from _common import make_self_signed_cert
 
-        cert = make_self_signed_cert(tmp) if {"aioquic", "qh3"} & set(kinds) else ("", "")
+        cert: tuple[str, str] = ("", "")
+        cert_error = ""
+        if {"aioquic", "qh3"} & set(kinds):
+            try:
+                cert = make_self_signed_cert(tmp)
+            except Exception as exc:  # e.g. cryptography not installed: QUIC runs report it
+                cert_error = f"certificate: {type(exc).__name__}: {exc}"
         for kind in kinds:
             rates: list[float] = []
             errors: list[str] = []
@@ -362,6 +368,8 @@ async def compare(args: argparse.Namespace, bench: str) -> dict[str, Any]:
                                         "size_mib": args.size_mib, "loop": loop_name}
                 if kind not in TRANSPORTS:
                     line["error"] = f"unknown transport {kind!r}"
+                elif cert_error and kind in ("aioquic", "qh3"):
+                    line["error"] = cert_error
                 else:
                     try:
                         line.update(await asyncio.wait_for(
