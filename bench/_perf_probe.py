@@ -25,6 +25,7 @@ CHUNK = 1 << 20
 
 def _config() -> Any:
     import roamlink
+
     return roamlink.Config(**json.loads(os.environ.get("PROBE_CONFIG", "{}")))
 
 
@@ -35,6 +36,7 @@ def _profiled(enabled: bool, coro_fn: Any, uvloop: bool) -> Any:
     try:
         if uvloop:
             import uvloop as _uv
+
             return _uv.run(coro_fn())
         return asyncio.run(coro_fn())
     finally:
@@ -46,6 +48,7 @@ def _profiled(enabled: bool, coro_fn: Any, uvloop: bool) -> Any:
 
 async def _recv() -> dict[str, Any]:
     import roamlink
+
     listener = await roamlink.listen("127.0.0.1", 0, config=_config())
     print(f"PORT {listener.local_addr[1]}", flush=True)
     stream = await listener.accept()
@@ -63,21 +66,28 @@ async def _recv() -> dict[str, Any]:
     ep = listener.endpoint
     listener.close()
     await listener.wait_closed()
-    return {"bytes": got, "seconds": elapsed, "cpu_share": round(cpu / elapsed, 2), "mb_per_s": got / elapsed / 1e6,
-            "dup": st.duplicate_packets, "pkts_in": st.packets_received,
-            "pkts_out": st.packets_sent,
-            "io": getattr(ep, "io_stats", lambda: {})()}
+    return {
+        "bytes": got,
+        "seconds": elapsed,
+        "cpu_share": round(cpu / elapsed, 2),
+        "mb_per_s": got / elapsed / 1e6,
+        "dup": st.duplicate_packets,
+        "pkts_in": st.packets_received,
+        "pkts_out": st.packets_sent,
+        "io": getattr(ep, "io_stats", lambda: {})(),
+    }
 
 
 async def _send(port: int, size: int) -> dict[str, Any]:
     import roamlink
+
     payload = bytes(size)
     stream = await roamlink.connect("127.0.0.1", port, config=_config())
     view = memoryview(payload)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     for off in range(0, len(payload), CHUNK):
-        stream.write(view[off:off + CHUNK])
+        stream.write(view[off : off + CHUNK])
         await stream.drain()
     stream.write_eof()
     assert await stream.read() == b"done"
@@ -86,10 +96,20 @@ async def _send(port: int, size: int) -> dict[str, Any]:
     st = stream.stats()
     ep = stream._endpoint
     await stream.wait_closed()
-    return {"send_s": el, "cpu_share": round(cpu / el, 2), "retrans": st.retransmissions, "lost": st.packets_lost,
-            "spurious": st.spurious_losses, "pto": st.pto_count, "srtt_ms": st.smoothed_rtt * 1e3,
-            "min_rtt_ms": st.min_rtt * 1e3, "cwnd": st.cwnd, "pkts_out": st.packets_sent,
-            "pkts_in": st.packets_received, "io": getattr(ep, "io_stats", lambda: {})()}
+    return {
+        "send_s": el,
+        "cpu_share": round(cpu / el, 2),
+        "retrans": st.retransmissions,
+        "lost": st.packets_lost,
+        "spurious": st.spurious_losses,
+        "pto": st.pto_count,
+        "srtt_ms": st.smoothed_rtt * 1e3,
+        "min_rtt_ms": st.min_rtt * 1e3,
+        "cwnd": st.cwnd,
+        "pkts_out": st.packets_sent,
+        "pkts_in": st.packets_received,
+        "io": getattr(ep, "io_stats", lambda: {})(),
+    }
 
 
 def main() -> None:

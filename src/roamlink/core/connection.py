@@ -152,6 +152,8 @@ class Connection:
         #: packets at or below this number cannot move the path (they predate the current one)
         self._path_pn_floor = -1
         self._gap_probe_sent = 0.0
+        self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._last_push_received = -1.0  # when the last packet carrying stream data arrived
         self._ack_eliciting_unacked = 0
         self._data_unacked = False  # stream data arrived since our last ACK
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
@@ -282,7 +284,7 @@ class Connection:
             deadlines.append(self._last_received + self.config.idle_timeout)
         if self.config.keepalive_interval and self.is_established:
             deadlines.append(self._last_sent + self.config.keepalive_interval)
-        if self.recv_buf.segment_count and self.is_established:
+        if self.is_established and self._expecting_data():
             deadlines.append(self._gap_probe_deadline())
         if self.paths.candidates:
             deadlines.append(self.paths.timer())
@@ -328,11 +330,12 @@ class Connection:
                 if oldest is not None:
                     for offset, length, fin in oldest.stream:
                         self.send_buf.on_lost(offset, length, fin)
-        if (self.recv_buf.segment_count and self.is_established
+        if (self.is_established and self._expecting_data()
                 and now >= self._gap_probe_deadline()):
-            # data is missing and the peer went quiet: maybe our address changed and its
-            # retransmissions go astray. A packet from us lets it find our new address.
+            # the peer was sending (or data is missing) and went quiet: maybe our address
+            # changed and its packets go astray. A packet from us lets it find us again.
             self._gap_probe_sent = now
+            self._gap_probes += 1
             self._ack_pending = True
         if (self.config.keepalive_interval and self.is_established
                 and now >= self._last_sent + self.config.keepalive_interval):
@@ -400,6 +403,7 @@ class Connection:
         on_path = self.paths.is_current(local, addr) or self.state is _HANDSHAKING
         if on_path:
             self._last_received = now
+            self._gap_probes = 0
             received = self._received
             received.add(pn, pn + 1)
             received.drop_oldest(wire.MAX_ACK_RANGES)
@@ -493,8 +497,16 @@ class Connection:
         self._set_state(Trigger.PATH_CANDIDATE)
         return cand
 
+    def _expecting_data(self) -> bool:
+        """Data is missing, or the peer was in the middle of sending when it went quiet."""
+        return bool(self.recv_buf.segment_count) or (
+            self._last_push_received >= self._last_received
+            and self.recv_buf.fin_offset is None and self._gap_probes < 8)
+
     def _gap_probe_deadline(self) -> float:
-        return max(self._last_received, self._gap_probe_sent) + 2 * self.recovery.pto_interval()
+        backoff = 2.0 * (1 << min(self._gap_probes, 6))
+        return (max(self._last_received, self._gap_probe_sent)
+                + backoff * self.recovery.pto_interval())
 
     def _path_retry(self) -> float:
         """The challenge retry interval: one retransmission timeout (RTO)."""
@@ -514,6 +526,7 @@ class Connection:
             # a new network: its capacity and delay are unknown, start over
             self.cc.on_path_change()
             self.rtt.reset()
+            self.recovery.on_new_path()
             if self.pacer is not None:
                 self._pace_at = None
         # what was in flight on the old path is resent on the new one (the receiver drops
@@ -523,8 +536,9 @@ class Connection:
         if old_addr != cand.addr:
             self.addr_changes.append((old_addr, cand.addr))
         self._ack_pending = True  # acknowledge on the new path at once
-        self.log.info("path validated in %.1f ms: %s -> %s (%s)", result.elapsed * 1e3,
-                      old_addr, cand.addr, cand.reason)
+        self.log.info("path validated in %.1f ms: %s -> %s (%s; local socket %d -> %d)",
+                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_local,
+                      cand.local)
         self._events.append(PathChanged(old_addr, cand.addr, cand.reason, result.elapsed,
                                         old_local, cand.local))
         if not self.paths.candidates:
@@ -617,6 +631,7 @@ class Connection:
 
     def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
+            self._last_push_received = self._last_received
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
             self._on_ack(frame, now)

@@ -28,6 +28,7 @@ import os
 import socket
 import struct
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,9 +36,20 @@ from typing import Protocol
 from ..config import Config
 from ..core.connection import Connection
 from ..core.events import Address
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, next_local_id
 
 logger = logging.getLogger("roamlink.endpoint")
+
+#: Every live endpoint by its local id: a connection's path names its socket by this id.
+_ENDPOINTS: weakref.WeakValueDictionary[int, Endpoint] = weakref.WeakValueDictionary()
+#: The API object of every connection, whichever socket serves it now.
+_OBSERVERS: weakref.WeakKeyDictionary[Connection, ConnectionObserver] = (
+    weakref.WeakKeyDictionary())
+
+
+def endpoint_for(local_id: int, default: Endpoint) -> Endpoint:
+    """The live endpoint with this local id (``default`` if it is gone)."""
+    return _ENDPOINTS.get(local_id, default)
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -92,9 +104,16 @@ class ConnectionObserver(Protocol):
 class Endpoint:
     """One UDP socket and the connections routed through it."""
 
-    def __init__(self, config: Config, *, accept_new: bool = False) -> None:
+    def __init__(self, config: Config, *, accept_new: bool = False,
+                 dispatcher: Dispatcher | None = None) -> None:
         self.config = config
-        self.dispatcher = Dispatcher(config, accept_new=accept_new)
+        if dispatcher is None:
+            self.dispatcher = Dispatcher(config, accept_new=accept_new)
+            self.local_id = self.dispatcher.local_id
+        else:  # another socket of the same endpoint (e.g. a listener on several addresses)
+            self.dispatcher = dispatcher
+            self.local_id = next_local_id()
+        _ENDPOINTS[self.local_id] = self
         self.loop = asyncio.get_running_loop()
         self.sock: socket.socket | None = None
         self._local_addr: Address | None = None
@@ -119,14 +138,14 @@ class Endpoint:
     # ------------------------------------------------------------------ creation
     @classmethod
     async def create(cls, config: Config, local_addr: Address, *, accept_new: bool = False,
-                     family: int = 0) -> Endpoint:
+                     family: int = 0, dispatcher: Dispatcher | None = None) -> Endpoint:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(local_addr[0], local_addr[1], family=family,
                                        type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
         if not infos:
             raise OSError(f"cannot resolve {local_addr!r}")
         fam, _, proto, _, sockaddr = infos[0]
-        endpoint = cls(config, accept_new=accept_new)
+        endpoint = cls(config, accept_new=accept_new, dispatcher=dispatcher)
         sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
         try:
             sock.setblocking(False)
@@ -160,6 +179,10 @@ class Endpoint:
         assert self._local_addr is not None, "endpoint not started"
         return self._local_addr
 
+    @property
+    def family(self) -> int:
+        return int(self.sock.family) if self.sock is not None else socket.AF_INET
+
     def io_stats(self) -> dict[str, int]:
         return dict(vars(self.io))
 
@@ -187,6 +210,7 @@ class Endpoint:
         dirty = self._dirty
         io = self.io
         gro = self.gro
+        local = self.local_id
         now = self.loop.time()
         for _ in range(_MAX_READS_PER_WAKEUP):
             try:
@@ -197,9 +221,8 @@ class Endpoint:
                     ancdata = None
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # e.g. ICMP port unreachable: never closes anything
-                self.socket_errors += 1
-                logger.debug("socket error ignored: %s", exc)
+            except OSError as exc:
+                self.error_received(exc)
                 continue
             io.recv_calls += 1
             size = 0
@@ -212,12 +235,12 @@ class Endpoint:
                 end = len(data)
                 for pos in range(0, end, size):
                     io.datagrams_in += 1
-                    conn = disp.datagram_received(data[pos:pos + size], addr, now)
+                    conn = disp.datagram_received(data[pos:pos + size], addr, now, local)
                     if conn is not None:
                         dirty[conn] = None
             else:
                 io.datagrams_in += 1
-                conn = disp.datagram_received(data, addr, now)
+                conn = disp.datagram_received(data, addr, now, local)
                 if conn is not None:
                     dirty[conn] = None
         if disp.accept_queue:
@@ -230,7 +253,7 @@ class Endpoint:
         self.io.recv_calls += 1
         self.io.datagrams_in += 1
         disp = self.dispatcher
-        conn = disp.datagram_received(data, addr, self.loop.time())
+        conn = disp.datagram_received(data, addr, self.loop.time(), self.local_id)
         if disp.accept_queue:
             self._take_new_connections()
         if conn is not None:
@@ -238,6 +261,11 @@ class Endpoint:
             self._schedule_flush()
         elif disp.stateless_out:
             self._schedule_flush()
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors (e.g. port unreachable from a stale NAT mapping) never close anything."""
+        self.socket_errors += 1
+        logger.debug("socket error ignored: %s", exc)
 
     # ------------------------------------------------------------------ connections
     def _take_new_connections(self) -> None:
@@ -253,12 +281,23 @@ class Endpoint:
     def connect(self, remote_addr: Address, *, early_data: bytes = b"",
                 config: Config | None = None) -> Connection:
         conn = self.dispatcher.connect(remote_addr, self.loop.time(), early_data=early_data,
-                                       config=config)
+                                       config=config, local=self.local_id)
         self.mark(conn)
         return conn
 
     def attach(self, conn: Connection, observer: ConnectionObserver) -> None:
         self.observers[conn] = observer
+        _OBSERVERS[conn] = observer
+
+    def detach(self, conn: Connection) -> None:
+        """Stop serving ``conn`` here (it moved to another socket, or closed)."""
+        self.dispatcher.forget(conn)
+        self.observers.pop(conn, None)
+        timer = self._timers.pop(conn, None)
+        if timer is not None:
+            timer[1].cancel()
+        if self.owns_lifetime and not self.observers:
+            self.close()
 
     def mark(self, conn: Connection) -> None:
         """The application changed something on ``conn``: serve it at the end of this tick."""
@@ -307,23 +346,45 @@ class Endpoint:
             self._transmit(out)
 
     def _serve(self, conn: Connection) -> None:
+        """Collect what ``conn`` has to send, each datagram on the socket of its path."""
         now = self.loop.time()
-        try:
-            datagrams = conn.datagrams_to_send(now)
-        except Exception:
-            logger.exception("connection %s failed while sending; aborting it",
-                             conn.local_cid.hex())
-            conn.abort(now, 1, "internal error")
-            datagrams = []
-        if datagrams:
-            self._out.extend(datagrams)
+        primary = _ENDPOINTS.get(conn.paths.local, self)
+        primary._collect(conn, now, primary.local_id)
+        if conn.paths.has_work():  # probes on other sockets (path validation)
+            for local in conn.paths.locals_with_work():
+                other = _ENDPOINTS.get(local)
+                if other is not None and other is not primary:
+                    other._collect(conn, now, local)
+                    other._transmit_collected()
         self.dispatcher.sync_routes(conn)
-        self._arm_timer(conn)
-        observer = self.observers.get(conn)
+        if primary is not self:
+            primary.dispatcher.sync_routes(conn)
+            primary._transmit_collected()
+            stale = self._timers.pop(conn, None)
+            if stale is not None:
+                stale[1].cancel()
+        primary._arm_timer(conn)
+        observer = _OBSERVERS.get(conn)
         if observer is not None:
             observer.on_activity()
         if conn.is_closed:
             self._retire(conn)
+
+    def _collect(self, conn: Connection, now: float, local: int) -> None:
+        try:
+            datagrams = conn.datagrams_to_send(now, local)
+        except Exception:
+            logger.exception("connection %s failed while sending; aborting it",
+                             conn.local_cid.hex())
+            conn.abort(now, 1, "internal error")
+            return
+        if datagrams:
+            self._out.extend(datagrams)
+
+    def _transmit_collected(self) -> None:
+        if self._out and not self._closing:
+            out, self._out = self._out, []
+            self._transmit(out)
 
     # ------------------------------------------------------------------ sending
     def _transmit(self, datagrams: list[tuple[bytes, Address]]) -> None:
@@ -432,13 +493,11 @@ class Endpoint:
                 self._transmit(out)
 
     def _retire(self, conn: Connection) -> None:
-        self.dispatcher.forget(conn)
-        self.observers.pop(conn, None)
-        timer = self._timers.pop(conn, None)
-        if timer is not None:
-            timer[1].cancel()
-        if self.owns_lifetime and not self.observers:
-            self.close()
+        """``conn`` is closed: forget it on every socket that served it."""
+        _OBSERVERS.pop(conn, None)
+        for ep in {self, *_ENDPOINTS.values()}:
+            if ep is self or conn in ep.observers or conn in ep._timers:
+                ep.detach(conn)
 
     @property
     def live_connections(self) -> list[Connection]:
@@ -448,6 +507,7 @@ class Endpoint:
     def close(self) -> None:
         if self._closing:
             return
+        _ENDPOINTS.pop(self.local_id, None)
         if self._out:  # e.g. the CLOSE of the last connection, served just now
             pending = self._out[:]
             self._out.clear()  # (a _flush in progress holds this very list)
@@ -489,8 +549,7 @@ class _FallbackProtocol(asyncio.DatagramProtocol):
         self.endpoint._datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        self.endpoint.socket_errors += 1
-        logger.debug("socket error ignored: %s", exc)
+        self.endpoint.error_received(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         closed = self.endpoint._closed
