@@ -313,3 +313,37 @@ def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> Non
             await stream.wait_closed()
 
     run(main(), 30)
+
+
+def test_timers_closer_than_a_millisecond_wait_a_millisecond() -> None:
+    """No loop sleeps less; uvloop would fire at once and spin (e.g. on pacing deadlines)."""
+    class Due:
+        def __init__(self, at: float) -> None:
+            self.at = at
+
+        def get_timer(self) -> float:
+            return self.at
+
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock)
+        now = ep.now()
+        soon, later = Due(now + 0.0001), Due(now + 0.5)
+        ep._arm_timer(soon)  # type: ignore[arg-type]
+        ep._arm_timer(later)  # type: ignore[arg-type]
+        deadline, handle = ep._timers[soon]  # type: ignore[index]
+        assert deadline == soon.at  # the connection's deadline is remembered as asked...
+        assert handle.when() >= now + 0.001 - 1e-6  # ...but the loop is asked to wait 1 ms
+        assert ep._timers[later][1].when() >= later.at - 0.01  # type: ignore[index]
+        ep.close()
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_endpoint_clock_is_monotonic_with_sub_millisecond_resolution() -> None:
+    import time
+
+    assert abs(Endpoint.now() - time.monotonic()) < 0.01
+    samples = {Endpoint.now() for _ in range(1000)}
+    assert len(samples) > 10  # not a per-iteration, millisecond-rounded cache

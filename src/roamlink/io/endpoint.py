@@ -28,6 +28,7 @@ import os
 import socket
 import struct
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ _MAX_READS_PER_WAKEUP = 128
 #: Datagrams queued while the socket's send buffer is full; beyond this they are dropped
 #: (loss recovery resends them).
 _MAX_BACKLOG = 8192
+#: Shortest timer armed: event loops cannot sleep for less (see _arm_timer).
+_MIN_TIMER_DELAY = 0.001
 _SEGMENT_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
@@ -92,6 +95,7 @@ class IoStats:
     gso_batches: int = 0
     send_would_block: int = 0
     send_dropped: int = 0
+    timers_fired: int = 0
 
 
 class ConnectionObserver(Protocol):
@@ -183,6 +187,15 @@ class Endpoint:
     def family(self) -> int:
         return int(self.sock.family) if self.sock is not None else socket.AF_INET
 
+    @staticmethod
+    def now() -> float:
+        """The clock the connections run on (``time.monotonic``, as asyncio's loop.time).
+
+        Not ``loop.time()``: uvloop's is cached per loop iteration in whole milliseconds,
+        which would blind the pacer and RTT samples to anything faster than a millisecond.
+        """
+        return time.monotonic()
+
     def io_stats(self) -> dict[str, int]:
         return dict(vars(self.io))
 
@@ -211,7 +224,7 @@ class Endpoint:
         io = self.io
         gro = self.gro
         local = self.local_id
-        now = self.loop.time()
+        now = self.now()
         for _ in range(_MAX_READS_PER_WAKEUP):
             try:
                 if gro:
@@ -253,7 +266,7 @@ class Endpoint:
         self.io.recv_calls += 1
         self.io.datagrams_in += 1
         disp = self.dispatcher
-        conn = disp.datagram_received(data, addr, self.loop.time(), self.local_id)
+        conn = disp.datagram_received(data, addr, self.now(), self.local_id)
         if disp.accept_queue:
             self._take_new_connections()
         if conn is not None:
@@ -275,12 +288,12 @@ class Endpoint:
             if self.on_new_connection is not None:
                 self.on_new_connection(conn)
             else:
-                conn.abort(self.loop.time(), 0, "not accepting")
+                conn.abort(self.now(), 0, "not accepting")
             self._dirty[conn] = None
 
     def connect(self, remote_addr: Address, *, early_data: bytes = b"",
                 config: Config | None = None) -> Connection:
-        conn = self.dispatcher.connect(remote_addr, self.loop.time(), early_data=early_data,
+        conn = self.dispatcher.connect(remote_addr, self.now(), early_data=early_data,
                                        config=config, local=self.local_id)
         self.mark(conn)
         return conn
@@ -347,7 +360,7 @@ class Endpoint:
 
     def _serve(self, conn: Connection) -> None:
         """Collect what ``conn`` has to send, each datagram on the socket of its path."""
-        now = self.loop.time()
+        now = self.now()
         primary = _ENDPOINTS.get(conn.paths.local, self)
         primary._collect(conn, now, primary.local_id)
         if conn.paths.has_work():  # probes on other sockets (path validation)
@@ -474,12 +487,20 @@ class Endpoint:
             current[1].cancel()
             del self._timers[conn]
         if deadline is not None:
-            handle = self.loop.call_at(deadline, self._on_timer, conn)
+            when = deadline
+            now = self.now()
+            if now < when < now + _MIN_TIMER_DELAY:
+                # no event loop sleeps less than a millisecond (epoll, libuv); uvloop would
+                # instead fire at once and spin on, e.g., a pacing deadline microseconds
+                # away, starving the peer process of CPU. (Kept: the requested deadline.)
+                when = now + _MIN_TIMER_DELAY
+            handle = self.loop.call_later(when - now, self._on_timer, conn)
             self._timers[conn] = (deadline, handle)
 
     def _on_timer(self, conn: Connection) -> None:
         self._timers.pop(conn, None)
-        now = self.loop.time()
+        self.io.timers_fired += 1
+        now = self.now()
         try:
             conn.handle_timer(now)
         except Exception:
