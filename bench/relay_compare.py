@@ -27,122 +27,38 @@ from typing import Any
 
 import roamlink
 from roamlink import Config
+from roamlink.relay import Impairment, Relay
+from roamlink.relay import start_relay as project_start_relay
 
 MiB = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------- relay
 class _Relay:
-    """Adapter over the project's relay (roamlink.relay), whatever its handle looks like."""
+    """The project's impairment relay (roamlink.relay), as the benchmark uses it."""
 
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
 
     @property
     def address(self) -> tuple[str, int]:
-        h = self.handle
-        for name in ("address", "listen_addr", "local_addr", "addr"):
-            value = getattr(h, name, None)
-            if value is not None:
-                return (str(value[0]), int(value[1]))
-        raise RuntimeError("cannot find the relay's listening address")
+        return self.relay.local_addr
 
     def stats(self) -> dict[str, Any]:
-        st = getattr(self.handle, "stats", None)
-        if st is None:
-            return {}
-        st = st() if callable(st) else st
-        if hasattr(st, "__dict__"):
-            return {k: v for k, v in vars(st).items() if isinstance(v, (int, float))}
-        return dict(st) if isinstance(st, dict) else {}
+        c = self.relay.counters()
+        return {"forwarded": c.up_forwarded + c.down_forwarded, "dropped_loss": c.dropped_loss,
+                "dropped_queue": c.dropped_queue}
 
     async def close(self) -> None:
-        closer = getattr(self.handle, "close", None) or getattr(self.handle, "stop", None)
-        if closer is not None:
-            result = closer()
-            if asyncio.iscoroutine(result):
-                await result
-        waiter = getattr(self.handle, "wait_closed", None)
-        if waiter is not None:
-            await waiter()
-
-
-class _FallbackRelay:
-    """Minimal delay+loss UDP relay, used only when roamlink.relay is not available (it is
-    the project's test utility, built on another branch). One upstream socket per client."""
-
-    def __init__(self, target: tuple[str, int], delay: float, loss: float, seed: int) -> None:
-        self.target, self.delay, self.loss = target, delay, loss
-        self.rng = random.Random(seed)
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
-        self.forwarded = self.dropped = 0
-        self._down: asyncio.DatagramTransport | None = None
-        self._up: dict[tuple[str, int], asyncio.DatagramTransport] = {}
-
-    def _later(self, send: Callable[[], None]) -> None:
-        if self.rng.random() < self.loss:
-            self.dropped += 1
-            return
-        self.forwarded += 1
-        asyncio.get_running_loop().call_later(self.delay, send)
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        relay = self
-
-        class Down(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                asyncio.ensure_future(relay._from_client(data, addr))
-
-        transport, _ = await loop.create_datagram_endpoint(Down, local_addr=("127.0.0.1", 0))
-        self._down = transport
-        self.address = transport.get_extra_info("sockname")[:2]
-
-    async def _from_client(self, data: bytes, addr: tuple[str, int]) -> None:
-        up = self._up.get(addr)
-        if up is None:
-            relay = self
-
-            class Up(asyncio.DatagramProtocol):
-                def datagram_received(self, reply: bytes, _: tuple[str, int]) -> None:
-                    down = relay._down
-                    if down is not None:
-                        relay._later(lambda: down.sendto(reply, addr))
-
-            up, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                Up, remote_addr=self.target)
-            self._up[addr] = up
-        self._later(lambda: up.sendto(data) if not up.is_closing() else None)
-
-    def stats(self) -> dict[str, int]:
-        return {"forwarded": self.forwarded, "dropped": self.dropped, "fallback_relay": 1}
-
-    def close(self) -> None:
-        for t in self._up.values():
-            t.close()
-        if self._down is not None:
-            self._down.close()
+        self.relay.close()
+        await self.relay.wait_closed()
 
 
 async def start_relay(target: tuple[str, int], delay: float, loss: float, seed: int
                       ) -> _Relay:
-    try:
-        from roamlink.relay import Impairment
-        from roamlink.relay import start_relay as project_start_relay
-    except ImportError:
-        fallback = _FallbackRelay(target, delay, loss, seed)
-        await fallback.start()
-        return _Relay(fallback)
-
-    kwargs: dict[str, Any] = {"delay": delay, "loss": loss}
-    try:
-        impairment = Impairment(seed=seed, **kwargs)  # type: ignore[call-arg]
-    except TypeError:
-        impairment = Impairment(**kwargs)
-    handle = project_start_relay(("127.0.0.1", 0), target, impairment=impairment)
-    if asyncio.iscoroutine(handle):
-        handle = await handle
-    return _Relay(handle)
+    """Same delay and loss both ways; seeded, so each run's loss pattern is reproducible."""
+    impairment = Impairment(delay=delay, loss=loss, seed=seed)
+    return _Relay(await project_start_relay(("127.0.0.1", 0), target, impairment=impairment))
 
 
 # --------------------------------------------------------------------------------- roamlink

@@ -44,6 +44,15 @@ def two_flows(seconds: float) -> None:
              time.perf_counter() - t)
 
 
+def mixed(seconds: float) -> None:
+    """One Vegas and one NewReno flow share the bottleneck (Vegas's competing mode)."""
+    t = time.perf_counter()
+    run = run_bottleneck("vegas", seconds=seconds, rate=RATE, flows=2, warmup=seconds / 3,
+                         controllers=["vegas", "newreno"])
+    emit("vegas_vs_newreno", {**run.summary(), "controllers": ["vegas", "newreno"]},
+         time.perf_counter() - t)
+
+
 def back_off(seconds: float) -> None:
     """5% random loss on a fast link; halfway the link slows to a quarter."""
     for cc in ("vegas", "newreno"):
@@ -81,7 +90,8 @@ def back_off(seconds: float) -> None:
              time.perf_counter() - t)
 
 
-FIGURES = {"loss": goodput_vs_loss, "two_flows": two_flows, "back_off": back_off}
+FIGURES = {"loss": goodput_vs_loss, "two_flows": two_flows, "back_off": back_off,
+           "mixed": mixed}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

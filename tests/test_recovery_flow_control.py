@@ -118,7 +118,7 @@ def test_memory_stays_bounded_during_a_long_lossy_transfer() -> None:
     # in-flight records are bounded by the window, not by what was sent
     assert peak_sent <= sender.cc.cwnd // cfg.max_datagram_size + 64
     # a pure receiver sends ACK-only packets, which need no record at all
-    assert peak_recv_sent <= 4
+    assert peak_recv_sent <= 8
     assert peak_ranges <= wire.MAX_ACK_RANGES
     assert len(sender.recovery._lost_pns) <= 2048 and early_lost_memory <= 2048  # noqa: SLF001
     assert finish(net, [flow]) and flow.exact()

@@ -65,12 +65,18 @@ def test_reordering_beyond_the_thresholds_is_counted_as_spurious() -> None:
     cfg = Config()
     net, flow = _flow(cfg, LinkConfig(delay=0.01, reorder=0.02, reorder_delay=0.04,
                                            rate=5e6), seed=4)
+    drive(net, [flow], net.now + 0.5)
+    flow.mark("start")
     drive(net, [flow], net.now + 2.0)
+    flow.mark("end")
     st = flow.sender.stats()
     assert st.packets_lost > 0 and st.spurious_losses > 0
     assert st.spurious_losses <= st.packets_lost
-    # reordering is not congestion: Vegas saw no delay rise and kept its window
-    assert st.congestion_events <= 2
+    # the loss thresholds widened to the reordering seen
+    rec = flow.sender.recovery
+    assert rec.packet_threshold > 3 and rec.time_threshold > 9 / 8
+    # reordering is not congestion: the rate stays near the link's 5 MB/s
+    assert flow.goodput("start", "end") >= 0.8 * 5e6
     assert finish(net, [flow]) and flow.exact()
 
 
@@ -130,5 +136,48 @@ def test_stats_expose_recovery_and_congestion_state() -> None:
     assert st.smoothed_rtt > 0 and st.rtt_variance > 0 and 0.02 <= st.min_rtt <= st.smoothed_rtt
     assert st.cwnd >= 2 * cfg.max_datagram_size and st.bytes_in_flight > 0
     assert st.congestion_controller == "vegas"
-    assert st.congestion_state in ("slow_start", "ramp_up", "steady", "recovery", "probe_rtt")
+    assert st.congestion_state in ("slow_start", "ramp_up", "steady", "recovery", "probe_rtt",
+                                   "competing")
     assert finish(net, [flow]) and flow.exact()
+
+
+def test_loss_thresholds_widen_on_spurious_loss_and_narrow_back() -> None:
+    from roamlink.core.recovery import PACKET_THRESHOLD, TIME_THRESHOLD, Recovery, SentPacket
+    from roamlink.core.rtt import RttEstimator
+
+    rec = Recovery(RttEstimator(0.02), 0.025, 0.05, 10.0)
+    now = 0.0
+    for pn in range(10):
+        rec.on_packet_sent(SentPacket(pn, now, 1200, True, [], []))
+    # 4..9 arrive first: 0..5 (3 behind the largest) are declared lost
+    _, lost, _ = rec.on_ack(wire.AckFrame(((4, 9),), 0), 0.02)
+    assert [p.number for p in lost] == [0, 1, 2, 3]
+    rec.on_ack(wire.AckFrame(((0, 9),), 0), 0.021)  # they were only late
+    assert rec.spurious_losses == 4
+    assert rec.packet_threshold > PACKET_THRESHOLD and rec.time_threshold > TIME_THRESHOLD
+    widened = rec.packet_threshold
+    # then a long stretch of real losses, none spurious: back to the RFC values
+    pn = 10
+    for _ in range(400):
+        for _ in range(widened + 2):
+            rec.on_packet_sent(SentPacket(pn, now, 1200, True, [], []))
+            pn += 1
+        rec.on_ack(wire.AckFrame(((pn - 1, pn - 1),), 0), now + 0.02)
+        now += 0.001
+    assert rec.packet_threshold == PACKET_THRESHOLD and rec.time_threshold == TIME_THRESHOLD
+
+
+def test_packets_taken_off_a_dead_path_are_not_spurious_losses() -> None:
+    from roamlink.core.recovery import PACKET_THRESHOLD, Recovery, SentPacket
+    from roamlink.core.rtt import RttEstimator
+
+    rec = Recovery(RttEstimator(0.02), 0.025, 0.05, 10.0)
+    for pn in range(5):
+        rec.on_packet_sent(SentPacket(pn, 0.0, 1200, True, [], []))
+    assert len(rec.take_all_in_flight()) == 5 and rec.bytes_in_flight == 0
+    rec.on_packet_sent(SentPacket(5, 0.01, 1200, True, [], []))
+    rec.on_ack(wire.AckFrame(((0, 5),), 0), 0.03)  # the old path delivered them after all
+    assert rec.spurious_losses == 0 and rec.packet_threshold == PACKET_THRESHOLD
+    rec.packet_threshold = 20
+    rec.on_new_path()
+    assert rec.packet_threshold == PACKET_THRESHOLD

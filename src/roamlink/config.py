@@ -31,8 +31,10 @@ class Config:
     connect_timeout: float = 10.0
     #: Close a connection when nothing was received for this long (0 disables).
     idle_timeout: float = 30.0
-    #: Send a PING when nothing was sent for this long (None disables).
-    keepalive_interval: float | None = None
+    #: Send a PING when nothing was sent for this long (None disables). On by default: it
+    #: keeps NAT mappings alive, and it is how a peer whose NAT re-mapped it while it had
+    #: nothing to send gets found again.
+    keepalive_interval: float | None = 15.0
     #: How long a closed connection's IDs stay reserved so late packets are ignored.
     draining_period: float = 3.0
     #: After ``close()``, how long to wait for the peer's FIN before aborting.

@@ -24,12 +24,14 @@ from ..errors import (
     ConnectionReset,
     ConnectTimeout,
     IdleTimeout,
+    MigrationError,
     ProtocolViolation,
     RoamlinkError,
     VersionMismatch,
 )
 from . import wire
 from .buffers import RecvBuffer, SendBuffer
+from .cids import ConnectionIds
 from .congestion import create_controller
 from .events import (
     Address,
@@ -37,9 +39,11 @@ from .events import (
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
+    PathChanged,
+    PathValidationFailed,
 )
 from .pacing import Pacer
-from .paths import PathManager
+from .paths import Candidate, PathManager, ValidationResult
 from .ranges import RangeSet
 from .recovery import Recovery, SentPacket
 from .rtt import RttEstimator
@@ -88,6 +92,8 @@ class Connection:
         version: int | None = None,
         random_bytes: RandomBytes = os.urandom,
         early_data: bytes = b"",
+        local: int = 0,
+        cid_taken: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.config = config
         self.is_client = is_client
@@ -97,7 +103,16 @@ class Connection:
         self._random = random_bytes
         self._offered_versions = list(config.versions)
         self.state = State.HANDSHAKING
-        self.paths = PathManager(remote_addr)
+        self.paths = PathManager(remote_addr, local, random_bytes=random_bytes,
+                                 max_candidates=config.max_candidate_paths,
+                                 validation_timeout=config.path_validation_timeout,
+                                 datagram_size=config.max_datagram_size)
+        self.cids = ConnectionIds(local_cid, peer_cid, spare=config.spare_cids,
+                                  random_bytes=random_bytes, is_taken=cid_taken)
+        #: bumped whenever the set of our CIDs changes, so every socket layer re-syncs routes
+        self.cid_version = 0
+        #: peer address changes (old, new) for the socket layer's address map (UpdateAddr)
+        self.addr_changes: list[tuple[Address, Address]] = []
         self.log = logging.LoggerAdapter(logger, {"cid": local_cid.hex()})
 
         self.rtt = RttEstimator(config.initial_rtt)
@@ -124,6 +139,11 @@ class Connection:
         self._largest_received_time = 0.0
         self._ack_pending = False
         self._ack_deadline: float | None = None
+        #: packets at or below this number cannot move the path (they predate the current one)
+        self._path_pn_floor = -1
+        self._gap_probe_sent = 0.0
+        self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._last_push_received = -1.0  # when the last packet carrying stream data arrived
         self._ack_eliciting_unacked = 0
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
         self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
@@ -146,7 +166,6 @@ class Connection:
         self._close_resend_due = False
         self._app_closed = False
         self._graceful_drain = False
-        self.routing_changes: list[tuple[bool, bytes]] = [(True, local_cid)]
 
         # counters
         self.bytes_sent = 0
@@ -156,9 +175,13 @@ class Connection:
         self.duplicate_packets = 0
         self.dropped_packets = 0
         self.retransmissions = 0
+        self.unvalidated_packets = 0  # processed from a path not (yet) validated
 
         if is_client and early_data:
             self.send_buf.write(early_data)
+        if not is_client:
+            self.cids.issue()  # announced in the SYN-ACK (see _handshake_frames)
+            self.cid_version += 1
         self.log.debug("new %s connection to %s", "client" if is_client else "server",
                        remote_addr)
 
@@ -244,6 +267,10 @@ class Connection:
             deadlines.append(self._last_received + self.config.idle_timeout)
         if self.config.keepalive_interval and self.is_established:
             deadlines.append(self._last_sent + self.config.keepalive_interval)
+        if self.is_established and self._expecting_data():
+            deadlines.append(self._gap_probe_deadline())
+        if self.paths.candidates:
+            deadlines.append(self.paths.timer())
         return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -271,6 +298,8 @@ class Connection:
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_pending = True
             self._ack_deadline = now  # send at the next opportunity
+        if self.paths.candidates:
+            self._expire_paths(now)
         lost, probe = self.recovery.on_timeout(now)
         if lost:
             self._on_lost(lost, now)
@@ -284,17 +313,28 @@ class Connection:
                 if oldest is not None:
                     for offset, length, fin in oldest.stream:
                         self.send_buf.on_lost(offset, length, fin)
+        if (self.is_established and self._expecting_data()
+                and now >= self._gap_probe_deadline()):
+            # the peer was sending (or data is missing) and went quiet: maybe our address
+            # changed and its packets go astray. A packet from us lets it find us again.
+            self._gap_probe_sent = now
+            self._gap_probes += 1
+            self._ack_pending = True
         if (self.config.keepalive_interval and self.is_established
                 and now >= self._last_sent + self.config.keepalive_interval):
             self._control.append(wire.PingFrame())
 
     # ------------------------------------------------------------------ receiving
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram addressed to this connection. Never raises on bad input."""
+    def receive_datagram(self, data: bytes, addr: Address, now: float,
+                         local: int | None = None) -> None:
+        """Process one datagram that arrived on socket ``local`` (default: the one in use).
+
+        Never raises on bad input: malformed packets are dropped and counted.
+        """
         if self.state is State.CLOSED:
             return
         try:
-            self._receive(data, addr, now)
+            self._receive(data, addr, now, self.paths.local if local is None else local)
         except wire.MalformedPacket as exc:
             self.dropped_packets += 1
             self.log.debug("dropped malformed packet from %s: %s", addr, exc)
@@ -302,7 +342,7 @@ class Connection:
             self.log.warning("protocol violation by peer: %s", exc.reason)
             self._enter_closing(now, exc.code, exc.reason, exc)
 
-    def _receive(self, data: bytes, addr: Address, now: float) -> None:
+    def _receive(self, data: bytes, addr: Address, now: float, local: int) -> None:
         first = data[0] if data else -1
         if first == wire.SHORT:
             dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
@@ -341,15 +381,23 @@ class Connection:
 
         self.packets_received += 1
         self.bytes_received += len(data)
-        self._last_received = now
-        is_newest = pn > self._largest_received
+        is_newest = pn > self._largest_received and pn > self._path_pn_floor
         out_of_order = pn != self._largest_received + 1
-        self._received.add(pn, pn + 1)
-        self._received.drop_oldest(wire.MAX_ACK_RANGES)
-        if is_newest:
-            self._largest_received = pn
-            self._largest_received_time = now
-        self.on_packet_path(addr, len(data), is_newest, now)
+        on_path = self.paths.is_current(local, addr) or self.state is State.HANDSHAKING
+        if on_path:
+            self._last_received = now
+            self._gap_probes = 0
+            self._received.add(pn, pn + 1)
+            self._received.drop_oldest(wire.MAX_ACK_RANGES)
+            if is_newest:
+                self._largest_received = pn
+                self._largest_received_time = now
+        else:
+            # an unvalidated path: its frames are processed (they are idempotent), but its
+            # packet number is neither recorded nor acknowledged, so a forged "newest" packet
+            # cannot poison our ACKs or hide a genuine packet as a duplicate later
+            self.unvalidated_packets += 1
+            self._on_packet_from_other_path(local, addr, len(data), pn, is_newest, now)
 
         if first == wire.SHORT and self.state is State.HANDSHAKING:
             self._complete_handshake()  # server: the client used the CID it learnt from us
@@ -358,12 +406,12 @@ class Connection:
         for frame in frames:
             if _ack_eliciting(frame):
                 eliciting = True
-            self._on_frame(frame, addr, now)
+            self._on_frame(frame, local, addr, now)
             if self.state in (State.CLOSED, State.CLOSING) or (
                     self.state is State.DRAINING and not self._graceful_drain):
                 return
 
-        if eliciting:
+        if eliciting and on_path:
             self._ack_eliciting_unacked += 1
             if (out_of_order or self._ack_eliciting_unacked >= self.config.ack_every
                     or first != wire.SHORT or self.state is State.HANDSHAKING
@@ -379,8 +427,131 @@ class Connection:
             self._ack_pending = True
             self._ack_deadline = None
 
-    def on_packet_path(self, addr: Address, size: int, is_newest: bool, now: float) -> None:
-        """Hook for path tracking (a packet from ``addr`` was accepted)."""
+    # ------------------------------------------------------------------ migration
+    def _on_packet_from_other_path(self, local: int, addr: Address, size: int, pn: int,
+                                   is_newest: bool, now: float) -> None:
+        """Passive migration: the peer's newest packet came over another path."""
+        if not self.is_established:
+            return
+        cand = self.paths.on_packet(local, addr, size, pn, is_newest, now, self._path_retry())
+        if cand is not None:
+            self.log.info("packet %s from new address %s: validating the path",
+                          "(newest)" if is_newest else "", addr)
+            self._set_state(Trigger.PATH_CANDIDATE)
+
+    def migrate(self, now: float, remote: Address | None = None, local: int | None = None,
+                timeout: float | None = None) -> Candidate:
+        """Active migration: validate (local, remote) and move there when it answers.
+
+        The probes use a fresh peer CID, so an observer cannot link the two paths. Raises
+        :class:`MigrationError` when no validation can start.
+        """
+        if not self.is_established:
+            raise MigrationError(f"cannot migrate in state {self.state.value}")
+        remote = self.paths.remote_addr if remote is None else remote
+        local = self.paths.local if local is None else local
+        if self.paths.is_current(local, remote):
+            raise MigrationError("the connection already uses that path")
+        reserved = self.cids.reserve_unused_peer_cid()
+        if reserved is None:
+            raise MigrationError("the peer has no spare connection ID for a new path yet")
+        cand = self.paths.start(local, remote, now, "active", self._path_retry(), timeout,
+                                unlimited_budget=True)
+        if cand is None:
+            self._retire_peer_cid(self.cids.release(reserved[0]))
+            raise MigrationError("too many path validations in progress")
+        if cand.dcid_seq is None:
+            cand.dcid_seq = reserved[0]
+        else:
+            self._retire_peer_cid(self.cids.release(reserved[0]))
+        self.log.info("migrating to %s (socket %d)", remote, local)
+        self._set_state(Trigger.PATH_CANDIDATE)
+        return cand
+
+    def _expecting_data(self) -> bool:
+        """Data is missing, or the peer was in the middle of sending when it went quiet."""
+        return bool(self.recv_buf.segment_count) or (
+            self._last_push_received >= self._last_received
+            and self.recv_buf.fin_offset is None and self._gap_probes < 8)
+
+    def _gap_probe_deadline(self) -> float:
+        backoff = 2.0 * (1 << min(self._gap_probes, 6))
+        return (max(self._last_received, self._gap_probe_sent)
+                + backoff * self.recovery.pto_interval())
+
+    def _path_retry(self) -> float:
+        """The challenge retry interval: one retransmission timeout (RTO)."""
+        rtt = self.rtt
+        rto = rtt.smoothed + max(4 * rtt.variance, 0.001) + self.config.max_ack_delay
+        return min(max(rto, self.config.min_rto), self.config.max_rto)
+
+    def _on_path_validated(self, result: ValidationResult, now: float) -> None:
+        cand = result.candidate
+        old_local, old_addr = self.paths.switch_to(cand)
+        # packets older than the newest one seen on the new path never move us back
+        self._path_pn_floor = max(self._path_pn_floor, self._largest_received, cand.largest_pn)
+        if cand.dcid_seq is not None:
+            self._retire_peer_cid(self.cids.switch_to(cand.dcid_seq))
+            self.peer_cid = self.cids.active_peer_cid
+        if _host(old_addr) != _host(cand.addr):
+            # a new network: its capacity and delay are unknown, start over
+            self.cc.on_path_change()
+            self.rtt.reset()
+            self.recovery.on_new_path()
+            if self.pacer is not None:
+                self._pace_at = None
+        # what was in flight on the old path is resent on the new one (the receiver drops
+        # duplicates), without counting it as congestion
+        for pkt in self.recovery.take_all_in_flight():
+            self._requeue(pkt)
+        if old_addr != cand.addr:
+            self.addr_changes.append((old_addr, cand.addr))
+        self._ack_pending = True  # acknowledge on the new path at once
+        self.log.info("path validated in %.1f ms: %s -> %s (%s; local socket %d -> %d)",
+                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_local,
+                      cand.local)
+        self._events.append(PathChanged(old_addr, cand.addr, cand.reason, result.elapsed,
+                                        old_local, cand.local))
+        if not self.paths.candidates:
+            self._set_state(Trigger.PATH_VALIDATED)
+
+    def _expire_paths(self, now: float) -> None:
+        for result in self.paths.expire(now):
+            cand = result.candidate
+            if cand.dcid_seq is not None:
+                self._retire_peer_cid(self.cids.release(cand.dcid_seq))
+            self.log.info("path validation to %s failed: %s", cand.addr, result.why)
+            self._events.append(PathValidationFailed(cand.addr, result.why, cand.local))
+        if not self.paths.candidates and self.state is State.VALIDATING_PATH:
+            self._set_state(Trigger.PATH_FAILED)
+
+    def _retire_peer_cid(self, seq: int | None) -> None:
+        if seq is not None:
+            self._control.append(wire.RetireConnectionIdFrame(seq))
+
+    def _issue_cids(self) -> None:
+        issued = self.cids.issue()
+        if issued:
+            self.cid_version += 1
+            for _, frame in issued:
+                self._control.append(frame)
+
+    def routed_cids(self) -> list[bytes]:
+        """Every CID of ours the peer may use: the socket layer routes them all here."""
+        return list(self.cids.local.values())
+
+    def _on_new_connection_id(self, frame: wire.NewConnectionIdFrame) -> None:
+        for seq in self.cids.on_new_cid(frame):
+            self._retire_peer_cid(seq)
+
+    def _on_retire_connection_id(self, frame: wire.RetireConnectionIdFrame) -> None:
+        try:
+            cid = self.cids.on_retire(frame.sequence)
+        except ValueError as exc:
+            raise ProtocolViolation(PROTOCOL_VIOLATION, str(exc)) from None
+        if cid is not None:
+            self.cid_version += 1
+            self._issue_cids()  # replenish, so the peer can migrate again
 
     def _accept_long_header(self, hdr: wire.LongHeader) -> bool:
         if hdr.version != self.version:
@@ -422,12 +593,16 @@ class Connection:
 
     def _complete_handshake(self) -> None:
         if self.state is State.HANDSHAKING:
+            if self.is_client:
+                self.cids.set_handshake_peer_cid(self.peer_cid)
+            self._issue_cids()
             self._set_state(Trigger.HANDSHAKE_DONE)
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")
 
-    def _on_frame(self, frame: wire.Frame, addr: Address, now: float) -> None:
+    def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
+            self._last_push_received = self._last_received
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
             self._on_ack(frame, now)
@@ -437,14 +612,17 @@ class Connection:
         elif isinstance(frame, wire.DataBlockedFrame):
             self._send_max_data = True  # the peer is stuck: repeat our credit now
         elif isinstance(frame, wire.PathChallengeFrame):
-            self.paths.on_challenge(addr, frame.data)
+            self.paths.on_challenge(local, addr, frame.data)
+        elif isinstance(frame, wire.PathResponseFrame):
+            result = self.paths.on_response(local, addr, frame.data, now)
+            if result is not None and self.is_established:
+                self._on_path_validated(result, now)
+        elif isinstance(frame, wire.NewConnectionIdFrame):
+            self._on_new_connection_id(frame)
+        elif isinstance(frame, wire.RetireConnectionIdFrame):
+            self._on_retire_connection_id(frame)
         elif isinstance(frame, wire.CloseFrame):
             self._on_close_frame(frame, now)
-        else:
-            self.on_other_frame(frame, addr, now)
-
-    def on_other_frame(self, frame: wire.Frame, addr: Address, now: float) -> None:
-        """Frames handled by extensions (path responses, connection IDs)."""
 
     def _on_push(self, frame: wire.PushFrame) -> None:
         end = frame.offset + len(frame.data)
@@ -480,25 +658,31 @@ class Connection:
             self._on_lost(lost, now)
 
     def _on_lost(self, lost: list[SentPacket], now: float) -> None:
-        send_buf = self.send_buf
         for pkt in lost:
-            for offset, length, fin in pkt.stream:
-                send_buf.on_lost(offset, length, fin)
-            for frame in pkt.control:
-                if isinstance(frame, wire.MaxDataFrame):
-                    self._send_max_data = True
-                elif frame is _HANDSHAKE_MARK:
-                    if self.state is State.HANDSHAKING:
-                        self._handshake_pending = True
-                elif isinstance(frame, wire.PingFrame):
-                    pass  # a lost PING needs no repeat
-                elif isinstance(frame, wire.DataBlockedFrame):
-                    if (frame.limit == self.peer_max_data
-                            and self.send_buf.next_offset >= self.peer_max_data):
-                        self._control.append(frame)  # still blocked there: say it again
-                else:
-                    self._control.append(frame)
+            self._requeue(pkt)
         self.cc.on_packets_lost(lost, self.rtt, now)
+
+    def _requeue(self, pkt: SentPacket) -> None:
+        """Queue what a lost packet carried to be sent again, in new packets."""
+        for offset, length, fin in pkt.stream:
+            self.send_buf.on_lost(offset, length, fin)
+        for frame in pkt.control:
+            if isinstance(frame, wire.MaxDataFrame):
+                self._send_max_data = True
+            elif frame is _HANDSHAKE_MARK:
+                if self.state is State.HANDSHAKING:
+                    self._handshake_pending = True
+            elif isinstance(frame, wire.PingFrame):
+                pass  # a lost PING needs no repeat
+            elif isinstance(frame, wire.DataBlockedFrame):
+                if (frame.limit == self.peer_max_data
+                        and self.send_buf.next_offset >= self.peer_max_data):
+                    self._control.append(frame)  # still blocked there: say it again
+            elif isinstance(frame, wire.NewConnectionIdFrame):
+                if frame.sequence in self.cids.local:
+                    self._control.append(frame)  # not retired meanwhile: announce it again
+            else:
+                self._control.append(frame)
 
     def _on_close_frame(self, frame: wire.CloseFrame, now: float) -> None:
         if frame.code == NO_ERROR:
@@ -527,8 +711,6 @@ class Connection:
         if new is not self.state:
             self.log.debug("state %s -> %s (%s)", self.state.value, new.value, trigger.value)
             self.state = new
-            if new is State.CLOSED:
-                self.routing_changes.append((False, b""))
 
     def _terminate(self, err: RoamlinkError | None, trigger: Trigger) -> None:
         self.error = self.error or err
@@ -563,14 +745,22 @@ class Connection:
         return ConnectionClosed("the connection is closed for writing")
 
     # ------------------------------------------------------------------ sending
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self, now: float, local: int | None = None
+                          ) -> list[tuple[bytes, Address]]:
+        """Datagrams to send now from socket ``local`` (default: the one in use).
+
+        For a socket that is not the one in use, only path-validation probes come out.
+        """
         state = self.state
         if state is State.CLOSED:
             return []
         out: list[tuple[bytes, Address]] = []
-        for addr, data in self.paths.take_responses():
-            out.append((self._build_probe(wire.PathResponseFrame(data), now), addr))
-        out.extend(self.path_datagrams(now))
+        if local is None:
+            local = self.paths.local
+        if self.paths.has_work():
+            self._path_probes(local, now, out)
+        if local != self.paths.local:
+            return out
         if state is State.CLOSING:
             if self._close_resend_due and self._close_frame is not None:
                 self._close_resend_due = False
@@ -599,9 +789,26 @@ class Connection:
         self._build_data_packets(now, out)
         return out
 
-    def path_datagrams(self, now: float) -> list[tuple[bytes, Address]]:
-        """Hook: path-validation probes to send."""
-        return []
+    def _path_probes(self, local: int, now: float, out: list[tuple[bytes, Address]]) -> None:
+        """PATH_RESPONSEs owed and PATH_CHALLENGEs due on socket ``local``."""
+        paths = self.paths
+        small = 1 + len(self.peer_cid) + 8 + 9  # header + one path frame
+        for addr, data in paths.take_responses(local):
+            size = paths.response_size(local, addr, small)
+            if size:
+                out.append((self._build_probe(wire.PathResponseFrame(data), now,
+                                              self._dcid_for(local, addr), size), addr))
+        if not paths.candidates or not self.is_established:
+            return
+        for cand, data, size in paths.due_challenges(local, now, small):
+            out.append((self._build_probe(wire.PathChallengeFrame(data), now,
+                                          self._dcid_for(local, cand.addr), size), cand.addr))
+
+    def _dcid_for(self, local: int, addr: Address) -> bytes:
+        cand = self.paths.candidates.get((local, addr))
+        if cand is not None and cand.dcid_seq is not None and cand.dcid_seq in self.cids.peer:
+            return self.cids.peer[cand.dcid_seq]
+        return self.peer_cid
 
     def _can_send_in_flight(self) -> bool:
         return self.recovery.bytes_in_flight + self.config.max_datagram_size <= self.cc.cwnd
@@ -743,17 +950,28 @@ class Connection:
                       ) -> bytes:
         return self._finish_packet(frames, now, [], control or [], control is not None)
 
-    def _build_probe(self, frame: wire.Frame, now: float) -> bytes:
-        """A packet padded to full size: a path that cannot carry it is not validated."""
+    def _build_probe(self, frame: wire.Frame, now: float, dcid: bytes, size: int) -> bytes:
+        """A path probe padded to ``size`` (the full datagram size unless the
+        anti-amplification budget forbids): a path that cannot carry it is not validated."""
         encoded = wire.encode_frame(frame)
-        pad = self.config.max_datagram_size - (1 + len(self.peer_cid) + 8 + len(encoded))
-        return self._finish_packet([encoded, bytes(max(pad, 0))], now, [], [], False)
+        header = 1 + len(dcid) + 8
+        pn = self._next_pn
+        self._next_pn = pn + 1
+        datagram = b"".join((_SHORT_TYPE, dcid, _PN.pack(pn), encoded,
+                             bytes(max(size - header - len(encoded), 0))))
+        # probes are not in flight: the path manager retries challenges itself
+        self._on_sent(pn, datagram, now, False, [], [])
+        return datagram
 
     def _handshake_frames(self, room: int, now: float
                           ) -> tuple[list[bytes], list[tuple[int, int, bool]]]:
         self._advertised_max_data = self.local_max_data
         parts = [wire.encode_frame(wire.MaxDataFrame(self.local_max_data))]
         stream: list[tuple[int, int, bool]] = []
+        if not self.is_client:
+            # spare CIDs ride in the SYN-ACK: the client can migrate from its first packet on
+            parts.extend(wire.encode_frame(wire.NewConnectionIdFrame(seq, 0, cid))
+                         for seq, cid in self.cids.local.items() if seq)
         if self._received:
             parts.append(self._encode_ack(now))
         used = sum(len(p) for p in parts)
@@ -830,6 +1048,11 @@ class _HandshakeMark(wire.PingFrame):
 
 
 _HANDSHAKE_MARK = _HandshakeMark()
+
+
+def _host(addr: Address) -> str:
+    """The IP part of an address: a change of it (not just the port) is a new network."""
+    return addr[0]
 
 
 def _ack_eliciting(frame: wire.Frame) -> bool:

@@ -1,27 +1,248 @@
-"""Network paths: which peer address we send to, and how a new one is proven (PATH_CHALLENGE).
+"""Network paths and how a new one is proven (seed section 3.2).
 
-This module answers challenges from the peer. Validating a new path (passive and active
-migration) builds on it.
+A path is a (local socket, peer address) pair. The connection sends on one validated path.
+A *candidate* path appears when:
+
+* the peer's newest packet arrives from another address (passive migration: NAT rebinding,
+  Wi-Fi to 4G), or
+* the application calls ``migrate()`` (active migration: another peer address and/or a new
+  local socket).
+
+A candidate is never used for data. We send it PATH_CHALLENGE (8 fresh random bytes, padded to
+the full datagram size so that a path which cannot carry full-size datagrams never validates)
+and switch only when a PATH_RESPONSE echoing an outstanding challenge arrives *from that
+address on that socket*. Challenges are retried on an RTO-derived interval with fresh data,
+until ``Config.path_validation_timeout``. Until a candidate is validated we send it at most
+three times the bytes it sent us (anti-amplification), and at most
+``Config.max_candidate_paths`` candidates exist at once, so a flood of spoofed source
+addresses costs bounded memory and traffic.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from .events import Address
+
+#: Anti-amplification factor for unvalidated addresses.
+AMPLIFICATION_FACTOR = 3
+#: Outstanding challenge values remembered per candidate (each retry adds one).
+_MAX_CHALLENGES = 8
+#: Challenges from the peer answered per call (a flood cannot grow memory).
+_MAX_RESPONSES = 8
+
+PathKey = tuple[int, Address]  # (local socket id, peer address)
+
+
+@dataclass
+class Candidate:
+    """A path being validated."""
+
+    local: int
+    addr: Address
+    reason: str  # "passive" or "active"
+    started: float
+    deadline: float
+    next_send: float  # when the next challenge is due (now: at once)
+    retry_interval: float
+    dcid_seq: int | None = None  # peer CID reserved for this path (active migration)
+    challenges: dict[bytes, bool] = field(default_factory=dict)  # data -> was padded
+    address_proven: bool = False  # an unpadded challenge was answered; MTU still unproven
+    largest_pn: int = -1  # newest packet number that arrived over this path
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    attempts: int = 0
+
+    @property
+    def key(self) -> PathKey:
+        return (self.local, self.addr)
+
+    def budget(self) -> int:
+        """Bytes we may still send to this address (unlimited once it proved itself)."""
+        if self.address_proven:
+            return 1 << 40
+        return AMPLIFICATION_FACTOR * self.bytes_received - self.bytes_sent
+
+
+@dataclass
+class ValidationResult:
+    candidate: Candidate
+    ok: bool
+    elapsed: float
+    why: str = ""
 
 
 class PathManager:
-    """Owns the peer address in use and the path-validation exchanges."""
+    """Owns the path in use and every candidate path's validation."""
 
-    def __init__(self, remote_addr: Address) -> None:
+    def __init__(self, remote_addr: Address, local: int = 0, *,
+                 random_bytes: Callable[[int], bytes] | None = None,
+                 max_candidates: int = 3, validation_timeout: float = 3.0,
+                 datagram_size: int = 1200) -> None:
         self.remote_addr: Address = remote_addr
+        self.local = local
+        self.random_bytes = random_bytes
+        self.max_candidates = max_candidates
+        self.validation_timeout = validation_timeout
+        self.datagram_size = datagram_size
+        self.candidates: dict[PathKey, Candidate] = {}
         self.path_changes = 0
-        self._responses: list[tuple[Address, bytes]] = []
+        self.challenges_sent = 0
+        self.candidates_refused = 0
+        self.validations_failed = 0
+        self._responses: list[tuple[int, Address, bytes]] = []
+        #: paths we left on purpose: the peer keeps using them until it follows us, and
+        #: that must not drag us back (bounded)
+        self.abandoned: deque[PathKey] = deque(maxlen=8)
 
-    def on_challenge(self, addr: Address, data: bytes) -> None:
+    # ------------------------------------------------------------------ inbound
+    def is_current(self, local: int, addr: Address) -> bool:
+        return local == self.local and addr == self.remote_addr
+
+    def on_packet(self, local: int, addr: Address, size: int, pn: int, is_newest: bool,
+                  now: float, retry_interval: float) -> Candidate | None:
+        """Account a packet from a non-current path; start validating it if it is newest.
+
+        Only the newest packet can start a migration: a delayed or duplicated packet from a
+        former address is processed but never moves the path back.
+        """
+        cand = self.candidates.get((local, addr))
+        if cand is not None:
+            cand.bytes_received += size
+            cand.largest_pn = max(cand.largest_pn, pn)
+            return None
+        if not is_newest or (local, addr) in self.abandoned:
+            return None
+        cand = self.start(local, addr, now, "passive", retry_interval)
+        if cand is not None:
+            cand.bytes_received += size
+            cand.largest_pn = pn
+        return cand
+
+    def start(self, local: int, addr: Address, now: float, reason: str, retry_interval: float,
+              timeout: float | None = None, *, unlimited_budget: bool = False
+              ) -> Candidate | None:
+        """Begin validating a path; None when too many candidates are in progress."""
+        key = (local, addr)
+        if reason == "active" and key in self.abandoned:
+            self.abandoned.remove(key)
+        existing = self.candidates.get(key)
+        if existing is not None:
+            if reason == "active":
+                existing.reason = "active"
+            return existing
+        if len(self.candidates) >= self.max_candidates:
+            self.candidates_refused += 1
+            return None
+        cand = Candidate(local, addr, reason, now, now + (timeout or self.validation_timeout),
+                         now, retry_interval)
+        if unlimited_budget:
+            # we chose this address ourselves (migrate()): it is not an amplification target
+            cand.bytes_received = 1 << 40
+        self.candidates[key] = cand
+        return cand
+
+    def on_challenge(self, local: int, addr: Address, data: bytes) -> None:
         """Echo a challenge at once, on the path it came from."""
-        if len(self._responses) < 8:  # bounded: a flood of challenges cannot grow memory
-            self._responses.append((addr, data))
+        if len(self._responses) < _MAX_RESPONSES:
+            self._responses.append((local, addr, data))
 
-    def take_responses(self) -> list[tuple[Address, bytes]]:
-        out, self._responses = self._responses, []
+    def on_response(self, local: int, addr: Address, data: bytes, now: float
+                    ) -> ValidationResult | None:
+        """A PATH_RESPONSE counts only if it echoes an outstanding challenge of the path it
+        arrived on."""
+        cand = self.candidates.get((local, addr))
+        if cand is None or data not in cand.challenges:
+            return None
+        if not cand.challenges[data]:
+            # the address is proven, but the challenge was small: prove the path also
+            # carries full-size datagrams before using it (RFC 9000 section 8.2.1)
+            cand.address_proven = True
+            cand.next_send = now
+            return None
+        del self.candidates[cand.key]
+        return ValidationResult(cand, True, now - cand.started)
+
+    def switch_to(self, cand: Candidate) -> tuple[int, Address]:
+        """Make ``cand`` the path in use; return the old (local, address)."""
+        old = (self.local, self.remote_addr)
+        if cand.reason == "active":
+            self.abandoned.append(old)
+        self.local, self.remote_addr = cand.local, cand.addr
+        self.path_changes += 1
+        # a candidate on the path we just left is meaningless now
+        self.candidates.pop(old, None)
+        return old
+
+    # ------------------------------------------------------------------ outbound
+    def take_responses(self, local: int) -> list[tuple[Address, bytes]]:
+        out = [(a, d) for (loc, a, d) in self._responses if loc == local]
+        self._responses = [r for r in self._responses if r[0] != local]
         return out
+
+    def due_challenges(self, local: int, now: float, small_size: int
+                       ) -> list[tuple[Candidate, bytes, int]]:
+        """``(candidate, data, datagram size)`` of the challenges due on socket ``local``.
+
+        Each carries fresh random data. A challenge is padded to the full datagram size when
+        the anti-amplification budget allows; otherwise it goes out small (``small_size``) to
+        prove the address first, and a padded one follows once that is answered.
+        """
+        out = []
+        for cand in self.candidates.values():
+            if cand.local != local or now < cand.next_send:
+                continue
+            budget = cand.budget()
+            size = self.datagram_size if budget >= self.datagram_size else small_size
+            if budget < size:
+                continue  # wait until the address has sent us enough (anti-amplification)
+            assert self.random_bytes is not None
+            data = self.random_bytes(8)
+            cand.challenges[data] = size >= self.datagram_size
+            while len(cand.challenges) > _MAX_CHALLENGES:
+                del cand.challenges[next(iter(cand.challenges))]
+            cand.bytes_sent += size
+            cand.attempts += 1
+            cand.next_send = now + cand.retry_interval * (1 << min(cand.attempts - 1, 4))
+            self.challenges_sent += 1
+            out.append((cand, data, size))
+        return out
+
+    def response_size(self, local: int, addr: Address, small_size: int) -> int:
+        """How big a PATH_RESPONSE to ``addr`` may be (0: not at all), and charge it."""
+        cand = self.candidates.get((local, addr))
+        if cand is None:
+            return self.datagram_size
+        for size in (self.datagram_size, small_size):
+            if cand.budget() >= size:
+                cand.bytes_sent += size
+                return size
+        return 0
+
+    def has_work(self) -> bool:
+        return bool(self._responses or self.candidates)
+
+    def locals_with_work(self) -> set[int]:
+        """Sockets other than the current one that have probes or responses to send."""
+        out = {c.local for c in self.candidates.values()}
+        out.update(r[0] for r in self._responses)
+        out.discard(self.local)
+        return out
+
+    # ------------------------------------------------------------------ timers
+    def timer(self) -> float | None:
+        times = [min(c.next_send, c.deadline) for c in self.candidates.values()
+                 if c.budget() >= self.datagram_size]
+        times += [c.deadline for c in self.candidates.values()]
+        return min(times, default=None)
+
+    def expire(self, now: float) -> list[ValidationResult]:
+        failed = [c for c in self.candidates.values() if now >= c.deadline]
+        for cand in failed:
+            del self.candidates[cand.key]
+            self.validations_failed += 1
+        return [ValidationResult(c, False, now - c.started,
+                                 f"no PATH_RESPONSE from {c.addr} after {c.attempts} "
+                                 f"challenge(s)") for c in failed]

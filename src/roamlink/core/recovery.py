@@ -2,8 +2,10 @@
 
 Follows RFC 9002: a packet is lost when a packet sent ``PACKET_THRESHOLD`` later was
 acknowledged, or when it is older than ``TIME_THRESHOLD`` x RTT and a later one was
-acknowledged. A probe timeout (PTO) with exponential backoff recovers a lost tail. Lost
-packets are never resent as such: their frames are handed back to be sent in new packets.
+acknowledged. Both thresholds grow when a loss turns out spurious (the path reorders more
+than they allow, as jittery radio links do), the way TCP RACK widens its reordering window.
+A probe timeout (PTO) with exponential backoff recovers a lost tail. Lost packets are never
+resent as such: their frames are handed back to be sent in new packets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from .wire import AckFrame
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
 TIMER_GRANULARITY = 0.001
+#: Ceilings of the adapted thresholds: loss detection never waits longer than this.
+MAX_PACKET_THRESHOLD = 64
+MAX_TIME_THRESHOLD = 2.0
+#: After this many losses with none found spurious, the thresholds step back toward RFC 9002's.
+_NARROW_AFTER = 64
 _REMEMBER_LOST = 2048  # lost packet numbers kept to detect spurious retransmissions
 
 
@@ -60,6 +67,9 @@ class Recovery:
         self.loss_time: float | None = None
         self.last_ack_eliciting_time: float | None = None
         self._lost_pns: list[int] = []  # sorted; recently declared lost
+        self.packet_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
+        self._losses_since_spurious = 0
         # counters
         self.packets_lost = 0
         self.spurious_losses = 0
@@ -103,6 +113,7 @@ class Recovery:
                 if i < j:
                     self.spurious_losses += j - i
                     del lost_pns[i:j]
+                    self._widen_thresholds()
                     if not lost_pns:
                         break
         rtt_updated = False
@@ -126,14 +137,15 @@ class Recovery:
     def _detect_lost(self, now: float) -> list[SentPacket]:
         self.loss_time = None
         rtt = self.rtt
-        loss_delay = max(TIME_THRESHOLD * max(rtt.latest, rtt.smoothed), TIMER_GRANULARITY)
+        loss_delay = max(self.time_threshold * max(rtt.latest, rtt.smoothed), TIMER_GRANULARITY)
+        threshold = self.packet_threshold
         lost_send_time = now - loss_delay
         largest = self.largest_acked
         lost: list[SentPacket] = []
         for pn, pkt in self.sent.items():
             if pn > largest:
                 break
-            if pkt.time_sent <= lost_send_time or largest - pn >= PACKET_THRESHOLD:
+            if pkt.time_sent <= lost_send_time or largest - pn >= threshold:
                 lost.append(pkt)
             else:
                 t = pkt.time_sent + loss_delay
@@ -143,11 +155,30 @@ class Recovery:
             self._forget_lost(pkt)
         return lost
 
+    def on_new_path(self) -> None:
+        """A new network path: its reordering is unknown, so start from RFC 9002's thresholds."""
+        self.packet_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
+        self._losses_since_spurious = 0
+
+    def _widen_thresholds(self) -> None:
+        """A loss was spurious: tolerate more reordering (by half again, and 1/8 RTT)."""
+        self.packet_threshold = min(self.packet_threshold + max(self.packet_threshold // 2, 1),
+                                    MAX_PACKET_THRESHOLD)
+        self.time_threshold = min(self.time_threshold + 0.125, MAX_TIME_THRESHOLD)
+        self._losses_since_spurious = 0
+
     def _forget_lost(self, pkt: SentPacket) -> None:
         del self.sent[pkt.number]
         if pkt.in_flight:
             self.bytes_in_flight -= pkt.size
         self.packets_lost += 1
+        self._losses_since_spurious += 1
+        if self._losses_since_spurious >= _NARROW_AFTER:
+            # no reordering seen for a while: detect real losses sooner again
+            self._losses_since_spurious = 0
+            self.packet_threshold = max(self.packet_threshold * 2 // 3, PACKET_THRESHOLD)
+            self.time_threshold = max(self.time_threshold - 0.125, TIME_THRESHOLD)
         lost_pns = self._lost_pns
         if not lost_pns or pkt.number > lost_pns[-1]:
             lost_pns.append(pkt.number)
@@ -188,10 +219,17 @@ class Recovery:
         return None
 
     def take_all_in_flight(self) -> list[SentPacket]:
-        """Declare everything in flight lost (e.g. its path is gone); for retransmission."""
+        """Declare everything in flight lost (e.g. its path is gone); for retransmission.
+
+        These were not judged lost by the thresholds, so a late ACK for one of them is not a
+        spurious loss and must not widen the reordering thresholds: they are not remembered.
+        """
         lost = [p for p in self.sent.values() if p.ack_eliciting]
         for pkt in lost:
             self._forget_lost(pkt)
+        if lost:
+            gone = {p.number for p in lost}
+            self._lost_pns = [pn for pn in self._lost_pns if pn not in gone]
         self.sent.clear()
         self.bytes_in_flight = 0
         self.loss_time = None

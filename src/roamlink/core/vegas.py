@@ -45,10 +45,14 @@ GAMMA = 2
 GAIN = 0.5
 #: Growth per adjustment while the queue stays empty (fraction of the window).
 RAMP = 1 / 8
+#: ... and this much once the queue stayed empty for RAMP_FAST_AFTER measurements in a row
+#: (a long, fat path where a random loss ended slow start early).
+RAMP_FAST = 1 / 4
+RAMP_FAST_AFTER = 4
 #: Loss fraction of a round above which loss counts as congestion whatever the delay says.
 HEAVY_LOSS = 0.3
 #: Loss fraction of a round that ends slow start even without a delay rise.
-SLOW_START_LOSS = 0.1
+SLOW_START_LOSS = 0.25
 #: A loss is congestive only if the delay rose by more than this (clamped fraction of base):
 #: a few packets of queue on a fast link are well inside the jitter of real paths.
 DELAY_RISE_FRACTION = 1 / 8
@@ -62,8 +66,21 @@ MIN_DECREASE = 0.5
 #: path and settles at about 1.6 times their share (Vegas's "late-comer advantage").
 PROBE_INTERVAL = 2.0
 PROBE_DEPTH = 1 / 4
+#: Competing with loss-based flows: after this many measurements in a row in which we shrank
+#: while the queueing delay stayed high, someone else fills the queue (Reno, CUBIC): yielding
+#: further would starve us, so grow by one packet per RTT and halve-ish on congestive loss
+#: (AIMD, x0.7) until the queue is seen empty COMPETE_EXIT measurements in a row.
+COMPETE_AFTER = 6
+COMPETE_EXIT = 3
+COMPETE_DECREASE = 0.7
+#: ... "stayed high" means it did not fall by more than this (or 2 x rttvar on a jittery
+#: path) and is still twice that above the base RTT; and a congestive loss (the queue
+#: overflowed: Vegas flows alone never fill it) happened within COMPETE_MEMORY seconds.
+COMPETE_TOLERANCE = 0.0005
+COMPETE_MEMORY = 10.0
 #: RTT samples over which the latest delay is judged (the minimum filters jitter).
-_RECENT_SAMPLES = 4
+_RECENT_SAMPLES = 8
+_SS_SAMPLES = 4
 
 
 class Vegas(CongestionController):
@@ -83,7 +100,11 @@ class Vegas(CongestionController):
         self._recent: list[float] = []
         self._phase = "slow_start"
         self._next_probe = float("inf")
-        self._was_empty = False
+        self._empty_runs = 0  # measurements in a row with an empty queue
+        self._shrink_runs = 0  # measurements in a row in which we shrank
+        self._shrink_rtts: list[float] = []  # round-min RTTs of the last measurements
+        self.competing = False
+        self._last_congestive = float("-inf")
         self._probe_rounds = 0
         self._probe_saved = 0
         self.queue_estimate = 0.0  # our packets queued at the bottleneck, last measurement
@@ -127,15 +148,15 @@ class Vegas(CongestionController):
         used = max(self._round_max_in_flight, self._last_round_max_in_flight)
         limited = used + 2 * self.mss >= self.cwnd * 0.75
         if self._phase == "slow_start":
-            if len(recent) == _RECENT_SAMPLES and self._queued(min(recent), base) > GAMMA:
-                self._exit_slow_start(min(recent), base, now)
+            if len(recent) == _RECENT_SAMPLES and self._delay_rose(rtt, GAMMA, slow_start=True):
+                self._exit_slow_start(min(recent[-_SS_SAMPLES:]), base, now)
             elif limited:
                 self.cwnd += acked
                 if self.cwnd >= self.ssthresh:
                     self._phase = "ramp_up"
                     self._settling = True
         if newest_sent >= self._round_start:
-            self._end_round(now, base, limited)
+            self._end_round(now, rtt, limited)
 
     def _exit_slow_start(self, rtt_sample: float, base: float, now: float) -> None:
         """Delay rose: drop the queue slow start built and continue with the Vegas update."""
@@ -147,7 +168,8 @@ class Vegas(CongestionController):
         self._round_start = now
         self._next_probe = now + PROBE_INTERVAL
 
-    def _end_round(self, now: float, base: float, limited: bool) -> None:
+    def _end_round(self, now: float, rtt: RttEstimator, limited: bool) -> None:
+        base = rtt.base
         rtt_min = self._round_min_rtt
         if self._next_probe == float("inf") and self._phase != "slow_start":
             self._next_probe = now + PROBE_INTERVAL
@@ -164,6 +186,8 @@ class Vegas(CongestionController):
                 self._phase = "steady"
                 self._settling = True
                 self._next_probe = now + PROBE_INTERVAL
+        elif self.competing:
+            self._compete_round(rtt_min, base, limited)
         elif self._settling:
             self._settling = False
         elif now >= self._next_probe and limited:
@@ -176,10 +200,12 @@ class Vegas(CongestionController):
             self.queue_estimate = queued
             before = self.cwnd
             empty = queued < 1.0
-            if empty and self._was_empty:
+            self._empty_runs = self._empty_runs + 1 if empty else 0
+            if self._empty_runs >= 2:
                 # nothing queued twice in a row: the path has room; grow by a fraction
                 if limited:
-                    self.cwnd += max(int(self.cwnd * RAMP), self.mss)
+                    ramp = RAMP_FAST if self._empty_runs > RAMP_FAST_AFTER else RAMP
+                    self.cwnd += max(int(self.cwnd * ramp), self.mss)
                 self._phase = "ramp_up"
             else:
                 delta = GAIN * ((ALPHA + BETA) / 2 - queued) * self.mss
@@ -188,8 +214,9 @@ class Vegas(CongestionController):
                 delta = max(min(delta, self.cwnd), -self.cwnd * MIN_DECREASE)
                 self.cwnd = max(int(self.cwnd + delta), self.min_window)
                 self._phase = "steady"
-            self._was_empty = empty
             self._settling = self.cwnd != before
+            self._watch_competition(now, rtt_min, rtt,
+                                    shrank=queued > (ALPHA + BETA) / 2 + 1)
         self._round_start = now
         self._round_min_rtt = float("inf")
         self._last_round_counts = (self._round_acked, self._round_lost)
@@ -197,6 +224,42 @@ class Vegas(CongestionController):
         self._round_lost = 0
         self._last_round_max_in_flight = self._round_max_in_flight
         self._round_max_in_flight = 0
+
+    def _watch_competition(self, now: float, rtt_min: float, rtt: RttEstimator,
+                           shrank: bool) -> None:
+        """Enter competing mode when we keep shrinking but the queueing delay keeps growing."""
+        if not shrank:
+            self._shrink_runs = 0
+            self._shrink_rtts.clear()
+            return
+        self._shrink_runs += 1
+        history = self._shrink_rtts
+        history.append(rtt_min)
+        if len(history) > COMPETE_AFTER:
+            del history[0]
+        tolerance = max(COMPETE_TOLERANCE, 2 * rtt.variance)
+        high = rtt_min >= history[0] - tolerance and rtt_min - rtt.base > 2 * tolerance
+        overflowed = now - self._last_congestive < COMPETE_MEMORY
+        if self._shrink_runs >= COMPETE_AFTER and high and overflowed:
+            self.competing = True
+            self._phase = "competing"
+            self._shrink_runs = 0
+            history.clear()
+            self._empty_runs = 0
+            self._settling = False
+
+    def _compete_round(self, rtt_min: float, base: float, limited: bool) -> None:
+        """AIMD while a loss-based flow fills the queue; back to Vegas once it drains."""
+        queued = self._queued(rtt_min, base) if rtt_min != float("inf") else 0.0
+        self.queue_estimate = queued
+        self._empty_runs = self._empty_runs + 1 if queued < 1.0 else 0
+        if self._empty_runs >= COMPETE_EXIT:
+            self.competing = False
+            self._phase = "steady"
+            self._settling = True
+            return
+        if limited:
+            self.cwnd += self.mss
 
     def _loss_fraction(self) -> float:
         """Lost / (acked + lost) over this round and the last; 0 until half a window is known
@@ -208,14 +271,24 @@ class Vegas(CongestionController):
             return 0.0
         return lost / total
 
-    def _delay_rose(self, rtt: RttEstimator) -> bool:
-        """Whether recent RTT samples show a queue clearly above our target."""
+    def _delay_rose(self, rtt: RttEstimator, packets: float, slow_start: bool = False) -> bool:
+        """Whether recent RTT samples show more than ``packets`` of ours queued, by a margin
+        that jitter alone would not explain.
+
+        Slow start must react within a few samples (the queue doubles every RTT), so it looks
+        at fewer samples and needs no absolute margin beyond the jitter.
+        """
         if not self._recent:
             return False
         base = rtt.base
-        sample = min(self._recent)
-        threshold = min(max(base * DELAY_RISE_FRACTION, DELAY_RISE_MIN), DELAY_RISE_MAX)
-        return sample - base > threshold and self._queued(sample, base) > BETA
+        if slow_start:
+            sample = min(self._recent[-_SS_SAMPLES:])
+            threshold = 0.0
+        else:
+            sample = min(self._recent)
+            threshold = min(max(base * DELAY_RISE_FRACTION, DELAY_RISE_MIN), DELAY_RISE_MAX)
+        threshold = max(threshold, 2 * rtt.variance)  # a jittery path: rises within it are noise
+        return sample - base > threshold and self._queued(sample, base) > packets
 
     def on_packets_lost(self, packets: list[SentPacket], rtt: RttEstimator, now: float) -> None:
         self._round_lost += len(packets)
@@ -223,13 +296,24 @@ class Vegas(CongestionController):
         if newest is None or newest <= self._recovery_start:
             return  # one reaction per round trip of losses
         heavy = self._loss_fraction() > HEAVY_LOSS
-        if not heavy and not self._delay_rose(rtt):
+        if self.competing:
+            # our own window is small next to the queue others keep: judge by delay alone
+            if not heavy and not self._delay_rose(rtt, 0.0):
+                self.random_losses += 1
+                return
+            self._recovery_start = now
+            self.congestion_events += 1
+            self.cwnd = max(int(self.cwnd * COMPETE_DECREASE), self.min_window)
+            self.ssthresh = self.cwnd
+            return
+        if not heavy and not self._delay_rose(rtt, BETA):
             # random loss: the delay says the queue is not growing; repair, keep the rate
             self.random_losses += 1
             return
         base = rtt.base
         self._recovery_start = now
         self.congestion_events += 1
+        self._last_congestive = now
         sample = min(self._recent) if self._recent else rtt.latest_path
         fitted = self.cwnd * base / max(sample, base) + (ALPHA + BETA) / 2 * self.mss
         if heavy:
@@ -245,6 +329,8 @@ class Vegas(CongestionController):
 
     def on_path_change(self) -> None:
         super().on_path_change()
+        self.competing = False
+        self._shrink_runs = 0
         self._phase = "slow_start"
         self._recent.clear()
         self._recovery_start = -1.0

@@ -95,9 +95,9 @@ class Flow:
 
 
 def open_flow(net: SimNetwork, client: SimNode, server: SimNode, *, seed: int = 0,
-              timeout: float = 30.0) -> Flow:
+              timeout: float = 30.0, config: Config | None = None) -> Flow:
     """Connect ``client`` to ``server`` and return a flow sending client -> server."""
-    conn = client.connect(server.addr)
+    conn = client.connect(server.addr, config=config)
     queue = server.dispatcher.accept_queue
 
     def ready() -> bool:
@@ -190,13 +190,15 @@ class BottleneckRun:
 def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
                    rate: float = 100e6 / 8, queue_packets: int = 100, one_way_delay: float = 0.01,
                    flows: int = 1, stagger: float = 0.0, warmup: float = 0.0, seed: int = 1,
-                   config: Config | None = None) -> BottleneckRun:
+                   config: Config | None = None, finish_timeout: float = 60.0,
+                   controllers: list[str] | None = None) -> BottleneckRun:
     """Bulk flows from one host to another through a bottleneck (issue 7's scenario).
 
     The forward link has the rate limit, the finite queue and ``loss``; the reverse link
     (ACKs) has the same delay and loss but no rate limit. Flow *i* starts ``i * stagger``
     seconds after the first; goodput and queueing delay are measured from ``warmup`` to
     ``seconds`` after the first flow started. Then every flow closes and must end hash-exact.
+    ``controllers`` gives each flow's sender its own controller (default: ``controller``).
     """
     cfg = (config or Config()).replace(congestion_control=controller)
     net = SimNetwork(seed=seed)
@@ -213,7 +215,8 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
     for i in range(flows):
         if i:
             drive(net, started, t0 + i * stagger)
-        started.append(open_flow(net, client, server, seed=seed * 100 + i))
+        own = cfg if controllers is None else cfg.replace(congestion_control=controllers[i])
+        started.append(open_flow(net, client, server, seed=seed * 100 + i, config=own))
     drive(net, started, t0 + warmup)
     probe = QueueProbe(link)
     probe.start()
@@ -227,7 +230,7 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
     stats = [f.stats() for f in started]
     delay, delay_max = probe.average(), link.queue_delay_max
     link.queue_delay_max = max(delay_max, max_before)
-    ok = finish(net, started)
+    ok = finish(net, started, timeout=finish_timeout)
     return BottleneckRun(controller, loss, seconds, rate,
                          [f.goodput("start", "end") for f in started], delay, delay_max,
                          link.queue_drops, ok and all(f.exact() for f in started), stats)

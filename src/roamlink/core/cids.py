@@ -1,0 +1,108 @@
+"""Connection IDs: the ones we issue (and route), and the spare ones the peer gave us.
+
+Each side hands its peer spare CIDs in NEW_CONNECTION_ID frames. An endpoint that migrates on
+purpose switches to an unused peer CID, so an observer cannot link its old and new paths, and
+retires the old one with RETIRE_CONNECTION_ID; the peer then issues a replacement. That keeps
+one connection able to migrate any number of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import wire
+
+#: Peer CIDs we store at most (a peer cannot make us hoard them).
+MAX_PEER_CIDS = 16
+
+
+class ConnectionIds:
+    """Both sides' connection IDs for one connection."""
+
+    def __init__(self, local_cid: bytes, peer_cid: bytes, *, spare: int,
+                 random_bytes: Callable[[int], bytes],
+                 is_taken: Callable[[bytes], bool] | None = None) -> None:
+        self.cid_length = len(local_cid)
+        self.spare = spare
+        self._random = random_bytes
+        self._is_taken = is_taken or (lambda cid: False)
+        self.local: dict[int, bytes] = {0: local_cid}  # sequence -> CID we receive on
+        self._next_local = 1
+        self.peer: dict[int, bytes] = {0: peer_cid} if peer_cid else {}
+        self.peer_active = 0
+        self._peer_reserved: set[int] = set()  # chosen for a path being validated
+        self.issued_total = 1
+        self.retired_by_peer = 0
+
+    # ------------------------------------------------------------------ our CIDs
+    def issue(self) -> list[tuple[bytes, wire.NewConnectionIdFrame]]:
+        """Top our spare CIDs up to ``spare`` beyond the one in use; return the new ones."""
+        out = []
+        while len(self.local) < self.spare + 1:
+            cid = self._random(self.cid_length)
+            if cid in self.local.values() or self._is_taken(cid):
+                continue
+            seq = self._next_local
+            self._next_local += 1
+            self.local[seq] = cid
+            self.issued_total += 1
+            out.append((cid, wire.NewConnectionIdFrame(seq, 0, cid)))
+        return out
+
+    def on_retire(self, seq: int) -> bytes | None:
+        """The peer stopped using our CID ``seq``: return it (to unroute), or None."""
+        if seq >= self._next_local:
+            raise ValueError(f"peer retired CID {seq} that was never issued")
+        cid = self.local.pop(seq, None)
+        if cid is not None:
+            self.retired_by_peer += 1
+        return cid
+
+    # ------------------------------------------------------------------ peer CIDs
+    @property
+    def active_peer_cid(self) -> bytes:
+        return self.peer[self.peer_active]
+
+    def set_handshake_peer_cid(self, cid: bytes) -> None:
+        self.peer = {0: cid}
+        self.peer_active = 0
+
+    def on_new_cid(self, frame: wire.NewConnectionIdFrame) -> list[int]:
+        """Store a spare CID from the peer; return sequences it asked us to retire."""
+        retire = [s for s in self.peer if s < frame.retire_prior_to and s != self.peer_active]
+        for s in retire:
+            del self.peer[s]
+        if frame.sequence not in self.peer and len(self.peer) < MAX_PEER_CIDS:
+            self.peer[frame.sequence] = frame.cid
+        return retire
+
+    def reserve_unused_peer_cid(self) -> tuple[int, bytes] | None:
+        """Pick a peer CID never used on any path (for a path we are about to probe)."""
+        for seq in sorted(self.peer):
+            if seq != self.peer_active and seq not in self._peer_reserved:
+                self._peer_reserved.add(seq)
+                return seq, self.peer[seq]
+        return None
+
+    def switch_to(self, seq: int) -> int | None:
+        """Use peer CID ``seq`` from now on; return the sequence to retire (the old one)."""
+        self._peer_reserved.discard(seq)
+        if seq == self.peer_active or seq not in self.peer:
+            return None
+        old = self.peer_active
+        self.peer_active = seq
+        del self.peer[old]
+        return old
+
+    def release(self, seq: int) -> int | None:
+        """A reserved CID's path failed: it was seen on that path, so retire it too."""
+        self._peer_reserved.discard(seq)
+        if seq in self.peer and seq != self.peer_active:
+            del self.peer[seq]
+            return seq
+        return None
+
+    @property
+    def spare_peer_cids(self) -> int:
+        return len([s for s in self.peer if s != self.peer_active
+                    and s not in self._peer_reserved])
