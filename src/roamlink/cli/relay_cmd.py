@@ -8,40 +8,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
-import importlib
+import socket
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
+from .. import relay
 from ..config import Config
-from .common import EXIT_ERROR, EXIT_OK, CliError, listen_address, remote_address, show
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, listen_address, remote_address, show
 from .output import HAVE_RICH, Output, format_bytes
 
 
-def _relay_module() -> ModuleType | None:
-    """``roamlink.relay`` (the impairment relay library), if this build has it."""
-    try:
-        return importlib.import_module("roamlink.relay")
-    except ImportError:
-        return None
-
-
-def _parsed(parser_name: str, what: str) -> Callable[[str], float]:
+def _parsed(parse: Callable[[str], float], what: str) -> Callable[[str], float]:
     """An argparse type that defers to the relay library's parser for human units."""
-    def parse(text: str) -> float:
-        module = _relay_module()
-        if module is None:
-            raise argparse.ArgumentTypeError("the relay is not available in this build")
+    def convert(text: str) -> float:
         try:
-            value: float = getattr(module, parser_name)(text)
+            return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return value
 
-    parse.__name__ = what
-    return parse
+    convert.__name__ = what
+    return convert
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -59,19 +48,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="[HOST:]PORT where clients send to")
     p.add_argument("target", metavar="TARGET", type=remote_address,
                    help="HOST:PORT of the server")
-    p.add_argument("--delay", type=_parsed("parse_duration", "duration"), default=0.0,
+    p.add_argument("--delay", type=_parsed(relay.parse_duration, "duration"), default=0.0,
                    help="one-way delay, e.g. 20ms")
-    p.add_argument("--jitter", type=_parsed("parse_duration", "duration"), default=0.0,
+    p.add_argument("--jitter", type=_parsed(relay.parse_duration, "duration"), default=0.0,
                    help="delay varies uniformly by +- this, e.g. 5ms (can reorder)")
-    p.add_argument("--loss", type=_parsed("parse_percent", "percentage"), default=0.0,
+    p.add_argument("--loss", type=_parsed(relay.parse_percent, "percentage"), default=0.0,
                    help="drop probability, e.g. 1%%")
-    p.add_argument("--reorder", type=_parsed("parse_percent", "percentage"), default=0.0,
+    p.add_argument("--reorder", type=_parsed(relay.parse_percent, "percentage"), default=0.0,
                    help="probability that a datagram is held back so later ones overtake it")
-    p.add_argument("--duplicate", type=_parsed("parse_percent", "percentage"), default=0.0,
+    p.add_argument("--duplicate", type=_parsed(relay.parse_percent, "percentage"), default=0.0,
                    help="probability that a datagram is sent twice, e.g. 0.1%%")
-    p.add_argument("--rate", type=_parsed("parse_rate", "rate"), default=None,
+    p.add_argument("--rate", type=_parsed(relay.parse_rate, "rate"), default=None,
                    help="bottleneck rate, e.g. 50mbit (decimal units, bits per second)")
-    p.add_argument("--rebind-every", type=_parsed("parse_duration", "duration"), default=None,
+    p.add_argument("--rebind-every", type=_parsed(relay.parse_duration, "duration"), default=None,
                    metavar="DURATION", help="give every client a new source port this often")
     p.add_argument("--seed", type=int, default=None, help="seed the random choices")
     p.add_argument("--interval", type=float, default=1.0,
@@ -82,35 +71,44 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
-    module = _relay_module()
-    if module is None:
-        raise CliError("the relay is not available in this build (roamlink.relay is missing)")
-    if args.rebind_every is not None and args.rebind_every <= 0:
-        raise CliError("--rebind-every must be > 0", 2)
     try:
-        impairment = module.Impairment(
+        impairment = relay.Impairment(
             delay=args.delay, jitter=args.jitter, loss=args.loss, reorder=args.reorder,
             duplicate=args.duplicate, rate=args.rate, seed=args.seed)
     except ValueError as exc:
-        raise CliError(str(exc), 2) from exc
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    listen = _numeric(args.listen)
+    target = _numeric(args.target)
     try:
-        relay = await module.start_relay(args.listen, args.target, impairment,
-                                         rebind_every=args.rebind_every)
+        running = await relay.start_relay(listen, target, impairment,
+                                          rebind_every=args.rebind_every)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise CliError(f"cannot listen on udp {show(args.listen)}: address already in "
-                           "use") from exc
+                           "use (another relay or server is running there?)") from exc
         raise CliError(f"cannot start the relay on {show(args.listen)}: "
                        f"{exc.strerror or exc}", EXIT_ERROR) from exc
     try:
-        out.report("listening", f"relaying udp {show(relay.local_addr)} -> "
-                   f"{show(args.target)} ({_describe(args)})",
-                   host=str(relay.local_addr[0]), port=relay.local_addr[1],
-                   target=show(args.target), impairment=_describe(args))
-        await _report_loop(relay, args, out)
+        addr = running.local_addr
+        out.report("listening", f"relaying udp {show(addr)} -> {show(target)} "
+                   f"({_describe(args)})", host=str(addr[0]), port=addr[1],
+                   target=show(target), impairment=_describe(args))
+        await _report_loop(running, args, out)
     finally:
-        relay.close()
+        running.close()
     return EXIT_OK
+
+
+def _numeric(addr: tuple[str, int]) -> tuple[str, int]:
+    """The relay takes numeric addresses; let people write ``localhost``."""
+    host, port = addr
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot resolve {host!r}: {exc.strerror}") from exc
+    return str(infos[0][4][0]), port
 
 
 def _describe(args: argparse.Namespace) -> str:
@@ -130,16 +128,14 @@ def _describe(args: argparse.Namespace) -> str:
 
 
 def _line(c: dict[str, Any]) -> str:
-    def side(prefix: str) -> str:
-        return (f"{c[prefix + '_forwarded']} pkts ({format_bytes(c[prefix + '_forwarded_bytes'])})"
-                f" lost {c[prefix + '_dropped_loss']} queue-drop {c[prefix + '_dropped_queue']}"
-                f" dup {c[prefix + '_duplicated']} reord {c[prefix + '_reordered']}")
-
-    return (f"c->s {side('c2s')} | s->c {side('s2c')} | clients {c['mappings']} "
+    return (f"c->s {c['up_forwarded']} pkts ({format_bytes(c['up_forwarded_bytes'])})  "
+            f"s->c {c['down_forwarded']} pkts ({format_bytes(c['down_forwarded_bytes'])})  "
+            f"lost {c['dropped_loss']}  queue-drop {c['dropped_queue']}  "
+            f"dup {c['duplicated']}  reord {c['reordered']}  clients {c['mappings']}  "
             f"rebinds {c['rebinds']}")
 
 
-async def _report_loop(relay: Any, args: argparse.Namespace, out: Output) -> None:
+async def _report_loop(running: relay.Relay, args: argparse.Namespace, out: Output) -> None:
     start = time.monotonic()
     end = None if args.duration is None else start + args.duration
     interval = max(args.interval, 0.05)
@@ -148,7 +144,7 @@ async def _report_loop(relay: Any, args: argparse.Namespace, out: Output) -> Non
         while True:
             wait = interval if end is None else min(interval, max(0.0, end - time.monotonic()))
             await asyncio.sleep(wait)
-            counters = relay.counters().as_dict()
+            counters = dataclasses.asdict(running.counters())
             elapsed = time.monotonic() - start
             if live is not None:
                 live.update(_table(counters, elapsed))
@@ -161,7 +157,7 @@ async def _report_loop(relay: Any, args: argparse.Namespace, out: Output) -> Non
         if live is not None:
             with contextlib.suppress(Exception):
                 live.stop()
-        counters = relay.counters().as_dict()
+        counters = dataclasses.asdict(running.counters())
         out.report("summary", f"relay stopped after {time.monotonic() - start:.1f} s: "
                    f"{_line(counters)}", seconds=round(time.monotonic() - start, 3), **counters)
 
@@ -179,16 +175,14 @@ def _live_table(out: Output) -> Any:
 def _table(c: dict[str, Any], elapsed: float) -> Any:
     import rich.table
 
-    table = rich.table.Table(title=f"relay counters after {elapsed:.0f} s "
-                                   f"(clients {c['mappings']}, rebinds {c['rebinds']})")
+    table = rich.table.Table(title=f"relay after {elapsed:.0f} s: clients {c['mappings']}, "
+                                   f"rebinds {c['rebinds']}, lost {c['dropped_loss']}, "
+                                   f"queue drops {c['dropped_queue']}, duplicated "
+                                   f"{c['duplicated']}, reordered {c['reordered']}")
     table.add_column("direction")
-    for column in ("received", "forwarded", "bytes", "lost", "queue drop", "duplicated",
-                   "reordered", "pending"):
+    for column in ("received", "forwarded", "bytes forwarded"):
         table.add_column(column, justify="right")
-    for label, prefix in (("client -> server", "c2s"), ("server -> client", "s2c")):
+    for label, prefix in (("client -> server", "up"), ("server -> client", "down")):
         table.add_row(label, str(c[f"{prefix}_received"]), str(c[f"{prefix}_forwarded"]),
-                      format_bytes(c[f"{prefix}_forwarded_bytes"]),
-                      str(c[f"{prefix}_dropped_loss"]), str(c[f"{prefix}_dropped_queue"]),
-                      str(c[f"{prefix}_duplicated"]), str(c[f"{prefix}_reordered"]),
-                      str(c[f"{prefix}_pending"]))
+                      format_bytes(c[f"{prefix}_forwarded_bytes"]))
     return table
