@@ -121,7 +121,7 @@ class _RichProgress:
         self._progress = rich.progress.Progress(
             rich.progress.TextColumn("[bold]{task.description}"),
             rich.progress.BarColumn(),
-            rich.progress.DownloadColumn(),
+            rich.progress.DownloadColumn(binary_units=True),
             rich.progress.TransferSpeedColumn(),
             rich.progress.TextColumn("ETA"),
             rich.progress.TimeRemainingColumn(),
@@ -158,10 +158,13 @@ class Output:
         self.interactive = tty and not plain and not json_mode and HAVE_RICH
         self.console: rich.console.Console | None = None
         self._err_console: rich.console.Console | None = None
+        force = True if os.environ.get("ROAMLINK_FORCE_TTY") == "1" else None
         if self.interactive:
-            self.console = rich.console.Console(file=self.stream, highlight=False)
+            self.console = rich.console.Console(file=self.stream, highlight=False,
+                                                force_terminal=force)
         if HAVE_RICH and not plain and not json_mode and _isatty(self._stderr):
-            self._err_console = rich.console.Console(file=self._stderr, highlight=False)
+            self._err_console = rich.console.Console(file=self._stderr, highlight=False,
+                                                     force_terminal=force)
 
     # reports ------------------------------------------------------------------------------
     def report(self, event: str, text: str, *, style: str | None = None, **fields: Any) -> None:
