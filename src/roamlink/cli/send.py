@@ -135,6 +135,7 @@ async def _transfer(stream: Stream, fh: BinaryIO, name: str, size: int,
             reply_task.cancel()
         progress.close()
     if not reply.ok:
+        stream.abort(0, "transfer refused")  # nothing left worth delivering
         raise CliError(f"the server refused {name!r}: {reply.message}", EXIT_VERIFY)
     local_hash = digest.hexdigest()
     problem = verify(size, local_hash, reply) if sent == size else "transfer incomplete"
