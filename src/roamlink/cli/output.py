@@ -174,7 +174,7 @@ class Output:
             self.stream.write(json.dumps(obj, default=str) + "\n")
             self.stream.flush()
         elif self.console is not None:
-            self.console.print(text, style=style, markup=False)
+            self.console.print(text, style=style, markup=False, soft_wrap=True)
         else:
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -184,7 +184,8 @@ class Output:
         if self.json_mode:
             self.report("error", message, message=message)
         if self._err_console is not None:
-            self._err_console.print(f"roamlink: error: {message}", style="bold red", markup=False)
+            self._err_console.print(f"roamlink: error: {message}", style="bold red",
+                                    markup=False, soft_wrap=True)
         else:
             self._stderr.write(f"roamlink: error: {message}\n")
             self._stderr.flush()
