@@ -198,3 +198,18 @@ async def close_quietly(stream: Stream, timeout: float = 5.0) -> None:
         await asyncio.wait_for(stream.wait_closed(), timeout)
     except (TimeoutError, RoamlinkError):
         stream.abort(0, "closing")
+
+
+async def drain_unless(stream: Stream, stop: asyncio.Future[Any] | None = None,
+                       timeout: float | None = None) -> None:
+    """``drain()``, but give up when ``stop`` completes or ``timeout`` passes: a peer that
+    stopped reading (or answered early) must not hang the command."""
+    drain = asyncio.ensure_future(stream.drain())
+    waiting: set[asyncio.Future[Any]] = {drain} if stop is None else {drain, stop}
+    try:
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not drain.done():
+            drain.cancel()
+    if drain.done() and not drain.cancelled():
+        drain.result()  # re-raise a connection error

@@ -25,6 +25,7 @@ from .common import (
     CliError,
     close_quietly,
     describe_error,
+    drain_unless,
     listen_address,
     open_listener,
     open_stream,
@@ -193,7 +194,7 @@ async def _run_test(stream: Stream, seconds: float, interval: float, out: Output
                 continue
             stream.write(payload)
             written += len(payload)
-            await stream.drain()
+            await drain_unless(stream, timeout=max(0.0, deadline - time.monotonic()))
         stream.write_eof()
         data = b""
         while chunk := await stream.read(4096):

@@ -15,11 +15,13 @@ from ..api import Stream
 from ..config import Config
 from ..errors import ConnectionClosed
 from .common import (
+    EXIT_CONNECTION,
     EXIT_OK,
     EXIT_USAGE,
     EXIT_VERIFY,
     CliError,
     close_quietly,
+    drain_unless,
     file_error,
     open_stream,
     show,
@@ -53,7 +55,8 @@ async def read_reply(stream: Stream) -> Reply:
     while chunk := await stream.read(MAX_REPLY):
         data += chunk
         if len(data) > MAX_REPLY:
-            raise ProtocolError("the server's reply is too long")
+            raise ProtocolError("unexpected reply: too long "
+                                "(is it a `roamlink serve --save` server?)")
     if not data:
         raise ProtocolError("the server closed without answering "
                             "(is it a `roamlink serve --save` server?)")
@@ -119,13 +122,16 @@ async def _transfer(stream: Stream, fh: BinaryIO, name: str, size: int,
                 stream.write(chunk)
                 sent += len(chunk)
                 written += len(chunk)
-                await stream.drain()
+                await drain_unless(stream, reply_task)
             if not reply_task.done():
                 stream.write_eof()
         except ConnectionClosed:
             if not reply_task.done():
                 raise
-        reply = await reply_task
+        try:
+            reply = await reply_task
+        except ProtocolError as exc:
+            raise CliError(f"{show(stream.remote_addr)}: {exc}", EXIT_CONNECTION) from None
         elapsed = time.monotonic() - start
         if reply.ok:
             progress.update(size)
