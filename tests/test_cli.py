@@ -251,6 +251,16 @@ def test_port_in_use() -> None:
     assert relay.returncode == 1 and b"address already in use" in relay.stderr
 
 
+def test_wrong_kind_of_server_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(200_000))
+    with server("serve", "0", "--echo") as srv:
+        send = roamlink("send", str(src), srv.addr)
+        perf = roamlink("perf", "client", srv.addr, "--seconds", "0.5")
+    assert send.returncode == 3 and b"serve --save" in send.stderr
+    assert perf.returncode == 3 and b"perf server" in perf.stderr
+
+
 def test_connect_timeout(tmp_path: Path) -> None:
     cfg = tmp_path / "fast.toml"
     cfg.write_text("connect_timeout = 0.5\n")
