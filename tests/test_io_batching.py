@@ -329,12 +329,12 @@ def test_timers_closer_than_a_millisecond_wait_a_millisecond() -> None:
         ep = _fake_endpoint(sock)
         now = ep.now()
         soon, later = Due(now + 0.0001), Due(now + 0.5)
-        ep._arm_timer(soon)  # type: ignore[arg-type]
         ep._arm_timer(later)  # type: ignore[arg-type]
-        deadline, handle = ep._timers[soon]  # type: ignore[index]
-        assert deadline == soon.at  # the connection's deadline is remembered as asked...
-        assert handle.when() >= now + 0.001 - 1e-6  # ...but the loop is asked to wait 1 ms
-        assert ep._timers[later][1].when() >= later.at - 0.01  # type: ignore[index]
+        ep._arm_timer(soon)  # type: ignore[arg-type]
+        assert ep._timers[soon] == soon.at  # type: ignore[index]  # remembered as asked...
+        handle = ep._timer_handle
+        assert handle is not None and handle.when() >= now + 0.001 - 1e-6  # ...waits 1 ms
+        assert ep._timers[later] == later.at  # type: ignore[index]
         ep.close()
         sock.close()
 
@@ -347,3 +347,44 @@ def test_endpoint_clock_is_monotonic_with_sub_millisecond_resolution() -> None:
     assert abs(Endpoint.now() - time.monotonic()) < 0.01
     samples = {Endpoint.now() for _ in range(1000)}
     assert len(samples) > 10  # not a per-iteration, millisecond-rounded cache
+
+
+def test_one_loop_timer_serves_every_connection_in_deadline_order() -> None:
+    class Conn:
+        def __init__(self, name: str, at: float | None) -> None:
+            self.name, self.at = name, at
+
+        def get_timer(self) -> float | None:
+            return self.at
+
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock)
+        fired: list[str] = []
+        ep._on_timer = lambda conn, now: fired.append(conn.name)  # type: ignore[method-assign]
+        now = ep.now()
+        a, b, c, gone = (Conn("a", now + 0.03), Conn("b", now + 0.01), Conn("c", now + 0.05),
+                         Conn("gone", now + 0.02))
+        for conn in (a, b, c, gone):
+            ep._arm_timer(conn)  # type: ignore[arg-type]
+        c.at = now + 0.002  # moved earlier: re-armed
+        ep._arm_timer(c)  # type: ignore[arg-type]
+        a.at = now + 0.5  # moved later: the earlier deadline stays armed (fires early)
+        ep._arm_timer(a)  # type: ignore[arg-type]
+        gone.at = None  # nothing due any more: never fires
+        ep._arm_timer(gone)  # type: ignore[arg-type]
+        await asyncio.sleep(0.08)
+        assert fired == ["c", "b", "a"]
+        assert not ep._timers and ep._timer_handle is None
+        # re-arming over and over leaves a bounded heap (stale entries are dropped)
+        conns = [Conn(str(i), now + 10) for i in range(10)]
+        for _ in range(200):
+            for conn in conns:
+                assert conn.at is not None
+                conn.at -= 0.001
+                ep._arm_timer(conn)  # type: ignore[arg-type]
+            assert len(ep._timer_heap) <= 4 * len(conns) + 65
+        ep.close()
+        sock.close()
+
+    run(main(), 10)

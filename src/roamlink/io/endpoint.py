@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import heapq
 import logging
+import math
 import os
 import socket
 import struct
@@ -123,7 +125,13 @@ class Endpoint:
         self._local_addr: Address | None = None
         self.observers: dict[Connection, ConnectionObserver] = {}
         self.on_new_connection: Callable[[Connection], None] | None = None
-        self._timers: dict[Connection, tuple[float, asyncio.TimerHandle]] = {}
+        # one event-loop timer for all connections: deadlines in a heap (stale entries are
+        # skipped when they surface), the loop timer armed for the earliest
+        self._timers: dict[Connection, float] = {}  # each connection's armed deadline
+        self._timer_heap: list[tuple[float, int, Connection]] = []
+        self._timer_seq = 0
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._dirty: dict[Connection, None] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._closed = self.loop.create_future()
@@ -306,9 +314,7 @@ class Endpoint:
         """Stop serving ``conn`` here (it moved to another socket, or closed)."""
         self.dispatcher.forget(conn)
         self.observers.pop(conn, None)
-        timer = self._timers.pop(conn, None)
-        if timer is not None:
-            timer[1].cancel()
+        self._timers.pop(conn, None)  # (its heap entry is skipped when it surfaces)
         if self.owns_lifetime and not self.observers:
             self.close()
 
@@ -373,9 +379,7 @@ class Endpoint:
         if primary is not self:
             primary.dispatcher.sync_routes(conn)
             primary._transmit_collected()
-            stale = self._timers.pop(conn, None)
-            if stale is not None:
-                stale[1].cancel()
+            self._timers.pop(conn, None)
         primary._arm_timer(conn)
         observer = _OBSERVERS.get(conn)
         if observer is not None:
@@ -477,30 +481,61 @@ class Endpoint:
     # ------------------------------------------------------------------ timers
     def _arm_timer(self, conn: Connection) -> None:
         deadline = conn.get_timer()
-        current = self._timers.get(conn)
-        if current is not None:
-            if deadline is not None and current[0] <= deadline:
-                # the armed timer fires no later than needed: keep it (no cancel/re-arm churn
-                # per packet); when it fires early, the connection finds nothing due and the
-                # timer is armed again for the real deadline
-                return
-            current[1].cancel()
-            del self._timers[conn]
-        if deadline is not None:
-            when = deadline
-            now = self.now()
-            if now < when < now + _MIN_TIMER_DELAY:
-                # no event loop sleeps less than a millisecond (epoll, libuv); uvloop would
-                # instead fire at once and spin on, e.g., a pacing deadline microseconds
-                # away, starving the peer process of CPU. (Kept: the requested deadline.)
-                when = now + _MIN_TIMER_DELAY
-            handle = self.loop.call_later(when - now, self._on_timer, conn)
-            self._timers[conn] = (deadline, handle)
+        timers = self._timers
+        current = timers.get(conn)
+        if deadline is None:
+            if current is not None:
+                del timers[conn]
+            return
+        if current is not None and current <= deadline:
+            # the armed deadline comes no later than needed: keep it (no churn per packet);
+            # when it fires early, the connection finds nothing due and is armed again
+            return
+        timers[conn] = deadline
+        self._timer_seq += 1
+        heap = self._timer_heap
+        heapq.heappush(heap, (deadline, self._timer_seq, conn))
+        if len(heap) > 4 * len(timers) + 64:  # too many stale entries: rebuild
+            heap[:] = [(d, i, c) for i, (c, d) in enumerate(timers.items())]
+            heapq.heapify(heap)
+        if deadline < self._timer_at:
+            self._schedule_timers(deadline)
 
-    def _on_timer(self, conn: Connection) -> None:
-        self._timers.pop(conn, None)
-        self.io.timers_fired += 1
+    def _schedule_timers(self, when: float) -> None:
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        self._timer_at = when
         now = self.now()
+        delay = when - now
+        if 0 < delay < _MIN_TIMER_DELAY:
+            # no event loop sleeps less than a millisecond (epoll, libuv); uvloop would
+            # instead fire at once and spin on, e.g., a pacing deadline microseconds away,
+            # starving the peer process of CPU
+            delay = _MIN_TIMER_DELAY
+        self._timer_handle = self.loop.call_later(max(delay, 0.0), self._on_timers)
+
+    def _on_timers(self) -> None:
+        self._timer_handle = None
+        self._timer_at = math.inf
+        if self._closing:
+            return
+        heap, timers = self._timer_heap, self._timers
+        now = self.now()
+        due: list[Connection] = []
+        while heap and heap[0][0] <= now:
+            deadline, _, conn = heapq.heappop(heap)
+            if timers.get(conn) == deadline:
+                del timers[conn]
+                due.append(conn)
+        for conn in due:
+            self._on_timer(conn, now)
+        while heap and timers.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # stale
+        if heap and heap[0][0] < self._timer_at:
+            self._schedule_timers(heap[0][0])
+
+    def _on_timer(self, conn: Connection, now: float) -> None:
+        self.io.timers_fired += 1
         try:
             conn.handle_timer(now)
         except Exception:
@@ -534,9 +569,11 @@ class Endpoint:
             self._out.clear()  # (a _flush in progress holds this very list)
             self._transmit(pending)
         self._closing = True
-        for _, handle in self._timers.values():
-            handle.cancel()
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
         self._timers.clear()
+        self._timer_heap.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
