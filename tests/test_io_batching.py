@@ -42,8 +42,9 @@ def _kernel_has_offload() -> bool:
     return True
 
 
-needs_offload = pytest.mark.skipif(not _kernel_has_offload(),
-                                   reason="this kernel/platform has no UDP GSO/GRO")
+needs_offload = pytest.mark.skipif(
+    not _kernel_has_offload() or not offload_allowed(Config()),
+    reason="this kernel/platform has no UDP GSO/GRO, or ROAMLINK_UDP_OFFLOAD=0 forbids it")
 
 
 async def _transfer(server_cfg: Config, client_cfg: Config, size: int
@@ -388,3 +389,20 @@ def test_one_loop_timer_serves_every_connection_in_deadline_order() -> None:
         sock.close()
 
     run(main(), 10)
+
+
+def test_loop_without_add_reader_falls_back_to_a_datagram_transport() -> None:
+    """E.g. Windows' proactor loop: the endpoint runs on a DatagramProtocol instead."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def no_readiness(*args: Any) -> None:
+            raise NotImplementedError
+
+        loop.add_reader = no_readiness  # type: ignore[method-assign]
+        server_ep, client_ep = await _transfer(Config(), Config(), 256 * 1024)
+        for ep in (server_ep, client_ep):
+            assert ep._transport is not None and not ep.gso and not ep.gro
+            assert ep.io.datagrams_in > 0 and ep.io.datagrams_out > 0
+
+    run(main(), 60)
