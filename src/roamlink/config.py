@@ -42,7 +42,7 @@ class Config:
     #: Longest the receiver delays an ACK; the sender adds it to its timeout.
     max_ack_delay: float = 0.025
     #: Acknowledge at once after this many ack-eliciting packets (otherwise within
-    #: ``max_ack_delay``). An owed ACK also rides on any data packet sent meanwhile, and the
+    #: ``max_ack_delay``). An ACK owed for stream data rides on any data packet sent meanwhile; the
     #: socket layer sends one ACK per batch of datagrams read in one wake-up, so at high rates
     #: a receiver acknowledges once per batch rather than once per ``ack_every`` packets.
     ack_every: int = 2
