@@ -153,7 +153,6 @@ class Connection:
         self._path_pn_floor = -1
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
-        self._last_push_received = -1.0  # when the last packet carrying stream data arrived
         self._ack_eliciting_unacked = 0
         self._data_unacked = False  # stream data arrived since our last ACK
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
@@ -498,10 +497,11 @@ class Connection:
         return cand
 
     def _expecting_data(self) -> bool:
-        """Data is missing, or the peer was in the middle of sending when it went quiet."""
+        """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a
+        few backed-off probes (8 at most per silence) let it find us after an address
+        change it cannot see."""
         return bool(self.recv_buf.segment_count) or (
-            self._last_push_received >= self._last_received
-            and self.recv_buf.fin_offset is None and self._gap_probes < 8)
+            self.recv_buf.fin_offset is None and self._gap_probes < 8)
 
     def _gap_probe_deadline(self) -> float:
         backoff = 2.0 * (1 << min(self._gap_probes, 6))
@@ -517,6 +517,15 @@ class Connection:
     def _on_path_validated(self, result: ValidationResult, now: float) -> None:
         cand = result.candidate
         old_local, old_addr = self.paths.switch_to(cand)
+        # the path is proven: acknowledge what arrived over it while it was a candidate, or
+        # the peer (blocked by its congestion window) waits for timeouts on packets we have
+        received = self._received
+        for pn in cand.pns:
+            received.add(pn, pn + 1)
+            if pn > self._largest_received:
+                self._largest_received = pn
+                self._largest_received_time = now
+        received.drop_oldest(wire.MAX_ACK_RANGES)
         # packets older than the newest one seen on the new path never move us back
         self._path_pn_floor = max(self._path_pn_floor, self._largest_received, cand.largest_pn)
         if cand.dcid_seq is not None:
@@ -631,7 +640,6 @@ class Connection:
 
     def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
-            self._last_push_received = self._last_received
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
             self._on_ack(frame, now)
