@@ -34,15 +34,14 @@ MiB = 1024 * 1024
 
 # ----------------------------------------------------------------------------- topology
 class Topology:
-    """client ns --veth (tbf on the client's egress)--> server ns, from the shared fixture."""
+    """client ns --> router ns (tbf on its egress toward the server) --> server ns."""
 
     def __init__(self, rate_mbit: float, queue_packets: int) -> None:
         from roamlink.testing.netns import BottleneckTopology
 
-        self.topo = BottleneckTopology(rate=f"{rate_mbit}mbit", queue_packets=queue_packets)
+        self.topo = BottleneckTopology(rate=f"{rate_mbit}mbit", limit_packets=queue_packets)
         self.client_ns, self.server_ns = self.topo.a_ns, self.topo.b_ns
         self.client_ip, self.server_ip = self.topo.a_ip, self.topo.b_ip
-        self.dev = f"rla{self.topo.tag}"
 
     def __enter__(self) -> Topology:
         return self
@@ -52,13 +51,11 @@ class Topology:
 
     def run(self, ns: str, *args: str) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=SRC)
-        return self.topo.popen(ns, [sys.executable, *args], stdout=subprocess.PIPE,
+        return self.topo.popen(ns, [sys.executable, *args], stdout=subprocess.PIPE, text=True,
                                stderr=subprocess.PIPE, env=env)
 
     def qdisc_stats(self) -> str:
-        out = self.topo.run(self.client_ns, ["tc", "-s", "qdisc", "show", "dev", self.dev],
-                            check=False)
-        return " ".join(out.stdout.split())
+        return self.topo.qdisc_stats("b")
 
 
 # ----------------------------------------------------------------------------- children

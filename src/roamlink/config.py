@@ -64,6 +64,9 @@ class Config:
     max_candidate_paths: int = 3
     #: Spare connection IDs offered to the peer for migration.
     spare_cids: int = 4
+    #: Batch datagrams through the kernel with UDP GSO/GRO where the platform has them (Linux);
+    #: False forces one system call per datagram (so does ROAMLINK_UDP_OFFLOAD=0).
+    udp_offload: bool = True
     #: Pending connections a listener queues before refusing new ones.
     backlog: int = 1024
 

@@ -76,6 +76,16 @@ _PING = bytes((wire.PING,))
 
 RandomBytes = Callable[[int], bytes]
 
+# State members as module globals: on Python 3.11 ``State.X`` costs ~150 ns (the enum
+# metaclass's __getattr__ hook slows every class attribute lookup), a global ~15 ns, and the
+# per-packet paths compare states a dozen times per packet.
+_HANDSHAKING = State.HANDSHAKING
+_ESTABLISHED = State.ESTABLISHED
+_VALIDATING_PATH = State.VALIDATING_PATH
+_CLOSING = State.CLOSING
+_DRAINING = State.DRAINING
+_CLOSED = State.CLOSED
+
 
 class Connection:
     """One roamlink connection (client or server side)."""
@@ -142,6 +152,8 @@ class Connection:
         #: packets at or below this number cannot move the path (they predate the current one)
         self._path_pn_floor = -1
         self._gap_probe_sent = 0.0
+        self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._last_push_received = -1.0  # when the last packet carrying stream data arrived
         self._ack_eliciting_unacked = 0
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
         self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
@@ -190,16 +202,16 @@ class Connection:
 
     @property
     def is_established(self) -> bool:
-        return self.state in (State.ESTABLISHED, State.VALIDATING_PATH)
+        return self.state in (_ESTABLISHED, _VALIDATING_PATH)
 
     @property
     def is_closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.state is _CLOSED
 
     @property
     def is_terminated(self) -> bool:
         """No more application data will move (closing, draining or closed)."""
-        return self.state in (State.CLOSING, State.DRAINING, State.CLOSED)
+        return self.state in (_CLOSING, _DRAINING, _CLOSED)
 
     # ------------------------------------------------------------------ application side
     def send(self, data: bytes) -> None:
@@ -253,19 +265,19 @@ class Connection:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return None
-        if self.state in (State.CLOSING, State.DRAINING):
+        if self.state in (_CLOSING, _DRAINING):
             return self._drain_deadline
         deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline,
                      self._pace_at]
-        if self.state is State.HANDSHAKING:
+        if self.state is _HANDSHAKING:
             deadlines.append(self._created + self.config.connect_timeout)
         if self.config.idle_timeout:
             deadlines.append(self._last_received + self.config.idle_timeout)
         if self.config.keepalive_interval and self.is_established:
             deadlines.append(self._last_sent + self.config.keepalive_interval)
-        if self.recv_buf.segment_count and self.is_established:
+        if self.is_established and self._expecting_data():
             deadlines.append(self._gap_probe_deadline())
         if self.paths.candidates:
             deadlines.append(self.paths.timer())
@@ -273,13 +285,13 @@ class Connection:
 
     def handle_timer(self, now: float) -> None:
         state = self.state
-        if state is State.CLOSED:
+        if state is _CLOSED:
             return
-        if state in (State.CLOSING, State.DRAINING):
+        if state in (_CLOSING, _DRAINING):
             if self._drain_deadline is not None and now >= self._drain_deadline:
                 self._set_state(Trigger.DRAIN_DONE)
             return
-        if state is State.HANDSHAKING and now >= self._created + self.config.connect_timeout:
+        if state is _HANDSHAKING and now >= self._created + self.config.connect_timeout:
             err: RoamlinkError = ConnectTimeout(
                 f"no answer from {self.remote_addr} within {self.config.connect_timeout} s")
             self._terminate(err, Trigger.TIMEOUT)
@@ -303,7 +315,7 @@ class Connection:
             self._on_lost(lost, now)
         if probe:
             self._probe_pending = 2
-            if self.state is State.HANDSHAKING:
+            if self.state is _HANDSHAKING:
                 self._handshake_pending = True
             elif not self.send_buf.unsent:
                 # nothing new to probe with: resend the oldest unacknowledged data
@@ -311,11 +323,12 @@ class Connection:
                 if oldest is not None:
                     for offset, length, fin in oldest.stream:
                         self.send_buf.on_lost(offset, length, fin)
-        if (self.recv_buf.segment_count and self.is_established
+        if (self.is_established and self._expecting_data()
                 and now >= self._gap_probe_deadline()):
-            # data is missing and the peer went quiet: maybe our address changed and its
-            # retransmissions go astray. A packet from us lets it find our new address.
+            # the peer was sending (or data is missing) and went quiet: maybe our address
+            # changed and its packets go astray. A packet from us lets it find us again.
             self._gap_probe_sent = now
+            self._gap_probes += 1
             self._ack_pending = True
         if (self.config.keepalive_interval and self.is_established
                 and now >= self._last_sent + self.config.keepalive_interval):
@@ -328,7 +341,7 @@ class Connection:
 
         Never raises on bad input: malformed packets are dropped and counted.
         """
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         try:
             self._receive(data, addr, now, self.paths.local if local is None else local)
@@ -343,7 +356,7 @@ class Connection:
         first = data[0] if data else -1
         if first == wire.SHORT:
             dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
-            if self.state is State.HANDSHAKING and self.is_client:
+            if self.state is _HANDSHAKING and self.is_client:
                 raise wire.MalformedPacket("short packet before SYN-ACK")
         elif first in wire.LONG_TYPES:
             hdr = wire.decode_long_header(data)
@@ -359,32 +372,34 @@ class Connection:
 
         if pn > self._largest_received + MAX_PACKET_NUMBER_JUMP:
             raise wire.MalformedPacket("packet number far beyond any in flight")
-        frames = wire.decode_frames(memoryview(data)[offset:])
-        if self.state is State.DRAINING and not self._graceful_drain:
+        frames = wire.decode_frames(data, offset)
+        if self.state is _DRAINING and not self._graceful_drain:
             return
-        if self.state is State.CLOSING:
+        if self.state is _CLOSING:
             self._close_resend_due = self._close_resends < _MAX_CLOSE_RESENDS
             return
-        lowest = self._received.first()
-        if self._received.contains(pn) or (lowest is not None and pn < lowest[0]):
+        largest = self._largest_received
+        if pn <= largest and self._is_duplicate(pn):
             self.duplicate_packets += 1
             if any(_ack_eliciting(f) for f in frames):
                 self._ack_pending = True  # our ACK may have been lost
             return
-        if (self.recv_buf.segment_count >= MAX_SEGMENTS
+        if (len(self.recv_buf._segments) >= MAX_SEGMENTS
                 and any(isinstance(f, wire.PushFrame) for f in frames)):
             self.dropped_packets += 1  # not acknowledged: the peer will send it again
             return
 
         self.packets_received += 1
         self.bytes_received += len(data)
-        is_newest = pn > self._largest_received and pn > self._path_pn_floor
-        out_of_order = pn != self._largest_received + 1
-        on_path = self.paths.is_current(local, addr) or self.state is State.HANDSHAKING
+        is_newest = pn > largest and pn > self._path_pn_floor
+        out_of_order = pn != largest + 1
+        on_path = self.paths.is_current(local, addr) or self.state is _HANDSHAKING
         if on_path:
             self._last_received = now
-            self._received.add(pn, pn + 1)
-            self._received.drop_oldest(wire.MAX_ACK_RANGES)
+            self._gap_probes = 0
+            received = self._received
+            received.add(pn, pn + 1)
+            received.drop_oldest(wire.MAX_ACK_RANGES)
             if is_newest:
                 self._largest_received = pn
                 self._largest_received_time = now
@@ -395,33 +410,43 @@ class Connection:
             self.unvalidated_packets += 1
             self._on_packet_from_other_path(local, addr, len(data), pn, is_newest, now)
 
-        if first == wire.SHORT and self.state is State.HANDSHAKING:
+        if first == wire.SHORT and self.state is _HANDSHAKING:
             self._complete_handshake()  # server: the client used the CID it learnt from us
 
         eliciting = False
+        push_frame = wire.PushFrame
         for frame in frames:
+            if type(frame) is push_frame:  # the common case, without the generic dispatch
+                eliciting = True
+                self._on_push(frame)
+                continue
             if _ack_eliciting(frame):
                 eliciting = True
             self._on_frame(frame, local, addr, now)
-            if self.state in (State.CLOSED, State.CLOSING) or (
-                    self.state is State.DRAINING and not self._graceful_drain):
+            if self.state in (_CLOSED, _CLOSING) or (
+                    self.state is _DRAINING and not self._graceful_drain):
                 return
 
         if eliciting and on_path:
             self._ack_eliciting_unacked += 1
             if (out_of_order or self._ack_eliciting_unacked >= self.config.ack_every
-                    or first != wire.SHORT or self.state is State.HANDSHAKING
-                    or self.state is State.DRAINING):
+                    or first != wire.SHORT or self.state is _HANDSHAKING
+                    or self.state is _DRAINING):
                 self._ack_pending = True
                 self._ack_deadline = None
             elif self._ack_deadline is None:
                 self._ack_deadline = now + self.config.max_ack_delay
         self._check_streams_done(now)
-        if self.state is State.DRAINING and self._ack_deadline is not None:
+        if self.state is _DRAINING and self._ack_deadline is not None:
             # no ACK timer runs while draining: the peer's FIN must be acknowledged now, or
             # the peer retransmits it until its idle timeout
             self._ack_pending = True
             self._ack_deadline = None
+
+    def _is_duplicate(self, pn: int) -> bool:
+        """``pn`` (not above the largest received) was seen, or is older than we remember."""
+        lowest = self._received.first()
+        return self._received.contains(pn) or (lowest is not None and pn < lowest[0])
 
     # ------------------------------------------------------------------ migration
     def _on_packet_from_other_path(self, local: int, addr: Address, size: int, pn: int,
@@ -464,8 +489,16 @@ class Connection:
         self._set_state(Trigger.PATH_CANDIDATE)
         return cand
 
+    def _expecting_data(self) -> bool:
+        """Data is missing, or the peer was in the middle of sending when it went quiet."""
+        return bool(self.recv_buf.segment_count) or (
+            self._last_push_received >= self._last_received
+            and self.recv_buf.fin_offset is None and self._gap_probes < 8)
+
     def _gap_probe_deadline(self) -> float:
-        return max(self._last_received, self._gap_probe_sent) + 2 * self.recovery.pto_interval()
+        backoff = 2.0 * (1 << min(self._gap_probes, 6))
+        return (max(self._last_received, self._gap_probe_sent)
+                + backoff * self.recovery.pto_interval())
 
     def _path_retry(self) -> float:
         """The challenge retry interval: one retransmission timeout (RTO)."""
@@ -495,8 +528,9 @@ class Connection:
         if old_addr != cand.addr:
             self.addr_changes.append((old_addr, cand.addr))
         self._ack_pending = True  # acknowledge on the new path at once
-        self.log.info("path validated in %.1f ms: %s -> %s (%s)", result.elapsed * 1e3,
-                      old_addr, cand.addr, cand.reason)
+        self.log.info("path validated in %.1f ms: %s -> %s (%s; local socket %d -> %d)",
+                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_local,
+                      cand.local)
         self._events.append(PathChanged(old_addr, cand.addr, cand.reason, result.elapsed,
                                         old_local, cand.local))
         if not self.paths.candidates:
@@ -589,6 +623,7 @@ class Connection:
 
     def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
+            self._last_push_received = self._last_received
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
             self._on_ack(frame, now)
@@ -631,11 +666,25 @@ class Connection:
         if acked:
             send_buf = self.send_buf
             peer_knows = -1
+            # consecutive packets usually carry adjacent stream ranges: acknowledge each run
+            # of them in one call instead of one call per packet
+            run_start = run_end = -1
             for pkt in acked:
                 for offset, length, fin in pkt.stream:
-                    send_buf.on_acked(offset, length, fin)
+                    if offset == run_end and not fin:
+                        run_end += length
+                        continue
+                    if run_end > run_start:
+                        send_buf.on_acked(run_start, run_end - run_start, False)
+                    if fin:
+                        send_buf.on_acked(offset, length, True)
+                        run_start = run_end = -1
+                    else:
+                        run_start, run_end = offset, offset + length
                 if pkt.largest_acked > peer_knows:
                     peer_knows = pkt.largest_acked
+            if run_end > run_start:
+                send_buf.on_acked(run_start, run_end - run_start, False)
             if peer_knows > _ACK_HISTORY:
                 # the peer saw an ACK up to peer_knows: stop repeating older ranges
                 self._received.shift_until(peer_knows - _ACK_HISTORY)
@@ -716,7 +765,7 @@ class Connection:
 
     def _check_streams_done(self, now: float) -> None:
         """Four-way close complete: our FIN was acknowledged and the peer's FIN arrived."""
-        if (self.is_established and self.send_buf.fin_requested and self.send_buf.all_acked
+        if (self.send_buf.fin_requested and self.is_established and self.send_buf.all_acked
                 and self.recv_buf.fin_offset is not None
                 and self.recv_buf.delivered == self.recv_buf.fin_offset):
             self._set_state(Trigger.STREAMS_DONE)
@@ -738,7 +787,7 @@ class Connection:
         For a socket that is not the one in use, only path-validation probes come out.
         """
         state = self.state
-        if state is State.CLOSED:
+        if state is _CLOSED:
             return []
         out: list[tuple[bytes, Address]] = []
         if local is None:
@@ -747,30 +796,30 @@ class Connection:
             self._path_probes(local, now, out)
         if local != self.paths.local:
             return out
-        if state is State.CLOSING:
+        if state is _CLOSING:
             if self._close_resend_due and self._close_frame is not None:
                 self._close_resend_due = False
                 self._close_resends += 1
                 out.append((self._build_packet([wire.encode_frame(self._close_frame)], now,
                                                None), self.remote_addr))
             return out
-        if state is State.DRAINING:
+        if state is _DRAINING:
             if self._graceful_drain and self._ack_pending:
                 out.append((self._build_packet([self._encode_ack(now)], now, None),
                             self.remote_addr))
             return out
-        if state is State.HANDSHAKING and not self.peer_cid:
+        if state is _HANDSHAKING and not self.peer_cid:
             if self._handshake_pending:
                 out.append((self._build_syn(now), self.remote_addr))
             return out
         if self._handshake_pending and not self.is_client:
             # anti-amplification: an unproven client address gets at most 3x what it sent
-            if (state is not State.HANDSHAKING
+            if (state is not _HANDSHAKING
                     or self.bytes_sent + self.config.max_datagram_size <= 3 * self.bytes_received):
                 out.append((self._build_syn_ack(now), self.remote_addr))
             else:
                 self._handshake_pending = False
-        if state is State.HANDSHAKING:
+        if state is _HANDSHAKING:
             return out
         self._build_data_packets(now, out)
         return out
@@ -858,10 +907,12 @@ class Connection:
                         self._maybe_blocked(parts, control)
                         break
                     offset, data, fin = rng
-                    parts.append(wire.encode_push_header(offset, len(data), fin))
+                    length = len(data)
+                    header = _push_header(offset, length, fin)
+                    parts.append(header)
                     parts.append(data)
-                    size += wire.push_header_size(offset, len(data)) + len(data)
-                    stream.append((offset, len(data), fin))
+                    size += len(header) + length
+                    stream.append((offset, length, fin))
                 eliciting = bool(stream or control)
                 if probing and not eliciting:
                     parts.append(_PING)  # a probe must elicit an ACK
@@ -1027,6 +1078,27 @@ class Connection:
             recv_buffered=self.recv_buf.buffered,
             flow_control_blocked=self.flow_blocked,
         )
+
+
+_VARINT_FORMATS = {1: ("B", 0), 2: ("H", 0x4000), 4: ("I", 0x8000_0000),
+                   8: ("Q", 0xC000_0000_0000_0000)}
+#: (offset width, length width) -> (struct, offset marker bits, length marker bits)
+_PUSH_HEADERS = {
+    (o, n): (struct.Struct("!B" + _VARINT_FORMATS[o][0] + _VARINT_FORMATS[n][0]),
+             _VARINT_FORMATS[o][1], _VARINT_FORMATS[n][1])
+    for o in (1, 2, 4, 8) for n in (1, 2, 4, 8)
+}
+
+
+def _varint_width(value: int) -> int:
+    return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x4000_0000 else 8
+
+
+def _push_header(offset: int, length: int, fin: bool) -> bytes:
+    """The PUSH frame header, byte for byte as ``wire.encode_push_header`` makes it, in one
+    precompiled struct call instead of three encodes and two concatenations."""
+    fmt, off_bits, len_bits = _PUSH_HEADERS[_varint_width(offset), _varint_width(length)]
+    return fmt.pack(wire.PUSH_FIN if fin else wire.PUSH, offset | off_bits, length | len_bits)
 
 
 class _HandshakeMark(wire.PingFrame):

@@ -103,6 +103,8 @@ class Recovery:
                         pkt = sent.pop(pn, None)
                         if pkt is not None:
                             acked.append(pkt)
+            if not sent:
+                self.sent = {}  # an emptied dict keeps its grown table: ~1 KiB per idle peer
         lost_pns = self._lost_pns
         if lost_pns:
             for lo, hi in ack.ranges:

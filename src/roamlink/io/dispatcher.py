@@ -31,6 +31,10 @@ logger = logging.getLogger("roamlink.dispatcher")
 #: Ids for local sockets, unique in the process (a path is a local socket + a peer address).
 _LOCAL_IDS = itertools.count(1)
 
+
+def next_local_id() -> int:
+    return next(_LOCAL_IDS)
+
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
 _ENDED_KEYS = 65536
 
