@@ -306,6 +306,7 @@ class Vegas(CongestionController):
                 return
             self._recovery_start = now
             self.congestion_events += 1
+            self._last_congestive = now
             self.cwnd = max(int(self.cwnd * COMPETE_DECREASE), self.min_window)
             self.ssthresh = self.cwnd
             return
