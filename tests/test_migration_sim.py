@@ -54,7 +54,9 @@ def test_nat_rebinding_mid_transfer_with_loss() -> None:
     changes = _events(s, PathChanged)
     assert len(changes) == 1 and changes[0].reason == "passive"
     assert changes[0].old_addr == CLIENT and changes[0].new_addr == ("10.0.0.2", 61000)
-    assert s.stats().path_changes == 1 and s.state is State.ESTABLISHED
+    # the validation ended (the orderly close may already have begun: both FINs acknowledged)
+    assert s.stats().path_changes == 1 and s.state in (State.ESTABLISHED, State.DRAINING)
+    assert s.error is None
     # the socket layer's address map followed (the seed's UpdateAddr)
     assert (("10.0.0.2", 61000), c.local_cid) in server.dispatcher.addr_map
     assert (CLIENT, c.local_cid) not in server.dispatcher.addr_map

@@ -154,6 +154,7 @@ class Connection:
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
         self._ack_eliciting_unacked = 0
+        self._data_unacked = False  # stream data arrived since our last ACK
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
         self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
 
@@ -228,6 +229,12 @@ class Connection:
         if data:
             self._update_credit()
         return data
+
+    @property
+    def credit_update_due(self) -> bool:
+        """Reading released enough credit that a MAX_DATA should go out (serve the
+        connection); otherwise a read needs no send pass."""
+        return self._send_max_data
 
     @property
     def readable(self) -> int:
@@ -417,6 +424,7 @@ class Connection:
         for frame in frames:
             if type(frame) is push_frame:  # the common case, without the generic dispatch
                 eliciting = True
+                self._data_unacked = True
                 self._on_push(frame)
                 continue
             if _ack_eliciting(frame):
@@ -883,13 +891,19 @@ class Connection:
             control: list[wire.Frame] = []
             stream: list[tuple[int, int, bool]] = []
             eliciting = retransmission = False
-            if self._ack_pending or (self._ack_deadline is not None
-                                     and now >= self._ack_deadline):
+            probing = self._probe_pending > 0
+            may_fly = probing or (self._can_send_in_flight() and self._pacer_allows(now))
+            due = self._ack_pending or (self._ack_deadline is not None
+                                        and now >= self._ack_deadline)
+            # an owed (delayed) ACK also rides on any packet that carries data: it costs a few
+            # bytes, and spares the ACK-only packet (and the peer's wake-up) due later
+            # (only for stream data received: data answering data, as in request/response;
+            # control-only packets keep the delayed-ACK pace the ack-of-ack history relies on)
+            if due or (self._ack_deadline is not None and self._data_unacked and may_fly
+                       and send_buf.has_data_to_send()):
                 ack = self._encode_ack(now)
                 parts.append(ack)
                 size += len(ack)
-            probing = self._probe_pending > 0
-            may_fly = probing or (self._can_send_in_flight() and self._pacer_allows(now))
             if may_fly:
                 if self._send_max_data:
                     self._send_max_data = False
@@ -963,6 +977,7 @@ class Connection:
         self._ack_pending = False
         self._ack_deadline = None
         self._ack_eliciting_unacked = 0
+        self._data_unacked = False
         return wire.encode_ack(ranges, delay_us)
 
     def _finish_packet(self, parts: list[bytes], now: float, stream: list[tuple[int, int, bool]],
