@@ -24,12 +24,14 @@ from ..errors import (
     ConnectionReset,
     ConnectTimeout,
     IdleTimeout,
+    MigrationError,
     ProtocolViolation,
     RoamlinkError,
     VersionMismatch,
 )
 from . import wire
 from .buffers import RecvBuffer, SendBuffer
+from .cids import CidManager
 from .congestion import create_controller
 from .events import (
     Address,
@@ -37,8 +39,10 @@ from .events import (
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
+    PathChanged,
+    PathValidationFailed,
 )
-from .paths import PathManager
+from .paths import Candidate, PathManager
 from .ranges import RangeSet
 from .recovery import Recovery, SentPacket
 from .rtt import RttEstimator
@@ -91,7 +95,7 @@ class Connection:
         self._random = random_bytes
         self._offered_versions = list(config.versions)
         self.state = State.HANDSHAKING
-        self.paths = PathManager(remote_addr)
+        self.paths = PathManager(remote_addr, config, random_bytes)
         self.log = logging.LoggerAdapter(logger, {"cid": local_cid.hex()})
 
         self.rtt = RttEstimator(config.initial_rtt)
@@ -137,6 +141,9 @@ class Connection:
         self._app_closed = False
         self._graceful_drain = False
         self.routing_changes: list[tuple[bool, bytes]] = [(True, local_cid)]
+        self.cids = CidManager(local_cid, config.spare_cids, len(local_cid), random_bytes,
+                               self.routing_changes)
+        self.cids.handshake_peer_cid = peer_cid
 
         # counters
         self.bytes_sent = 0
@@ -226,7 +233,8 @@ class Connection:
             return None
         if self.state in (State.CLOSING, State.DRAINING):
             return self._drain_deadline
-        deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline]
+        deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline,
+                     self.paths.timer()]
         if self.state is State.HANDSHAKING:
             deadlines.append(self._created + self.config.connect_timeout)
         if self.config.idle_timeout:
@@ -257,6 +265,8 @@ class Connection:
             self._enter_closing(now, NO_ERROR, "close timeout",
                                 ConnectionClosed("the peer did not close in time"))
             return
+        self.paths.on_timer(now)
+        self._discard_failed()
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_pending = True
             self._ack_deadline = now  # send at the next opportunity
@@ -338,7 +348,8 @@ class Connection:
         if is_newest:
             self._largest_received = pn
             self._largest_received_time = now
-        self.on_packet_path(addr, len(data), is_newest, now)
+        self.on_packet_path(addr, len(data), is_newest,
+                            all(isinstance(f, _PROBING) for f in frames), now)
 
         if first == wire.SHORT and self.state is State.HANDSHAKING:
             self._complete_handshake()  # server: the client used the CID it learnt from us
@@ -361,8 +372,71 @@ class Connection:
                 self._ack_deadline = now + self.config.max_ack_delay
         self._check_streams_done(now)
 
-    def on_packet_path(self, addr: Address, size: int, is_newest: bool, now: float) -> None:
-        """Hook for path tracking (a packet from ``addr`` was accepted)."""
+    def on_packet_path(self, addr: Address, size: int, is_newest: bool, probing: bool,
+                       now: float) -> None:
+        """A packet from ``addr`` was accepted: a new address may start a passive migration."""
+        may_migrate = is_newest and not probing and self.is_established
+        cand = self.paths.on_packet(addr, size, may_migrate, now)
+        if cand is not None:
+            self._new_candidate(cand)
+            self.log.info("packet from new address %s: validating it", addr)
+
+    def _new_candidate(self, cand: Candidate) -> None:
+        spare = self.cids.take_spare()  # a fresh CID: the new path cannot be linked to the old
+        if spare is not None:
+            cand.dcid_seq, cand.dcid = spare
+        self._set_state(Trigger.PATH_CANDIDATE)
+
+    def migrate(self, now: float, remote_addr: Address | None = None,
+                local: object | None = None, timeout: float | None = None) -> None:
+        """Active migration: validate a path to ``remote_addr`` (default: the current peer
+        address) from the local socket ``local`` (an opaque token the socket layer uses to
+        send probes; None: the current socket). The outcome arrives as a ``PathChanged`` or
+        ``PathValidationFailed`` event; until then the old path carries the data."""
+        if not self.is_established:
+            raise MigrationError(f"cannot migrate in state {self.state.value}")
+        addr = remote_addr if remote_addr is not None else self.remote_addr
+        if addr == self.remote_addr and (local is None or local is self.paths.local):
+            raise MigrationError("that is the path in use already")
+        existing = self.paths.candidates.get((local, addr))
+        cand = self.paths.start(addr, local, now, timeout)
+        if cand is None:
+            raise MigrationError("too many paths are being validated at once")
+        if cand is not existing:
+            self._new_candidate(cand)
+        self.log.info("migrating to %s%s", addr, " from a new socket" if local else "")
+
+    def _switch_path(self, cand: Candidate, now: float) -> None:
+        """``cand`` answered our challenge: move the connection onto it."""
+        old = self.paths.switch(cand)
+        if cand.dcid_seq is not None and cand.dcid is not None:
+            self.cids.switch_to(cand.dcid_seq)
+            self.peer_cid = cand.dcid
+        if old[0] != cand.addr[0]:
+            # another network, not just another NAT port: its capacity and delay are unknown
+            self.cc.on_path_change()
+            self.rtt.reset()
+            self.recovery.pto_count = 0
+        if cand.reason == "passive":
+            # the peer's old address is gone: what we sent there is lost, resend it here
+            self._on_lost(self.recovery.take_all_in_flight(), now, congestion=False)
+        self._ack_pending = True  # ACK on the new path at once
+        self._discard_failed()
+        if self.state is State.VALIDATING_PATH and not self.paths.candidates:
+            self._set_state(Trigger.PATH_VALIDATED)
+        elapsed = now - cand.started
+        self._events.append(PathChanged(old, cand.addr, cand.reason, elapsed))
+        self.log.info("path changed (%s): %s -> %s, validated in %.1f ms", cand.reason, old,
+                      cand.addr, elapsed * 1000)
+
+    def _discard_failed(self) -> None:
+        for cand, reason in self.paths.take_failed():
+            if cand.dcid_seq is not None:
+                self.cids.discard(cand.dcid_seq)
+            self._events.append(PathValidationFailed(cand.addr, reason))
+            self.log.info("path to %s not validated: %s", cand.addr, reason)
+        if self.state is State.VALIDATING_PATH and not self.paths.candidates:
+            self._set_state(Trigger.PATH_FAILED)
 
     def _accept_long_header(self, hdr: wire.LongHeader) -> bool:
         if hdr.version != self.version:
@@ -405,6 +479,8 @@ class Connection:
     def _complete_handshake(self) -> None:
         if self.state is State.HANDSHAKING:
             self._set_state(Trigger.HANDSHAKE_DONE)
+            self.cids.handshake_peer_cid = self.peer_cid
+            self.cids.issue_spares()
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")
 
@@ -426,7 +502,15 @@ class Connection:
             self.on_other_frame(frame, addr, now)
 
     def on_other_frame(self, frame: wire.Frame, addr: Address, now: float) -> None:
-        """Frames handled by extensions (path responses, connection IDs)."""
+        """Path responses and connection-ID frames (see :mod:`.paths`, :mod:`.cids`)."""
+        if isinstance(frame, wire.PathResponseFrame):
+            cand = self.paths.on_response(addr, frame.data, now)
+            if cand is not None and self.is_established:
+                self._switch_path(cand, now)
+        elif isinstance(frame, wire.NewConnectionIdFrame):
+            self.cids.on_new_cid(frame)
+        elif isinstance(frame, wire.RetireConnectionIdFrame):
+            self.cids.on_retire(frame)
 
     def _on_push(self, frame: wire.PushFrame) -> None:
         end = frame.offset + len(frame.data)
@@ -455,7 +539,7 @@ class Connection:
         if lost:
             self._on_lost(lost, now)
 
-    def _on_lost(self, lost: list[SentPacket], now: float) -> None:
+    def _on_lost(self, lost: list[SentPacket], now: float, congestion: bool = True) -> None:
         send_buf = self.send_buf
         for pkt in lost:
             for offset, length, fin in pkt.stream:
@@ -470,7 +554,8 @@ class Connection:
                     pass  # a lost PING needs no repeat
                 else:
                     self._control.append(frame)
-        self.cc.on_packets_lost(lost, self.rtt, now)
+        if congestion:
+            self.cc.on_packets_lost(lost, self.rtt, now)
 
     def _on_close_frame(self, frame: wire.CloseFrame, now: float) -> None:
         if frame.code == NO_ERROR:
@@ -541,8 +626,13 @@ class Connection:
             return []
         out: list[tuple[bytes, Address]] = []
         for addr, data in self.paths.take_responses():
-            out.append((self._build_probe(wire.PathResponseFrame(data), now), addr))
-        out.extend(self.path_datagrams(now))
+            probe = self._build_probe(wire.PathResponseFrame(data), now, addr)
+            if probe is not None:
+                out.append((probe, addr))
+        if self.is_established:
+            out.extend(self.path_datagrams(now))
+            if self.cids.frames:
+                self._control.extend(self.cids.take_frames())
         if state is State.CLOSING:
             if self._close_resend_due and self._close_frame is not None:
                 self._close_resend_due = False
@@ -572,8 +662,18 @@ class Connection:
         return out
 
     def path_datagrams(self, now: float) -> list[tuple[bytes, Address]]:
-        """Hook: path-validation probes to send."""
-        return []
+        """PATH_CHALLENGEs due to candidate paths (those for another socket go to alt_out)."""
+        out: list[tuple[bytes, Address]] = []
+        for cand, data, size in self.paths.due_challenges(now, self.recovery.pto_interval()):
+            probe = self._build_probe(wire.PathChallengeFrame(data), now, cand.addr,
+                                      cand.dcid, size)
+            if probe is None:
+                continue
+            if cand.local is not None and cand.local is not self.paths.local:
+                self.paths.alt_out.append((cand.local, probe, cand.addr))
+            else:
+                out.append((probe, cand.addr))
+        return out
 
     def _can_send_in_flight(self) -> bool:
         return self.recovery.bytes_in_flight + self.config.max_datagram_size <= self.cc.cwnd
@@ -680,11 +780,27 @@ class Connection:
                       ) -> bytes:
         return self._finish_packet(frames, now, [], control or [], control is not None)
 
-    def _build_probe(self, frame: wire.Frame, now: float) -> bytes:
-        """A packet padded to full size: a path that cannot carry it is not validated."""
+    def _build_probe(self, frame: wire.Frame, now: float, addr: Address,
+                     dcid: bytes | None = None, size: int | None = None) -> bytes | None:
+        """A packet padded to full size: a path that cannot carry it is not validated.
+
+        To an unvalidated address it is cut to the anti-amplification budget (None when not
+        even a small probe fits)."""
+        budget = self.paths.budget(addr)
+        size = self.config.max_datagram_size if size is None else size
+        if budget is not None:
+            size = min(size, budget)
+        dcid = self.peer_cid if dcid is None else dcid
         encoded = wire.encode_frame(frame)
-        pad = self.config.max_datagram_size - (1 + len(self.peer_cid) + 8 + len(encoded))
-        return self._finish_packet([encoded, bytes(max(pad, 0))], now, [], [], False)
+        pad = size - (1 + len(dcid) + 8 + len(encoded))
+        if pad < 0:
+            return None
+        pn = self._next_pn
+        self._next_pn = pn + 1
+        datagram = b"".join((_SHORT_TYPE, dcid, _PN.pack(pn), encoded, bytes(pad)))
+        self._on_sent(pn, datagram, now, False, [], [])
+        self.paths.on_sent(addr, len(datagram))
+        return datagram
 
     def _handshake_frames(self, room: int, now: float
                           ) -> tuple[list[bytes], list[tuple[int, int, bool]]]:
@@ -767,6 +883,11 @@ class _HandshakeMark(wire.PingFrame):
 
 
 _HANDSHAKE_MARK = _HandshakeMark()
+
+
+#: Frames that only probe a path: a packet of nothing else does not move the connection.
+_PROBING = (wire.PathChallengeFrame, wire.PathResponseFrame, wire.PaddingFrame,
+            wire.NewConnectionIdFrame)
 
 
 def _ack_eliciting(frame: wire.Frame) -> bool:

@@ -83,6 +83,11 @@ class Dispatcher:
 
     def sync_routes(self, conn: Connection) -> None:
         """Apply the CIDs the connection issued or retired (the seed's UpdateAddr, for CIDs)."""
+        moves = conn.paths.addr_updates
+        if moves:
+            for old, new in moves:
+                self.update_addr(conn, old, new)
+            moves.clear()
         changes = conn.routing_changes
         if not changes:
             return
@@ -115,10 +120,12 @@ class Dispatcher:
 
     def update_addr(self, conn: Connection, old: Address, new: Address) -> None:
         """The connection moved to ``new``: re-key the auxiliary address map."""
-        key_old = (old, conn.peer_cid)
+        peer_cid = conn.cids.handshake_peer_cid or conn.peer_cid  # the key SYNs carry
+        key_old = (old, peer_cid)
         if self.addr_map.get(key_old) == conn.local_cid:
             del self.addr_map[key_old]
-        self.addr_map[(new, conn.peer_cid)] = conn.local_cid
+        self.addr_map[(new, peer_cid)] = conn.local_cid
+        logger.debug("connection %s moved: %s -> %s", conn.local_cid.hex(), old, new)
 
     # ------------------------------------------------------------------ receiving
     def datagram_received(self, data: bytes, addr: Address, now: float) -> Connection | None:
