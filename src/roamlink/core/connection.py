@@ -42,7 +42,7 @@ from .events import (
     PathChanged,
     PathValidationFailed,
 )
-from .paths import Candidate, PathManager
+from .paths import Candidate, PathManager, SilenceProbe
 from .ranges import RangeSet
 from .recovery import Recovery, SentPacket
 from .rtt import RttEstimator
@@ -144,6 +144,8 @@ class Connection:
         self.cids = CidManager(local_cid, config.spare_cids, len(local_cid), random_bytes,
                                self.routing_changes)
         self.cids.handshake_peer_cid = peer_cid
+        self.silence = SilenceProbe()
+        self._silence_ping = False
 
         # counters
         self.bytes_sent = 0
@@ -234,7 +236,7 @@ class Connection:
         if self.state in (State.CLOSING, State.DRAINING):
             return self._drain_deadline
         deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline,
-                     self.paths.timer()]
+                     self.paths.timer(), self.silence.deadline(self.recovery.pto_interval())]
         if self.state is State.HANDSHAKING:
             deadlines.append(self._created + self.config.connect_timeout)
         if self.config.idle_timeout:
@@ -267,6 +269,8 @@ class Connection:
             return
         self.paths.on_timer(now)
         self._discard_failed()
+        if self.silence.due(now, self.recovery.pto_interval()):
+            self._silence_ping = True
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_pending = True
             self._ack_deadline = now  # send at the next opportunity
@@ -520,6 +524,10 @@ class Connection:
                                     f"{self._advertised_max_data}")
         try:
             new = self.recv_buf.receive(frame.offset, frame.data, frame.fin)
+            if self.recv_buf.fin_offset is None:
+                self.silence.on_data(self._last_received)
+            else:
+                self.silence.disarm()
         except ValueError as exc:
             raise ProtocolViolation(PROTOCOL_VIOLATION, str(exc)) from None
         if new and self._app_closed:
@@ -630,6 +638,12 @@ class Connection:
             if probe is not None:
                 out.append((probe, addr))
         if self.is_established:
+            if self._silence_ping:
+                # padded: if our NAT rebound, the peer may answer with a full-size challenge
+                self._silence_ping = False
+                ping = self._build_probe(wire.PingFrame(), now, self.remote_addr)
+                if ping is not None:
+                    out.append((ping, self.remote_addr))
             out.extend(self.path_datagrams(now))
             if self.cids.frames:
                 self._control.extend(self.cids.take_frames())

@@ -55,7 +55,7 @@ _LEDGER_SIZE = 32
 #: Pending PATH_RESPONSEs kept at most (a flood of challenges cannot grow memory).
 _MAX_RESPONSES = 8
 #: Smallest probe worth sending: header + one path frame.
-MIN_PROBE_SIZE = 64
+MIN_PROBE_SIZE = 40
 
 
 @dataclass(eq=False)
@@ -109,6 +109,9 @@ class PathManager:
         """Bytes we may still send to ``addr`` (None: validated, no limit)."""
         if addr == self.remote_addr:
             return None
+        for cand in self.candidates.values():
+            if cand.addr == addr and cand.reason == "active":
+                return None  # our own application chose it: no spoofer is involved
         entry = self._ledger.get(addr)
         if entry is None:
             return 0
@@ -187,7 +190,7 @@ class PathManager:
         for cand in self.candidates.values():
             if cand.next_send > now or now >= cand.deadline:
                 continue
-            budget = None if cand.local is not None else self.budget(cand.addr)
+            budget = self.budget(cand.addr)
             size = mtu if budget is None else min(mtu, budget)
             if size < MIN_PROBE_SIZE:
                 cand.blocked = True
@@ -252,3 +255,46 @@ class PathManager:
         for cand in list(self.candidates.values()):
             if now >= cand.deadline:
                 self._abandon(cand, "validation timed out")
+
+
+class SilenceProbe:
+    """Pings a peer that falls silent in the middle of sending us data.
+
+    A receiver only sends ACKs, and only when data arrives. If its NAT rebinds, the peer's
+    packets go to the dead mapping, nothing arrives, nothing is acknowledged, and both sides
+    wait. So when stream data stops arriving before the stream ended, we send a PING after one
+    PTO, then after 2, 4, ... PTOs (at most ``MAX_PROBES``): the first one that reaches the
+    peer reveals our new address, and the peer validates it. A peer that merely paused costs
+    a handful of small packets.
+    """
+
+    MAX_PROBES = 6
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.probes = 0
+        self.last_data = 0.0
+        self.sent = 0
+
+    def on_data(self, now: float) -> None:
+        self.armed = True
+        self.probes = 0
+        self.last_data = now
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def deadline(self, pto: float) -> float | None:
+        if not self.armed:
+            return None
+        return self.last_data + pto * ((1 << (self.probes + 1)) - 1)
+
+    def due(self, now: float, pto: float) -> bool:
+        deadline = self.deadline(pto)
+        if deadline is None or now < deadline:
+            return False
+        self.probes += 1
+        self.sent += 1
+        if self.probes >= self.MAX_PROBES:
+            self.armed = False
+        return True

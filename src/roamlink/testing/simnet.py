@@ -82,6 +82,18 @@ class SimNode:
         self.net.flush(self)
         return conn
 
+    def add_address(self, addr: Address) -> None:
+        """Make the host reachable at another address too (multi-homed; a second socket).
+
+        A connection that validated a path from ``addr`` (``migrate(local=addr)``) sends from
+        it; the node's other addresses keep receiving until :meth:`remove_address`.
+        """
+        self.net.nodes[addr] = self
+
+    def remove_address(self, addr: Address) -> None:
+        if self.net.nodes.get(addr) is self and addr != self.addr:
+            del self.net.nodes[addr]
+
     def connections(self) -> list[Connection]:
         return list({id(c): c for c in self.dispatcher.connections.values()}.values())
 
@@ -186,6 +198,10 @@ class SimNetwork:
                 st.reordered += 1
             self.call_at(arrive, _Deliver(self, src, dst, data, st))
 
+    def inject(self, src: Address, dst: Address, data: bytes) -> None:
+        """Send ``data`` as if from ``src`` (which need not exist): spoofing, replays."""
+        self.send(src, dst, data)
+
     def deliver(self, src: Address, dst: Address, data: bytes) -> None:
         node = self.nodes.get(dst)
         if node is None:
@@ -208,8 +224,15 @@ class SimNetwork:
             self._flush_conn(node, conn)
 
     def _flush_conn(self, node: SimNode, conn: Connection) -> None:
+        local = conn.paths.local
+        src = local if isinstance(local, tuple) else node.addr  # a migrated socket's address
         for data, addr in conn.datagrams_to_send(self.now):
-            self.send(node.addr, addr, data)
+            self.send(src, addr, data)
+        if conn.paths.alt_out:  # probes from another of the node's addresses
+            for token, data, addr in conn.paths.alt_out:
+                if isinstance(token, tuple):
+                    self.send(token, addr, data)
+            conn.paths.alt_out.clear()
         node.dispatcher.sync_routes(conn)
         deadline = conn.get_timer()
         if deadline is not None and node.scheduled.get(conn) != deadline:
