@@ -308,7 +308,7 @@ def test_twenty_five_active_migrations_rotate_cids() -> None:
 
 
 def test_passive_rebinding_many_times_in_a_row() -> None:
-    net, client, server, c, s = _setup(11, LinkConfig(delay=0.01, rate=1e6))
+    net, client, server, c, s = _setup(11, LinkConfig(delay=0.01, rate=2e6, queue_packets=20))
     up, down = _transfer(net, client, server, c, s, 4 * MiB, 80)
     for i in range(22):
         _run_until_time(net, [up, down], net.now + 0.15)
@@ -338,3 +338,44 @@ def test_peer_cid_frames_are_bounded() -> None:
     net.inject(CLIENT, SERVER, pkt)
     net.run(until=net.now + 0.1)
     assert s.is_terminated
+
+
+def test_randomized_1000_transfers_with_rebindings_are_exact() -> None:
+    """1,000 transfers (20 networks x 50 clients), each client's NAT rebinding at a random
+    moment, random loss and direction: every transfer ends hash-exact."""
+    rng = random.Random(2026)
+    total = moved = 0
+    for batch in range(20):
+        loss = rng.choice([0.0, 0.01, 0.03, 0.05])
+        net = SimNetwork(seed=batch, default_link=LinkConfig(delay=rng.uniform(0.002, 0.02),
+                                                             loss=loss, reorder=0.02))
+        server = net.add_node(SERVER, listen=True)
+        pumps: list[Pump] = []
+        conns: list[tuple[SimNode, Connection]] = []
+        rebinds: list[tuple[SimNode, bool, float, int]] = []
+        for i in range(50):
+            client = net.add_node((f"10.1.{batch}.{i + 1}", 40000 + i))
+            c, s = establish(net, client, server)
+            size = rng.randint(1, 48 * KiB)
+            if rng.random() < 0.5:
+                pumps.append(Pump(net, c, client, s, server, rng.randbytes(size)))
+            else:
+                pumps.append(Pump(net, s, server, c, client, rng.randbytes(size)))
+            conns.append((client, s))
+            rebinds.append((client, rng.random() < 0.2, rng.uniform(0.03, 0.15), i))
+        start = net.now
+        for client, new_ip, offset, i in rebinds:  # at a random moment of the transfers
+
+            def rebind(node: SimNode = client, new_ip: bool = new_ip, i: int = i) -> None:
+                host = f"10.2.{batch}.{i + 1}" if new_ip else node.addr[0]
+                net.rebind(node, (host, 20000 + i))
+
+            net.call_at(start + offset, rebind)
+        assert run_pumps(net, pumps, 120), f"batch {batch} did not finish"
+        for p in pumps:
+            assert p.exact()
+        total += len(pumps)
+        moved += sum(1 for node, s in conns if s.remote_addr == node.addr)
+    assert total == 1000
+    print(f"{moved} of {total} transfers moved to the new address before ending")
+    assert moved >= 500  # a rebinding after a transfer ended is never seen

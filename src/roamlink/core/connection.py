@@ -485,6 +485,8 @@ class Connection:
             self._set_state(Trigger.HANDSHAKE_DONE)
             self.cids.handshake_peer_cid = self.peer_cid
             self.cids.issue_spares()
+            if self.recv_buf.fin_offset is None:
+                self.silence.on_data(self._last_received)  # a new connection expects data
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")
 
@@ -524,10 +526,10 @@ class Connection:
                                     f"{self._advertised_max_data}")
         try:
             new = self.recv_buf.receive(frame.offset, frame.data, frame.fin)
-            if self.recv_buf.fin_offset is None:
+            if self.recv_buf.delivered != self.recv_buf.fin_offset:
                 self.silence.on_data(self._last_received)
             else:
-                self.silence.disarm()
+                self.silence.disarm()  # the whole stream is here: silence is expected now
         except ValueError as exc:
             raise ProtocolViolation(PROTOCOL_VIOLATION, str(exc)) from None
         if new and self._app_closed:

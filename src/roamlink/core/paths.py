@@ -262,10 +262,12 @@ class SilenceProbe:
 
     A receiver only sends ACKs, and only when data arrives. If its NAT rebinds, the peer's
     packets go to the dead mapping, nothing arrives, nothing is acknowledged, and both sides
-    wait. So when stream data stops arriving before the stream ended, we send a PING after one
-    PTO, then after 2, 4, ... PTOs (at most ``MAX_PROBES``): the first one that reaches the
-    peer reveals our new address, and the peer validates it. A peer that merely paused costs
-    a handful of small packets.
+    wait. So when stream data stops arriving before the stream ended (or none came yet after
+    the handshake), we send a padded PING after one PTO, then after 2, 4, ... PTOs (at most
+    ``MAX_PROBES``): the first one that reaches the peer reveals our new address, and the peer
+    validates it. A peer that merely paused costs a handful of packets. (A connection idle
+    for longer than that is found again only when it next sends: set
+    ``Config.keepalive_interval`` below the NAT's mapping timeout.)
     """
 
     MAX_PROBES = 6
