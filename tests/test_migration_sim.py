@@ -366,9 +366,10 @@ def test_randomized_1000_transfers_with_rebindings_are_exact() -> None:
         start = net.now
         for client, new_ip, offset, i in rebinds:  # at a random moment of the transfers
 
-            def rebind(node: SimNode = client, new_ip: bool = new_ip, i: int = i) -> None:
-                host = f"10.2.{batch}.{i + 1}" if new_ip else node.addr[0]
-                net.rebind(node, (host, 20000 + i))
+            def rebind(node: SimNode = client, new_ip: bool = new_ip, i: int = i,
+                       b: int = batch, n: SimNetwork = net) -> None:
+                host = f"10.2.{b}.{i + 1}" if new_ip else node.addr[0]
+                n.rebind(node, (host, 20000 + i))
 
             net.call_at(start + offset, rebind)
         assert run_pumps(net, pumps, 120), f"batch {batch} did not finish"
