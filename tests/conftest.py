@@ -15,3 +15,12 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+# network-namespace fixtures (nat_topology, nat_topology_rtt20, bottleneck_topology, ...)
+from .netns_fixtures import (  # noqa: E402,F401
+    bottleneck_topology,
+    bottleneck_topology_delayed,
+    nat_topology,
+    nat_topology_rtt20,
+)

@@ -11,7 +11,7 @@ from .errors import ConfigError
 #: The wire version this implementation speaks.
 PROTOCOL_VERSION = 1
 
-CONGESTION_CONTROLLERS = ("newreno",)
+CONGESTION_CONTROLLERS = ("vegas", "newreno")
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,10 @@ class Config:
     connect_timeout: float = 10.0
     #: Close a connection when nothing was received for this long (0 disables).
     idle_timeout: float = 30.0
-    #: Send a PING when nothing was sent for this long (None disables).
-    keepalive_interval: float | None = None
+    #: Send a PING when nothing was sent for this long (None disables). On by default: it
+    #: keeps NAT mappings alive, and it is how a peer whose NAT re-mapped it while it had
+    #: nothing to send gets found again.
+    keepalive_interval: float | None = 15.0
     #: How long a closed connection's IDs stay reserved so late packets are ignored.
     draining_period: float = 3.0
     #: After ``close()``, how long to wait for the peer's FIN before aborting.
@@ -51,7 +53,7 @@ class Config:
     #: ``drain()`` blocks while more than this many bytes are buffered to send.
     send_buffer_size: int = 4 * 1024 * 1024
     #: Congestion controller, by name (see roamlink.core.congestion.CONTROLLERS).
-    congestion_control: str = "newreno"
+    congestion_control: str = "vegas"
     #: Initial congestion window, in full-size packets.
     initial_window_packets: int = 32
     #: Pace sends over the RTT instead of bursting the whole window.
@@ -62,6 +64,9 @@ class Config:
     max_candidate_paths: int = 3
     #: Spare connection IDs offered to the peer for migration.
     spare_cids: int = 4
+    #: Batch datagrams through the kernel with UDP GSO/GRO where the platform has them (Linux);
+    #: False forces one system call per datagram (so does ROAMLINK_UDP_OFFLOAD=0).
+    udp_offload: bool = True
     #: Pending connections a listener queues before refusing new ones.
     backlog: int = 1024
 

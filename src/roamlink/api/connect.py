@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from typing import Any, cast
 
 from ..config import Config
 from ..core.events import Address
 from ..io.endpoint import Endpoint
+from .addresses import resolve
 from .stream import Stream
-
-
-async def resolve(host: str, port: int) -> tuple[int, Address]:
-    """The first UDP address for ``host:port`` and its address family."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise OSError(f"cannot resolve {host!r}")
-    family, _, _, _, sockaddr = infos[0]
-    addr = cast(tuple[Any, ...], sockaddr)
-    if family == socket.AF_INET6:
-        return family, (str(addr[0]), int(addr[1]), int(addr[2]), int(addr[3]))
-    return family, (str(addr[0]), int(addr[1]))
 
 
 async def connect(host: str, port: int, *, config: Config | None = None,

@@ -19,12 +19,14 @@ class Listener:
     waits for them to end (at most ``Config.close_timeout``) and then closes the socket.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, extra: list[Endpoint] | None = None) -> None:
         self._endpoint = endpoint
+        self._extra = extra or []  # more sockets (other addresses) of the same listener
         self._ready: asyncio.Queue[Stream | None] = asyncio.Queue()
         self._pending: set[Stream] = set()
         self._closing = False
-        endpoint.on_new_connection = self._on_new_connection
+        for ep in (endpoint, *self._extra):
+            ep.on_new_connection = self._on_new_connection
 
     def _on_new_connection(self, conn: Connection) -> None:
         stream = Stream(self._endpoint, conn)
@@ -64,6 +66,11 @@ class Listener:
         return self._endpoint.local_addr
 
     @property
+    def local_addrs(self) -> list[Address]:
+        """Every address this listener accepts on."""
+        return [ep.local_addr for ep in (self._endpoint, *self._extra)]
+
+    @property
     def endpoint(self) -> Endpoint:
         return self._endpoint
 
@@ -93,8 +100,9 @@ class Listener:
         while (any(not c.is_terminated for c in endpoint.live_connections)
                and endpoint.loop.time() < deadline):
             await asyncio.sleep(0.02)
-        endpoint.close()
-        await endpoint.wait_closed()
+        for ep in (endpoint, *self._extra):
+            ep.close()
+            await ep.wait_closed()
 
     async def __aenter__(self) -> Listener:
         return self
@@ -107,9 +115,27 @@ class Listener:
         return f"<roamlink.Listener {self.local_addr}>"
 
 
-async def listen(host: str = "127.0.0.1", port: int = 0, *,
+async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *,
                  config: Config | None = None) -> Listener:
-    """Listen for roamlink connections on ``host:port`` (port 0 picks a free port)."""
+    """Listen for roamlink connections on ``host:port`` (port 0 picks a free port).
+
+    ``host`` may be a list: one socket per address, all serving the same connections, so a
+    client can move between them with ``Stream.migrate(new_remote_addr)`` and the server
+    answers from the address the client chose.
+    """
     config = config or Config()
-    endpoint = await Endpoint.create(config, (host, port), accept_new=True)
-    return Listener(endpoint)
+    hosts = [host] if isinstance(host, str) else list(host)
+    if not hosts:
+        raise ValueError("listen() needs at least one host")
+    endpoint = await Endpoint.create(config, (hosts[0], port), accept_new=True)
+    extra = []
+    try:
+        for other in hosts[1:]:
+            extra.append(await Endpoint.create(config, (other, endpoint.local_addr[1]),
+                                               accept_new=True,
+                                               dispatcher=endpoint.dispatcher))
+    except BaseException:
+        for ep in (endpoint, *extra):
+            ep.close()
+        raise
+    return Listener(endpoint, extra)

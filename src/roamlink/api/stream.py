@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from types import TracebackType
 
 from ..core.connection import APPLICATION_ERROR, Connection
-from ..core.events import Address, ConnectionStats, ConnectionTerminated, Event
-from ..errors import ConnectionClosed, IncompleteRead, RoamlinkError
-from ..io.endpoint import Endpoint
+from ..core.events import (
+    Address,
+    ConnectionStats,
+    ConnectionTerminated,
+    Event,
+    PathChanged,
+    PathValidationFailed,
+)
+from ..errors import (
+    ConnectionClosed,
+    IncompleteRead,
+    MigrationError,
+    MigrationTimeout,
+    RoamlinkError,
+)
+from ..io.endpoint import Endpoint, endpoint_for
+from .addresses import parse_address, resolve
 
 
 class Stream:
@@ -30,6 +45,7 @@ class Stream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._event_listeners: list[asyncio.Queue[Event]] = []
+        self._migrations: dict[tuple[int, Address], asyncio.Future[Event]] = {}
         self.on_handshake: asyncio.Future[None] = self._handshake
         endpoint.attach(conn, self)
 
@@ -44,6 +60,10 @@ class Stream:
                 queue.put_nowait(event)
             if isinstance(event, ConnectionTerminated):
                 self._on_terminated(event.error)
+            elif isinstance(event, PathChanged):
+                _settle(self._migrations.get((event.new_local, event.new_addr)), event)
+            elif isinstance(event, PathValidationFailed):
+                _settle(self._migrations.get((event.local, event.addr)), event)
             elif not self._handshake.done() and conn.is_established:
                 self._handshake.set_result(None)
         if not self._handshake.done() and conn.is_established:
@@ -63,6 +83,90 @@ class Stream:
             self._closed.set_result(None)
         _wake(self._read_waiter)
         _wake(self._drain_waiter)
+        for fut in self._migrations.values():
+            if not fut.done():
+                fut.set_exception(MigrationError("the connection closed during migration"))
+
+    # ------------------------------------------------------------------ migration
+    async def migrate(self, new_remote_addr: Address | str | None = None, *,
+                      local_addr: Address | str | int | None = None,
+                      timeout: float | None = None) -> tuple[Address, Address]:
+        """Move the connection to a new path once it is proven; return ``(local, remote)``.
+
+        ``new_remote_addr``: another address of the peer (e.g. a server listening on
+        several). ``local_addr``: open a new local UDP socket there ("host:port", a tuple,
+        or a port; port 0 picks one), validate the path from it, move the connection to it
+        and close the old socket — what a client does when its network changes. The old
+        path keeps carrying data meanwhile. On failure the connection stays on the old path
+        and :class:`MigrationError` (or :class:`MigrationTimeout`) is raised.
+        """
+        conn = self._conn
+        old = self._endpoint
+        loop = self._loop
+        remote: Address | None = None
+        if new_remote_addr is not None:
+            host, port = parse_address(new_remote_addr)
+            _, remote = await resolve(host, port)
+        new: Endpoint | None = None
+        if local_addr is not None:
+            family = old.family
+            host, port = parse_address(local_addr, default_host=old.local_addr[0])
+            try:
+                new = await Endpoint.create(old.config, (host, port), family=family)
+            except OSError as exc:
+                raise MigrationError(f"cannot open a socket on {host}:{port}: {exc}") from exc
+            new.owns_lifetime = old.owns_lifetime
+            new.dispatcher.adopt(conn)
+            new.attach(conn, self)
+        try:
+            cand = conn.migrate(loop.time(), remote, new.local_id if new else None, timeout)
+        except MigrationError:
+            if new is not None:
+                new.detach(conn)
+                new.close()
+            raise
+        key = cand.key
+        fut: asyncio.Future[Event] = loop.create_future()
+        self._migrations[key] = fut
+        old.mark(conn)
+        limit = (timeout or conn.config.path_validation_timeout) + 5.0
+        try:
+            event = await asyncio.wait_for(asyncio.shield(fut), limit)
+        except (TimeoutError, MigrationError) as exc:
+            if new is not None:
+                new.detach(conn)
+                new.close()
+            if isinstance(exc, MigrationError):
+                raise
+            raise MigrationTimeout(f"no answer from the new path within {limit:.1f} s") from None
+        finally:
+            self._migrations.pop(key, None)
+        if isinstance(event, PathValidationFailed):
+            if new is not None:
+                new.detach(conn)
+                new.close()
+            raise MigrationTimeout(f"path validation failed: {event.reason}")
+        if new is not None:
+            self._endpoint = new
+            old.detach(conn)  # closes the old socket if nothing else uses it
+        return self.local_addr, self.remote_addr
+
+    def path_events(self) -> AsyncIterator[PathChanged | PathValidationFailed]:
+        """Every later path change (and failed validation) of this connection, as an async
+        iterator; it starts listening at once, so nothing after this call is missed."""
+        return self._path_events(self.events())
+
+    async def _path_events(self, queue: asyncio.Queue[Event]
+                           ) -> AsyncIterator[PathChanged | PathValidationFailed]:
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, (PathChanged, PathValidationFailed)):
+                    yield event
+                elif isinstance(event, ConnectionTerminated):
+                    return
+        finally:
+            self._event_listeners.remove(queue)
 
     # ------------------------------------------------------------------ reading
     async def read(self, n: int = -1) -> bytes:
@@ -164,7 +268,8 @@ class Stream:
     # ------------------------------------------------------------------ information
     @property
     def local_addr(self) -> Address:
-        return self._endpoint.local_addr
+        """The local address of the socket the connection currently uses."""
+        return endpoint_for(self._conn.paths.local, self._endpoint).local_addr
 
     @property
     def remote_addr(self) -> Address:
@@ -205,6 +310,11 @@ class Stream:
             await waiter
         finally:
             setattr(self, slot, None)
+
+
+def _settle(fut: asyncio.Future[Event] | None, event: Event) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(event)
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:

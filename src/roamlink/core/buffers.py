@@ -112,11 +112,12 @@ class SendBuffer:
     def on_acked(self, offset: int, length: int, fin: bool) -> None:
         if fin:
             self.fin_acked = True
-        if length == 0:
-            return
-        self._acked.add(offset, offset + length)
+        end = offset + length
+        if end <= self.base:
+            return  # acknowledged before (the range was sent twice): base never moves back
+        self._acked.add(max(offset, self.base), end)
         first = self._acked.first()
-        if first is not None and first[0] <= self.base:
+        if first is not None and first[0] <= self.base < first[1]:
             self._release(first[1])
 
     def on_lost(self, offset: int, length: int, fin: bool) -> None:

@@ -1,127 +1,108 @@
-"""Connection IDs: the spares each side hands its peer, and their retirement.
+"""Connection IDs: the ones we issue (and route), and the spare ones the peer gave us.
 
-Every packet carries the receiver's CID. A connection that changes path on purpose must switch
-to a CID never seen on the old path, or an observer could link the two paths; a path probe
-uses a spare too. So each side issues its peer ``Config.spare_cids`` extra CIDs
-(NEW_CONNECTION_ID, numbered by a sequence number), the peer retires one when it stops using
-it (RETIRE_CONNECTION_ID), and the issuer replaces every retired CID at once: the supply never
-runs out, however many migrations happen.
-
-Two halves live here: :class:`CidManager` keeps *our* CIDs (issued, routed by the socket
-layer, retired on request) and the *peer's* CIDs (spares we may switch to).
+Each side hands its peer spare CIDs in NEW_CONNECTION_ID frames. An endpoint that migrates on
+purpose switches to an unused peer CID, so an observer cannot link its old and new paths, and
+retires the old one with RETIRE_CONNECTION_ID; the peer then issues a replacement. That keeps
+one connection able to migrate any number of times.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
-from ..errors import ProtocolViolation
 from . import wire
 
-logger = logging.getLogger("roamlink.cids")
-
-#: Close code for a peer that abuses NEW_CONNECTION_ID / RETIRE_CONNECTION_ID.
-CID_ERROR = 11
+#: Peer CIDs we store at most (a peer cannot make us hoard them).
+MAX_PEER_CIDS = 16
 
 
-class CidManager:
-    """Issues, routes and retires connection IDs for one connection.
+class ConnectionIds:
+    """Both sides' connection IDs for one connection."""
 
-    ``routing_changes`` is the connection's list that the dispatcher applies: every CID we
-    issue is added there (so the socket routes it), every CID the peer retires is removed.
-    ``frames`` collects NEW_CONNECTION_ID / RETIRE_CONNECTION_ID frames to send.
-    """
-
-    def __init__(self, local_cid: bytes, spare_cids: int, cid_length: int,
+    def __init__(self, local_cid: bytes, peer_cid: bytes, *, spare: int,
                  random_bytes: Callable[[int], bytes],
-                 routing_changes: list[tuple[bool, bytes]]) -> None:
+                 is_taken: Callable[[bytes], bool] | None = None) -> None:
+        self.cid_length = len(local_cid)
+        self.spare = spare
         self._random = random_bytes
-        self._cid_length = cid_length
-        self._spares = spare_cids
-        self._routes = routing_changes
-        # ours: sequence number -> CID (sequence 0 is the handshake CID)
-        self.local: dict[int, bytes] = {0: local_cid}
-        self._next_local_seq = 1
-        self._issued = False
-        # the peer's: sequence number -> CID we have not used yet (spares)
-        self.peer_spares: dict[int, bytes] = {}
-        self.peer_seq = 0  # sequence number of the peer CID we send with now
-        self._peer_seen: set[int] = {0}
-        self._peer_retired_below = 0
-        self.handshake_peer_cid = b""
-        self.frames: list[wire.Frame] = []
+        self._is_taken = is_taken or (lambda cid: False)
+        self.local: dict[int, bytes] = {0: local_cid}  # sequence -> CID we receive on
+        self._next_local = 1
+        self.peer: dict[int, bytes] = {0: peer_cid} if peer_cid else {}
+        self.peer_active = 0
+        self._peer_reserved: set[int] = set()  # chosen for a path being validated
+        self.issued_total = 1
         self.retired_by_peer = 0
-        self.issued_total = 0
 
-    # ------------------------------------------------------------------ ours
-    def issue_spares(self) -> None:
-        """Once established: give the peer its spare CIDs."""
-        if self._issued:
-            return
-        self._issued = True
-        for _ in range(self._spares):
-            self._issue_one()
-
-    def _issue_one(self) -> None:
-        seq = self._next_local_seq
-        self._next_local_seq += 1
-        cid = self._random(self._cid_length)
-        while cid in self.local.values():
-            cid = self._random(self._cid_length)
-        self.local[seq] = cid
-        self.issued_total += 1
-        self._routes.append((True, cid))
-        self.frames.append(wire.NewConnectionIdFrame(seq, 0, cid))
-
-    def on_retire(self, frame: wire.RetireConnectionIdFrame) -> None:
-        """The peer stopped using one of our CIDs: stop routing it and issue a replacement."""
-        if frame.sequence >= self._next_local_seq:
-            raise ProtocolViolation(CID_ERROR, "retired a connection ID never issued")
-        cid = self.local.pop(frame.sequence, None)
-        if cid is None:
-            return  # a repeated retirement (our ACK was lost)
-        self.retired_by_peer += 1
-        if frame.sequence != 0:  # the handshake CID stays routed: late SYNs must find us
-            self._routes.append((False, cid))
-        self._issue_one()
-
-    # ------------------------------------------------------------------ the peer's
-    def on_new_cid(self, frame: wire.NewConnectionIdFrame) -> None:
-        if frame.sequence in self._peer_seen:
-            return  # a retransmission
-        self._peer_seen.add(frame.sequence)
-        if frame.sequence < self._peer_retired_below:
-            self.frames.append(wire.RetireConnectionIdFrame(frame.sequence))
-            return
-        if len(self.peer_spares) >= 2 * self._spares + 4:
-            raise ProtocolViolation(CID_ERROR, "too many connection IDs issued")
-        self.peer_spares[frame.sequence] = frame.cid
-        if frame.retire_prior_to > self._peer_retired_below:
-            self._peer_retired_below = frame.retire_prior_to
-            for seq in [s for s in self.peer_spares if s < frame.retire_prior_to]:
-                del self.peer_spares[seq]
-                self.frames.append(wire.RetireConnectionIdFrame(seq))
-
-    def take_spare(self) -> tuple[int, bytes] | None:
-        """Reserve the oldest unused peer CID (for a new path), or None if none is left."""
-        if not self.peer_spares:
-            return None
-        seq = min(self.peer_spares)
-        return seq, self.peer_spares.pop(seq)
-
-    def switch_to(self, seq: int) -> None:
-        """We now send with peer CID ``seq``: retire the one used before."""
-        if seq == self.peer_seq:
-            return
-        self.frames.append(wire.RetireConnectionIdFrame(self.peer_seq))
-        self.peer_seq = seq
-
-    def discard(self, seq: int) -> None:
-        """A reserved peer CID will not be used (its path failed): retire it."""
-        if seq != self.peer_seq:
-            self.frames.append(wire.RetireConnectionIdFrame(seq))
-
-    def take_frames(self) -> list[wire.Frame]:
-        out, self.frames = self.frames, []
+    # ------------------------------------------------------------------ our CIDs
+    def issue(self) -> list[tuple[bytes, wire.NewConnectionIdFrame]]:
+        """Top our spare CIDs up to ``spare`` beyond the one in use; return the new ones."""
+        out = []
+        while len(self.local) < self.spare + 1:
+            cid = self._random(self.cid_length)
+            if cid in self.local.values() or self._is_taken(cid):
+                continue
+            seq = self._next_local
+            self._next_local += 1
+            self.local[seq] = cid
+            self.issued_total += 1
+            out.append((cid, wire.NewConnectionIdFrame(seq, 0, cid)))
         return out
+
+    def on_retire(self, seq: int) -> bytes | None:
+        """The peer stopped using our CID ``seq``: return it (to unroute), or None."""
+        if seq >= self._next_local:
+            raise ValueError(f"peer retired CID {seq} that was never issued")
+        cid = self.local.pop(seq, None)
+        if cid is not None:
+            self.retired_by_peer += 1
+        return cid
+
+    # ------------------------------------------------------------------ peer CIDs
+    @property
+    def active_peer_cid(self) -> bytes:
+        return self.peer[self.peer_active]
+
+    def set_handshake_peer_cid(self, cid: bytes) -> None:
+        self.peer = {0: cid}
+        self.peer_active = 0
+
+    def on_new_cid(self, frame: wire.NewConnectionIdFrame) -> list[int]:
+        """Store a spare CID from the peer; return sequences it asked us to retire."""
+        retire = [s for s in self.peer if s < frame.retire_prior_to and s != self.peer_active]
+        for s in retire:
+            del self.peer[s]
+        if frame.sequence not in self.peer and len(self.peer) < MAX_PEER_CIDS:
+            self.peer[frame.sequence] = frame.cid
+        return retire
+
+    def reserve_unused_peer_cid(self) -> tuple[int, bytes] | None:
+        """Pick a peer CID never used on any path (for a path we are about to probe)."""
+        for seq in sorted(self.peer):
+            if seq != self.peer_active and seq not in self._peer_reserved:
+                self._peer_reserved.add(seq)
+                return seq, self.peer[seq]
+        return None
+
+    def switch_to(self, seq: int) -> int | None:
+        """Use peer CID ``seq`` from now on; return the sequence to retire (the old one)."""
+        self._peer_reserved.discard(seq)
+        if seq == self.peer_active or seq not in self.peer:
+            return None
+        old = self.peer_active
+        self.peer_active = seq
+        del self.peer[old]
+        return old
+
+    def release(self, seq: int) -> int | None:
+        """A reserved CID's path failed: it was seen on that path, so retire it too."""
+        self._peer_reserved.discard(seq)
+        if seq in self.peer and seq != self.peer_active:
+            del self.peer[seq]
+            return seq
+        return None
+
+    @property
+    def spare_peer_cids(self) -> int:
+        return len([s for s in self.peer if s != self.peer_active
+                    and s not in self._peer_reserved])

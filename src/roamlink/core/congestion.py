@@ -30,8 +30,9 @@ class CongestionController(ABC):
     def state(self) -> str:
         return "slow_start" if self.cwnd < self.ssthresh else "congestion_avoidance"
 
-    def on_packet_sent(self, size: int, now: float) -> None:  # noqa: B027 - optional hook
-        """Called for every in-flight packet sent."""
+    def on_packet_sent(self, size: int, now: float,  # noqa: B027 - optional hook
+                       bytes_in_flight: int = 0) -> None:
+        """Called for every in-flight packet sent (``bytes_in_flight`` includes it)."""
 
     @abstractmethod
     def on_packets_acked(self, packets: list[SentPacket], rtt: RttEstimator, now: float,
@@ -46,6 +47,17 @@ class CongestionController(ABC):
         """A new network path: start over (slow start from the initial window)."""
         self.cwnd = self.initial_window
         self.ssthresh = float("inf")
+
+    def on_idle(self) -> None:
+        """Sending resumes after an idle period longer than the retransmission timeout.
+
+        The window is no longer backed by a recent ACK clock (the path may have changed its
+        load meanwhile), so restart slow start from the initial window, remembering most of
+        the old window as the slow-start threshold (RFC 2861 / RFC 7661 in spirit).
+        """
+        if self.cwnd > self.initial_window:
+            self.ssthresh = self.cwnd * 3 // 4
+            self.cwnd = self.initial_window
 
     def pacing_rate(self, rtt: RttEstimator) -> float:
         """Bytes per second to pace at: a little faster than cwnd per RTT."""
@@ -86,7 +98,14 @@ class NewReno(CongestionController):
         self.ssthresh = self.cwnd
 
 
+def _vegas(max_datagram_size: int, initial_window_packets: int) -> CongestionController:
+    from .vegas import Vegas  # vegas imports this module for the base class
+
+    return Vegas(max_datagram_size, initial_window_packets)
+
+
 CONTROLLERS: dict[str, Callable[[int, int], CongestionController]] = {
+    "vegas": _vegas,
     "newreno": NewReno,
 }
 

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from . import wire
 from .buffers import RecvBuffer, SendBuffer
-from .cids import CidManager
+from .cids import ConnectionIds
 from .congestion import create_controller
 from .events import (
     Address,
@@ -42,7 +42,8 @@ from .events import (
     PathChanged,
     PathValidationFailed,
 )
-from .paths import Candidate, PathManager, SilenceProbe
+from .pacing import Pacer
+from .paths import Candidate, PathManager, ValidationResult
 from .ranges import RangeSet
 from .recovery import Recovery, SentPacket
 from .rtt import RttEstimator
@@ -64,11 +65,26 @@ MAX_SEGMENTS = 8192
 #: A packet number this far past the largest received cannot be genuine (forged or corrupt).
 MAX_PACKET_NUMBER_JUMP = 1 << 20
 _MAX_CLOSE_RESENDS = 8
+#: Packet numbers below the newest one the peer knows we acknowledged that we still report
+#: (so a slightly reordered packet is not taken for a duplicate).
+_ACK_HISTORY = 16
+#: A receiver that only acknowledges adds a PING to every this many ACK-only packets.
+_ACK_ONLY_PING_EVERY = 16
 _PN = struct.Struct("!Q")
 _SHORT_TYPE = b"\x40"
 _PING = bytes((wire.PING,))
 
 RandomBytes = Callable[[int], bytes]
+
+# State members as module globals: on Python 3.11 ``State.X`` costs ~150 ns (the enum
+# metaclass's __getattr__ hook slows every class attribute lookup), a global ~15 ns, and the
+# per-packet paths compare states a dozen times per packet.
+_HANDSHAKING = State.HANDSHAKING
+_ESTABLISHED = State.ESTABLISHED
+_VALIDATING_PATH = State.VALIDATING_PATH
+_CLOSING = State.CLOSING
+_DRAINING = State.DRAINING
+_CLOSED = State.CLOSED
 
 
 class Connection:
@@ -86,6 +102,8 @@ class Connection:
         version: int | None = None,
         random_bytes: RandomBytes = os.urandom,
         early_data: bytes = b"",
+        local: int = 0,
+        cid_taken: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.config = config
         self.is_client = is_client
@@ -95,13 +113,24 @@ class Connection:
         self._random = random_bytes
         self._offered_versions = list(config.versions)
         self.state = State.HANDSHAKING
-        self.paths = PathManager(remote_addr, config, random_bytes)
+        self.paths = PathManager(remote_addr, local, random_bytes=random_bytes,
+                                 max_candidates=config.max_candidate_paths,
+                                 validation_timeout=config.path_validation_timeout,
+                                 datagram_size=config.max_datagram_size)
+        self.cids = ConnectionIds(local_cid, peer_cid, spare=config.spare_cids,
+                                  random_bytes=random_bytes, is_taken=cid_taken)
+        #: bumped whenever the set of our CIDs changes, so every socket layer re-syncs routes
+        self.cid_version = 0
+        #: peer address changes (old, new) for the socket layer's address map (UpdateAddr)
+        self.addr_changes: list[tuple[Address, Address]] = []
         self.log = logging.LoggerAdapter(logger, {"cid": local_cid.hex()})
 
         self.rtt = RttEstimator(config.initial_rtt)
         self.recovery = Recovery(self.rtt, config.max_ack_delay, config.min_rto, config.max_rto)
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
+        self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
+        self._pace_at: float | None = None  # when the pacer lets the next packet go
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
 
@@ -120,7 +149,14 @@ class Connection:
         self._largest_received_time = 0.0
         self._ack_pending = False
         self._ack_deadline: float | None = None
+        #: packets at or below this number cannot move the path (they predate the current one)
+        self._path_pn_floor = -1
+        self._gap_probe_sent = 0.0
+        self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._last_push_received = -1.0  # when the last packet carrying stream data arrived
         self._ack_eliciting_unacked = 0
+        self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
+        self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
 
         # control frames waiting to be (re)sent
         self._control: deque[wire.Frame] = deque()
@@ -140,12 +176,6 @@ class Connection:
         self._close_resend_due = False
         self._app_closed = False
         self._graceful_drain = False
-        self.routing_changes: list[tuple[bool, bytes]] = [(True, local_cid)]
-        self.cids = CidManager(local_cid, config.spare_cids, len(local_cid), random_bytes,
-                               self.routing_changes)
-        self.cids.handshake_peer_cid = peer_cid
-        self.silence = SilenceProbe()
-        self._silence_ping = False
 
         # counters
         self.bytes_sent = 0
@@ -155,9 +185,13 @@ class Connection:
         self.duplicate_packets = 0
         self.dropped_packets = 0
         self.retransmissions = 0
+        self.unvalidated_packets = 0  # processed from a path not (yet) validated
 
         if is_client and early_data:
             self.send_buf.write(early_data)
+        if not is_client:
+            self.cids.issue()  # announced in the SYN-ACK (see _handshake_frames)
+            self.cid_version += 1
         self.log.debug("new %s connection to %s", "client" if is_client else "server",
                        remote_addr)
 
@@ -168,16 +202,16 @@ class Connection:
 
     @property
     def is_established(self) -> bool:
-        return self.state in (State.ESTABLISHED, State.VALIDATING_PATH)
+        return self.state in (_ESTABLISHED, _VALIDATING_PATH)
 
     @property
     def is_closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.state is _CLOSED
 
     @property
     def is_terminated(self) -> bool:
         """No more application data will move (closing, draining or closed)."""
-        return self.state in (State.CLOSING, State.DRAINING, State.CLOSED)
+        return self.state in (_CLOSING, _DRAINING, _CLOSED)
 
     # ------------------------------------------------------------------ application side
     def send(self, data: bytes) -> None:
@@ -231,29 +265,33 @@ class Connection:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return None
-        if self.state in (State.CLOSING, State.DRAINING):
+        if self.state in (_CLOSING, _DRAINING):
             return self._drain_deadline
         deadlines = [self.recovery.timer(), self._ack_deadline, self._close_deadline,
-                     self.paths.timer(), self.silence.deadline(self.recovery.pto_interval())]
-        if self.state is State.HANDSHAKING:
+                     self._pace_at]
+        if self.state is _HANDSHAKING:
             deadlines.append(self._created + self.config.connect_timeout)
         if self.config.idle_timeout:
             deadlines.append(self._last_received + self.config.idle_timeout)
         if self.config.keepalive_interval and self.is_established:
             deadlines.append(self._last_sent + self.config.keepalive_interval)
+        if self.is_established and self._expecting_data():
+            deadlines.append(self._gap_probe_deadline())
+        if self.paths.candidates:
+            deadlines.append(self.paths.timer())
         return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         state = self.state
-        if state is State.CLOSED:
+        if state is _CLOSED:
             return
-        if state in (State.CLOSING, State.DRAINING):
+        if state in (_CLOSING, _DRAINING):
             if self._drain_deadline is not None and now >= self._drain_deadline:
                 self._set_state(Trigger.DRAIN_DONE)
             return
-        if state is State.HANDSHAKING and now >= self._created + self.config.connect_timeout:
+        if state is _HANDSHAKING and now >= self._created + self.config.connect_timeout:
             err: RoamlinkError = ConnectTimeout(
                 f"no answer from {self.remote_addr} within {self.config.connect_timeout} s")
             self._terminate(err, Trigger.TIMEOUT)
@@ -267,19 +305,17 @@ class Connection:
             self._enter_closing(now, NO_ERROR, "close timeout",
                                 ConnectionClosed("the peer did not close in time"))
             return
-        self.paths.on_timer(now)
-        self._discard_failed()
-        if self.silence.due(now, self.recovery.pto_interval()):
-            self._silence_ping = True
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_pending = True
             self._ack_deadline = now  # send at the next opportunity
+        if self.paths.candidates:
+            self._expire_paths(now)
         lost, probe = self.recovery.on_timeout(now)
         if lost:
             self._on_lost(lost, now)
         if probe:
             self._probe_pending = 2
-            if self.state is State.HANDSHAKING:
+            if self.state is _HANDSHAKING:
                 self._handshake_pending = True
             elif not self.send_buf.unsent:
                 # nothing new to probe with: resend the oldest unacknowledged data
@@ -287,17 +323,28 @@ class Connection:
                 if oldest is not None:
                     for offset, length, fin in oldest.stream:
                         self.send_buf.on_lost(offset, length, fin)
+        if (self.is_established and self._expecting_data()
+                and now >= self._gap_probe_deadline()):
+            # the peer was sending (or data is missing) and went quiet: maybe our address
+            # changed and its packets go astray. A packet from us lets it find us again.
+            self._gap_probe_sent = now
+            self._gap_probes += 1
+            self._ack_pending = True
         if (self.config.keepalive_interval and self.is_established
                 and now >= self._last_sent + self.config.keepalive_interval):
             self._control.append(wire.PingFrame())
 
     # ------------------------------------------------------------------ receiving
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram addressed to this connection. Never raises on bad input."""
-        if self.state is State.CLOSED:
+    def receive_datagram(self, data: bytes, addr: Address, now: float,
+                         local: int | None = None) -> None:
+        """Process one datagram that arrived on socket ``local`` (default: the one in use).
+
+        Never raises on bad input: malformed packets are dropped and counted.
+        """
+        if self.state is _CLOSED:
             return
         try:
-            self._receive(data, addr, now)
+            self._receive(data, addr, now, self.paths.local if local is None else local)
         except wire.MalformedPacket as exc:
             self.dropped_packets += 1
             self.log.debug("dropped malformed packet from %s: %s", addr, exc)
@@ -305,11 +352,11 @@ class Connection:
             self.log.warning("protocol violation by peer: %s", exc.reason)
             self._enter_closing(now, exc.code, exc.reason, exc)
 
-    def _receive(self, data: bytes, addr: Address, now: float) -> None:
+    def _receive(self, data: bytes, addr: Address, now: float, local: int) -> None:
         first = data[0] if data else -1
         if first == wire.SHORT:
             dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
-            if self.state is State.HANDSHAKING and self.is_client:
+            if self.state is _HANDSHAKING and self.is_client:
                 raise wire.MalformedPacket("short packet before SYN-ACK")
         elif first in wire.LONG_TYPES:
             hdr = wire.decode_long_header(data)
@@ -325,122 +372,207 @@ class Connection:
 
         if pn > self._largest_received + MAX_PACKET_NUMBER_JUMP:
             raise wire.MalformedPacket("packet number far beyond any in flight")
-        frames = wire.decode_frames(memoryview(data)[offset:])
-        if self.state is State.DRAINING and not self._graceful_drain:
+        frames = wire.decode_frames(data, offset)
+        if self.state is _DRAINING and not self._graceful_drain:
             return
-        if self.state is State.CLOSING:
+        if self.state is _CLOSING:
             self._close_resend_due = self._close_resends < _MAX_CLOSE_RESENDS
             return
-        lowest = self._received.first()
-        if self._received.contains(pn) or (lowest is not None and pn < lowest[0]):
+        largest = self._largest_received
+        if pn <= largest and self._is_duplicate(pn):
             self.duplicate_packets += 1
             if any(_ack_eliciting(f) for f in frames):
                 self._ack_pending = True  # our ACK may have been lost
             return
-        if (self.recv_buf.segment_count >= MAX_SEGMENTS
+        if (len(self.recv_buf._segments) >= MAX_SEGMENTS
                 and any(isinstance(f, wire.PushFrame) for f in frames)):
             self.dropped_packets += 1  # not acknowledged: the peer will send it again
             return
 
         self.packets_received += 1
         self.bytes_received += len(data)
-        self._last_received = now
-        is_newest = pn > self._largest_received
-        out_of_order = pn != self._largest_received + 1
-        self._received.add(pn, pn + 1)
-        self._received.drop_oldest(wire.MAX_ACK_RANGES)
-        if is_newest:
-            self._largest_received = pn
-            self._largest_received_time = now
-        self.on_packet_path(addr, len(data), is_newest,
-                            all(isinstance(f, _PROBING) for f in frames), now)
+        is_newest = pn > largest and pn > self._path_pn_floor
+        out_of_order = pn != largest + 1
+        on_path = self.paths.is_current(local, addr) or self.state is _HANDSHAKING
+        if on_path:
+            self._last_received = now
+            self._gap_probes = 0
+            received = self._received
+            received.add(pn, pn + 1)
+            received.drop_oldest(wire.MAX_ACK_RANGES)
+            if is_newest:
+                self._largest_received = pn
+                self._largest_received_time = now
+        else:
+            # an unvalidated path: its frames are processed (they are idempotent), but its
+            # packet number is neither recorded nor acknowledged, so a forged "newest" packet
+            # cannot poison our ACKs or hide a genuine packet as a duplicate later
+            self.unvalidated_packets += 1
+            self._on_packet_from_other_path(local, addr, len(data), pn, is_newest, now)
 
-        if first == wire.SHORT and self.state is State.HANDSHAKING:
+        if first == wire.SHORT and self.state is _HANDSHAKING:
             self._complete_handshake()  # server: the client used the CID it learnt from us
 
         eliciting = False
+        push_frame = wire.PushFrame
         for frame in frames:
+            if type(frame) is push_frame:  # the common case, without the generic dispatch
+                eliciting = True
+                self._on_push(frame)
+                continue
             if _ack_eliciting(frame):
                 eliciting = True
-            self._on_frame(frame, addr, now)
-            if self.state in (State.DRAINING, State.CLOSED, State.CLOSING):
+            self._on_frame(frame, local, addr, now)
+            if self.state in (_CLOSED, _CLOSING) or (
+                    self.state is _DRAINING and not self._graceful_drain):
                 return
 
-        if eliciting:
+        if eliciting and on_path:
             self._ack_eliciting_unacked += 1
             if (out_of_order or self._ack_eliciting_unacked >= self.config.ack_every
-                    or first != wire.SHORT or self.state is State.HANDSHAKING):
+                    or first != wire.SHORT or self.state is _HANDSHAKING
+                    or self.state is _DRAINING):
                 self._ack_pending = True
                 self._ack_deadline = None
             elif self._ack_deadline is None:
                 self._ack_deadline = now + self.config.max_ack_delay
         self._check_streams_done(now)
+        if self.state is _DRAINING and self._ack_deadline is not None:
+            # no ACK timer runs while draining: the peer's FIN must be acknowledged now, or
+            # the peer retransmits it until its idle timeout
+            self._ack_pending = True
+            self._ack_deadline = None
 
-    def on_packet_path(self, addr: Address, size: int, is_newest: bool, probing: bool,
-                       now: float) -> None:
-        """A packet from ``addr`` was accepted: a new address may start a passive migration."""
-        may_migrate = is_newest and not probing and self.is_established
-        cand = self.paths.on_packet(addr, size, may_migrate, now)
+    def _is_duplicate(self, pn: int) -> bool:
+        """``pn`` (not above the largest received) was seen, or is older than we remember."""
+        lowest = self._received.first()
+        return self._received.contains(pn) or (lowest is not None and pn < lowest[0])
+
+    # ------------------------------------------------------------------ migration
+    def _on_packet_from_other_path(self, local: int, addr: Address, size: int, pn: int,
+                                   is_newest: bool, now: float) -> None:
+        """Passive migration: the peer's newest packet came over another path."""
+        if not self.is_established:
+            return
+        cand = self.paths.on_packet(local, addr, size, pn, is_newest, now, self._path_retry())
         if cand is not None:
-            self._new_candidate(cand)
-            self.log.info("packet from new address %s: validating it", addr)
+            self.log.info("packet %s from new address %s: validating the path",
+                          "(newest)" if is_newest else "", addr)
+            self._set_state(Trigger.PATH_CANDIDATE)
 
-    def _new_candidate(self, cand: Candidate) -> None:
-        spare = self.cids.take_spare()  # a fresh CID: the new path cannot be linked to the old
-        if spare is not None:
-            cand.dcid_seq, cand.dcid = spare
-        self._set_state(Trigger.PATH_CANDIDATE)
+    def migrate(self, now: float, remote: Address | None = None, local: int | None = None,
+                timeout: float | None = None) -> Candidate:
+        """Active migration: validate (local, remote) and move there when it answers.
 
-    def migrate(self, now: float, remote_addr: Address | None = None,
-                local: object | None = None, timeout: float | None = None) -> None:
-        """Active migration: validate a path to ``remote_addr`` (default: the current peer
-        address) from the local socket ``local`` (an opaque token the socket layer uses to
-        send probes; None: the current socket). The outcome arrives as a ``PathChanged`` or
-        ``PathValidationFailed`` event; until then the old path carries the data."""
+        The probes use a fresh peer CID, so an observer cannot link the two paths. Raises
+        :class:`MigrationError` when no validation can start.
+        """
         if not self.is_established:
             raise MigrationError(f"cannot migrate in state {self.state.value}")
-        addr = remote_addr if remote_addr is not None else self.remote_addr
-        if addr == self.remote_addr and (local is None or local is self.paths.local):
-            raise MigrationError("that is the path in use already")
-        existing = self.paths.candidates.get((local, addr))
-        cand = self.paths.start(addr, local, now, timeout)
+        remote = self.paths.remote_addr if remote is None else remote
+        local = self.paths.local if local is None else local
+        if self.paths.is_current(local, remote):
+            raise MigrationError("the connection already uses that path")
+        reserved = self.cids.reserve_unused_peer_cid()
+        if reserved is None:
+            raise MigrationError("the peer has no spare connection ID for a new path yet")
+        cand = self.paths.start(local, remote, now, "active", self._path_retry(), timeout,
+                                unlimited_budget=True)
         if cand is None:
-            raise MigrationError("too many paths are being validated at once")
-        if cand is not existing:
-            self._new_candidate(cand)
-        self.log.info("migrating to %s%s", addr, " from a new socket" if local else "")
+            self._retire_peer_cid(self.cids.release(reserved[0]))
+            raise MigrationError("too many path validations in progress")
+        if cand.dcid_seq is None:
+            cand.dcid_seq = reserved[0]
+        else:
+            self._retire_peer_cid(self.cids.release(reserved[0]))
+        self.log.info("migrating to %s (socket %d)", remote, local)
+        self._set_state(Trigger.PATH_CANDIDATE)
+        return cand
 
-    def _switch_path(self, cand: Candidate, now: float) -> None:
-        """``cand`` answered our challenge: move the connection onto it."""
-        old = self.paths.switch(cand)
-        if cand.dcid_seq is not None and cand.dcid is not None:
-            self.cids.switch_to(cand.dcid_seq)
-            self.peer_cid = cand.dcid
-        if old[0] != cand.addr[0]:
-            # another network, not just another NAT port: its capacity and delay are unknown
+    def _expecting_data(self) -> bool:
+        """Data is missing, or the peer was in the middle of sending when it went quiet."""
+        return bool(self.recv_buf.segment_count) or (
+            self._last_push_received >= self._last_received
+            and self.recv_buf.fin_offset is None and self._gap_probes < 8)
+
+    def _gap_probe_deadline(self) -> float:
+        backoff = 2.0 * (1 << min(self._gap_probes, 6))
+        return (max(self._last_received, self._gap_probe_sent)
+                + backoff * self.recovery.pto_interval())
+
+    def _path_retry(self) -> float:
+        """The challenge retry interval: one retransmission timeout (RTO)."""
+        rtt = self.rtt
+        rto = rtt.smoothed + max(4 * rtt.variance, 0.001) + self.config.max_ack_delay
+        return min(max(rto, self.config.min_rto), self.config.max_rto)
+
+    def _on_path_validated(self, result: ValidationResult, now: float) -> None:
+        cand = result.candidate
+        old_local, old_addr = self.paths.switch_to(cand)
+        # packets older than the newest one seen on the new path never move us back
+        self._path_pn_floor = max(self._path_pn_floor, self._largest_received, cand.largest_pn)
+        if cand.dcid_seq is not None:
+            self._retire_peer_cid(self.cids.switch_to(cand.dcid_seq))
+            self.peer_cid = self.cids.active_peer_cid
+        if _host(old_addr) != _host(cand.addr):
+            # a new network: its capacity and delay are unknown, start over
             self.cc.on_path_change()
             self.rtt.reset()
-            self.recovery.pto_count = 0
-        if cand.reason == "passive":
-            # the peer's old address is gone: what we sent there is lost, resend it here
-            self._on_lost(self.recovery.take_all_in_flight(), now, congestion=False)
-        self._ack_pending = True  # ACK on the new path at once
-        self._discard_failed()
-        if self.state is State.VALIDATING_PATH and not self.paths.candidates:
+            self.recovery.on_new_path()
+            if self.pacer is not None:
+                self._pace_at = None
+        # what was in flight on the old path is resent on the new one (the receiver drops
+        # duplicates), without counting it as congestion
+        for pkt in self.recovery.take_all_in_flight():
+            self._requeue(pkt)
+        if old_addr != cand.addr:
+            self.addr_changes.append((old_addr, cand.addr))
+        self._ack_pending = True  # acknowledge on the new path at once
+        self.log.info("path validated in %.1f ms: %s -> %s (%s; local socket %d -> %d)",
+                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_local,
+                      cand.local)
+        self._events.append(PathChanged(old_addr, cand.addr, cand.reason, result.elapsed,
+                                        old_local, cand.local))
+        if not self.paths.candidates:
             self._set_state(Trigger.PATH_VALIDATED)
-        elapsed = now - cand.started
-        self._events.append(PathChanged(old, cand.addr, cand.reason, elapsed))
-        self.log.info("path changed (%s): %s -> %s, validated in %.1f ms", cand.reason, old,
-                      cand.addr, elapsed * 1000)
 
-    def _discard_failed(self) -> None:
-        for cand, reason in self.paths.take_failed():
+    def _expire_paths(self, now: float) -> None:
+        for result in self.paths.expire(now):
+            cand = result.candidate
             if cand.dcid_seq is not None:
-                self.cids.discard(cand.dcid_seq)
-            self._events.append(PathValidationFailed(cand.addr, reason))
-            self.log.info("path to %s not validated: %s", cand.addr, reason)
-        if self.state is State.VALIDATING_PATH and not self.paths.candidates:
+                self._retire_peer_cid(self.cids.release(cand.dcid_seq))
+            self.log.info("path validation to %s failed: %s", cand.addr, result.why)
+            self._events.append(PathValidationFailed(cand.addr, result.why, cand.local))
+        if not self.paths.candidates and self.state is State.VALIDATING_PATH:
             self._set_state(Trigger.PATH_FAILED)
+
+    def _retire_peer_cid(self, seq: int | None) -> None:
+        if seq is not None:
+            self._control.append(wire.RetireConnectionIdFrame(seq))
+
+    def _issue_cids(self) -> None:
+        issued = self.cids.issue()
+        if issued:
+            self.cid_version += 1
+            for _, frame in issued:
+                self._control.append(frame)
+
+    def routed_cids(self) -> list[bytes]:
+        """Every CID of ours the peer may use: the socket layer routes them all here."""
+        return list(self.cids.local.values())
+
+    def _on_new_connection_id(self, frame: wire.NewConnectionIdFrame) -> None:
+        for seq in self.cids.on_new_cid(frame):
+            self._retire_peer_cid(seq)
+
+    def _on_retire_connection_id(self, frame: wire.RetireConnectionIdFrame) -> None:
+        try:
+            cid = self.cids.on_retire(frame.sequence)
+        except ValueError as exc:
+            raise ProtocolViolation(PROTOCOL_VIOLATION, str(exc)) from None
+        if cid is not None:
+            self.cid_version += 1
+            self._issue_cids()  # replenish, so the peer can migrate again
 
     def _accept_long_header(self, hdr: wire.LongHeader) -> bool:
         if hdr.version != self.version:
@@ -482,16 +614,16 @@ class Connection:
 
     def _complete_handshake(self) -> None:
         if self.state is State.HANDSHAKING:
+            if self.is_client:
+                self.cids.set_handshake_peer_cid(self.peer_cid)
+            self._issue_cids()
             self._set_state(Trigger.HANDSHAKE_DONE)
-            self.cids.handshake_peer_cid = self.peer_cid
-            self.cids.issue_spares()
-            if self.recv_buf.fin_offset is None:
-                self.silence.on_data(self._last_received)  # a new connection expects data
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")
 
-    def _on_frame(self, frame: wire.Frame, addr: Address, now: float) -> None:
+    def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
+            self._last_push_received = self._last_received
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
             self._on_ack(frame, now)
@@ -501,22 +633,17 @@ class Connection:
         elif isinstance(frame, wire.DataBlockedFrame):
             self._send_max_data = True  # the peer is stuck: repeat our credit now
         elif isinstance(frame, wire.PathChallengeFrame):
-            self.paths.on_challenge(addr, frame.data)
+            self.paths.on_challenge(local, addr, frame.data)
+        elif isinstance(frame, wire.PathResponseFrame):
+            result = self.paths.on_response(local, addr, frame.data, now)
+            if result is not None and self.is_established:
+                self._on_path_validated(result, now)
+        elif isinstance(frame, wire.NewConnectionIdFrame):
+            self._on_new_connection_id(frame)
+        elif isinstance(frame, wire.RetireConnectionIdFrame):
+            self._on_retire_connection_id(frame)
         elif isinstance(frame, wire.CloseFrame):
             self._on_close_frame(frame, now)
-        else:
-            self.on_other_frame(frame, addr, now)
-
-    def on_other_frame(self, frame: wire.Frame, addr: Address, now: float) -> None:
-        """Path responses and connection-ID frames (see :mod:`.paths`, :mod:`.cids`)."""
-        if isinstance(frame, wire.PathResponseFrame):
-            cand = self.paths.on_response(addr, frame.data, now)
-            if cand is not None and self.is_established:
-                self._switch_path(cand, now)
-        elif isinstance(frame, wire.NewConnectionIdFrame):
-            self.cids.on_new_cid(frame)
-        elif isinstance(frame, wire.RetireConnectionIdFrame):
-            self.cids.on_retire(frame)
 
     def _on_push(self, frame: wire.PushFrame) -> None:
         end = frame.offset + len(frame.data)
@@ -526,10 +653,6 @@ class Connection:
                                     f"{self._advertised_max_data}")
         try:
             new = self.recv_buf.receive(frame.offset, frame.data, frame.fin)
-            if self.recv_buf.delivered != self.recv_buf.fin_offset:
-                self.silence.on_data(self._last_received)
-            else:
-                self.silence.disarm()  # the whole stream is here: silence is expected now
         except ValueError as exc:
             raise ProtocolViolation(PROTOCOL_VIOLATION, str(exc)) from None
         if new and self._app_closed:
@@ -542,30 +665,59 @@ class Connection:
         acked, lost, _ = self.recovery.on_ack(ack, now)
         if acked:
             send_buf = self.send_buf
+            peer_knows = -1
+            # consecutive packets usually carry adjacent stream ranges: acknowledge each run
+            # of them in one call instead of one call per packet
+            run_start = run_end = -1
             for pkt in acked:
                 for offset, length, fin in pkt.stream:
-                    send_buf.on_acked(offset, length, fin)
+                    if offset == run_end and not fin:
+                        run_end += length
+                        continue
+                    if run_end > run_start:
+                        send_buf.on_acked(run_start, run_end - run_start, False)
+                    if fin:
+                        send_buf.on_acked(offset, length, True)
+                        run_start = run_end = -1
+                    else:
+                        run_start, run_end = offset, offset + length
+                if pkt.largest_acked > peer_knows:
+                    peer_knows = pkt.largest_acked
+            if run_end > run_start:
+                send_buf.on_acked(run_start, run_end - run_start, False)
+            if peer_knows > _ACK_HISTORY:
+                # the peer saw an ACK up to peer_knows: stop repeating older ranges
+                self._received.shift_until(peer_knows - _ACK_HISTORY)
             self.cc.on_packets_acked(acked, self.rtt, now, self.recovery.bytes_in_flight)
         if lost:
             self._on_lost(lost, now)
 
-    def _on_lost(self, lost: list[SentPacket], now: float, congestion: bool = True) -> None:
-        send_buf = self.send_buf
+    def _on_lost(self, lost: list[SentPacket], now: float) -> None:
         for pkt in lost:
-            for offset, length, fin in pkt.stream:
-                send_buf.on_lost(offset, length, fin)
-            for frame in pkt.control:
-                if isinstance(frame, wire.MaxDataFrame):
-                    self._send_max_data = True
-                elif frame is _HANDSHAKE_MARK:
-                    if self.state is State.HANDSHAKING:
-                        self._handshake_pending = True
-                elif isinstance(frame, wire.PingFrame):
-                    pass  # a lost PING needs no repeat
-                else:
-                    self._control.append(frame)
-        if congestion:
-            self.cc.on_packets_lost(lost, self.rtt, now)
+            self._requeue(pkt)
+        self.cc.on_packets_lost(lost, self.rtt, now)
+
+    def _requeue(self, pkt: SentPacket) -> None:
+        """Queue what a lost packet carried to be sent again, in new packets."""
+        for offset, length, fin in pkt.stream:
+            self.send_buf.on_lost(offset, length, fin)
+        for frame in pkt.control:
+            if isinstance(frame, wire.MaxDataFrame):
+                self._send_max_data = True
+            elif frame is _HANDSHAKE_MARK:
+                if self.state is State.HANDSHAKING:
+                    self._handshake_pending = True
+            elif isinstance(frame, wire.PingFrame):
+                pass  # a lost PING needs no repeat
+            elif isinstance(frame, wire.DataBlockedFrame):
+                if (frame.limit == self.peer_max_data
+                        and self.send_buf.next_offset >= self.peer_max_data):
+                    self._control.append(frame)  # still blocked there: say it again
+            elif isinstance(frame, wire.NewConnectionIdFrame):
+                if frame.sequence in self.cids.local:
+                    self._control.append(frame)  # not retired meanwhile: announce it again
+            else:
+                self._control.append(frame)
 
     def _on_close_frame(self, frame: wire.CloseFrame, now: float) -> None:
         if frame.code == NO_ERROR:
@@ -594,8 +746,6 @@ class Connection:
         if new is not self.state:
             self.log.debug("state %s -> %s (%s)", self.state.value, new.value, trigger.value)
             self.state = new
-            if new is State.CLOSED:
-                self.routing_changes.append((False, b""))
 
     def _terminate(self, err: RoamlinkError | None, trigger: Trigger) -> None:
         self.error = self.error or err
@@ -615,7 +765,7 @@ class Connection:
 
     def _check_streams_done(self, now: float) -> None:
         """Four-way close complete: our FIN was acknowledged and the peer's FIN arrived."""
-        if (self.is_established and self.send_buf.fin_requested and self.send_buf.all_acked
+        if (self.send_buf.fin_requested and self.is_established and self.send_buf.all_acked
                 and self.recv_buf.fin_offset is not None
                 and self.recv_buf.delivered == self.recv_buf.fin_offset):
             self._set_state(Trigger.STREAMS_DONE)
@@ -630,75 +780,95 @@ class Connection:
         return ConnectionClosed("the connection is closed for writing")
 
     # ------------------------------------------------------------------ sending
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self, now: float, local: int | None = None
+                          ) -> list[tuple[bytes, Address]]:
+        """Datagrams to send now from socket ``local`` (default: the one in use).
+
+        For a socket that is not the one in use, only path-validation probes come out.
+        """
         state = self.state
-        if state is State.CLOSED:
+        if state is _CLOSED:
             return []
         out: list[tuple[bytes, Address]] = []
-        for addr, data in self.paths.take_responses():
-            probe = self._build_probe(wire.PathResponseFrame(data), now, addr)
-            if probe is not None:
-                out.append((probe, addr))
-        if self.is_established:
-            if self._silence_ping:
-                # padded: if our NAT rebound, the peer may answer with a full-size challenge
-                self._silence_ping = False
-                ping = self._build_probe(wire.PingFrame(), now, self.remote_addr)
-                if ping is not None:
-                    out.append((ping, self.remote_addr))
-            out.extend(self.path_datagrams(now))
-            if self.cids.frames:
-                self._control.extend(self.cids.take_frames())
-        if state is State.CLOSING:
+        if local is None:
+            local = self.paths.local
+        if self.paths.has_work():
+            self._path_probes(local, now, out)
+        if local != self.paths.local:
+            return out
+        if state is _CLOSING:
             if self._close_resend_due and self._close_frame is not None:
                 self._close_resend_due = False
                 self._close_resends += 1
                 out.append((self._build_packet([wire.encode_frame(self._close_frame)], now,
                                                None), self.remote_addr))
             return out
-        if state is State.DRAINING:
+        if state is _DRAINING:
             if self._graceful_drain and self._ack_pending:
                 out.append((self._build_packet([self._encode_ack(now)], now, None),
                             self.remote_addr))
             return out
-        if state is State.HANDSHAKING and not self.peer_cid:
+        if state is _HANDSHAKING and not self.peer_cid:
             if self._handshake_pending:
                 out.append((self._build_syn(now), self.remote_addr))
             return out
         if self._handshake_pending and not self.is_client:
             # anti-amplification: an unproven client address gets at most 3x what it sent
-            if (state is not State.HANDSHAKING
+            if (state is not _HANDSHAKING
                     or self.bytes_sent + self.config.max_datagram_size <= 3 * self.bytes_received):
                 out.append((self._build_syn_ack(now), self.remote_addr))
             else:
                 self._handshake_pending = False
-        if state is State.HANDSHAKING:
+        if state is _HANDSHAKING:
             return out
         self._build_data_packets(now, out)
         return out
 
-    def path_datagrams(self, now: float) -> list[tuple[bytes, Address]]:
-        """PATH_CHALLENGEs due to candidate paths (those for another socket go to alt_out)."""
-        out: list[tuple[bytes, Address]] = []
-        for cand, data, size in self.paths.due_challenges(now, self.recovery.pto_interval()):
-            probe = self._build_probe(wire.PathChallengeFrame(data), now, cand.addr,
-                                      cand.dcid, size)
-            if probe is None:
-                continue
-            if cand.local is not None and cand.local is not self.paths.local:
-                self.paths.alt_out.append((cand.local, probe, cand.addr))
-            else:
-                out.append((probe, cand.addr))
-        return out
+    def _path_probes(self, local: int, now: float, out: list[tuple[bytes, Address]]) -> None:
+        """PATH_RESPONSEs owed and PATH_CHALLENGEs due on socket ``local``."""
+        paths = self.paths
+        small = 1 + len(self.peer_cid) + 8 + 9  # header + one path frame
+        for addr, data in paths.take_responses(local):
+            size = paths.response_size(local, addr, small)
+            if size:
+                out.append((self._build_probe(wire.PathResponseFrame(data), now,
+                                              self._dcid_for(local, addr), size), addr))
+        if not paths.candidates or not self.is_established:
+            return
+        for cand, data, size in paths.due_challenges(local, now, small):
+            out.append((self._build_probe(wire.PathChallengeFrame(data), now,
+                                          self._dcid_for(local, cand.addr), size), cand.addr))
+
+    def _dcid_for(self, local: int, addr: Address) -> bytes:
+        cand = self.paths.candidates.get((local, addr))
+        if cand is not None and cand.dcid_seq is not None and cand.dcid_seq in self.cids.peer:
+            return self.cids.peer[cand.dcid_seq]
+        return self.peer_cid
 
     def _can_send_in_flight(self) -> bool:
         return self.recovery.bytes_in_flight + self.config.max_datagram_size <= self.cc.cwnd
+
+    def _pacer_allows(self, now: float) -> bool:
+        """Whether the pacer lets an in-flight packet go now; if not, arm its timer."""
+        pacer = self.pacer
+        if pacer is None:
+            return True
+        at = pacer.next_send_time(now)
+        if at is None:
+            return True
+        if self.send_buf.has_data_to_send() or self._control or self._send_max_data:
+            self._pace_at = at
+        return False
 
     def _build_data_packets(self, now: float, out: list[tuple[bytes, Address]]) -> None:
         mtu = self.config.max_datagram_size
         header_size = 1 + len(self.peer_cid) + 8
         send_buf = self.send_buf
         addr = self.remote_addr
+        self._pace_at = None
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.set_rate(self.cc.pacing_rate(self.rtt))
         while True:
             parts: list[bytes] = []
             size = header_size
@@ -711,7 +881,7 @@ class Connection:
                 parts.append(ack)
                 size += len(ack)
             probing = self._probe_pending > 0
-            may_fly = probing or self._can_send_in_flight()
+            may_fly = probing or (self._can_send_in_flight() and self._pacer_allows(now))
             if may_fly:
                 if self._send_max_data:
                     self._send_max_data = False
@@ -737,20 +907,33 @@ class Connection:
                         self._maybe_blocked(parts, control)
                         break
                     offset, data, fin = rng
-                    parts.append(wire.encode_push_header(offset, len(data), fin))
+                    length = len(data)
+                    header = _push_header(offset, length, fin)
+                    parts.append(header)
                     parts.append(data)
-                    size += wire.push_header_size(offset, len(data)) + len(data)
-                    stream.append((offset, len(data), fin))
+                    size += len(header) + length
+                    stream.append((offset, length, fin))
                 eliciting = bool(stream or control)
                 if probing and not eliciting:
                     parts.append(_PING)  # a probe must elicit an ACK
                     eliciting = True
+                elif not eliciting and parts and self._ack_only_sent >= _ACK_ONLY_PING_EVERY:
+                    # a pure receiver's ACKs are never acknowledged, so it would repeat old
+                    # ranges forever: now and then make one elicit an ACK (ack of ack)
+                    parts.append(_PING)
+                    eliciting = True
             if not parts:
                 break
+            if eliciting:
+                self._ack_only_sent = 0
+            else:
+                self._ack_only_sent += 1
             if retransmission:
                 self.retransmissions += 1
             datagram = self._finish_packet(parts, now, stream, control, eliciting)
             out.append((datagram, addr))
+            if pacer is not None and eliciting:
+                pacer.on_sent(len(datagram))
             if probing and eliciting:
                 self._probe_pending -= 1
             if not eliciting or not may_fly:
@@ -768,6 +951,7 @@ class Connection:
     def _encode_ack(self, now: float) -> bytes:
         ranges = [(lo, hi - 1) for lo, hi in reversed(self._received)]
         delay_us = int(max(now - self._largest_received_time, 0.0) * 1e6)
+        self._ack_largest_in_packet = self._largest_received
         self._ack_pending = False
         self._ack_deadline = None
         self._ack_eliciting_unacked = 0
@@ -788,34 +972,32 @@ class Connection:
         self.bytes_sent += size
         self._last_sent = now
         pkt = SentPacket(pn, now, size, eliciting, stream, control)
-        self.recovery.on_packet_sent(pkt)
+        pkt.largest_acked = self._ack_largest_in_packet
+        self._ack_largest_in_packet = -1
+        recovery = self.recovery
+        if (eliciting and recovery.bytes_in_flight == 0
+                and recovery.last_ack_eliciting_time is not None
+                and now - recovery.last_ack_eliciting_time > recovery.pto_interval()):
+            self.cc.on_idle()  # the window is stale after an idle period: slow start again
+        recovery.on_packet_sent(pkt)
         if eliciting:
-            self.cc.on_packet_sent(size, now)
+            self.cc.on_packet_sent(size, now, recovery.bytes_in_flight)
 
     def _build_packet(self, frames: list[bytes], now: float, control: list[wire.Frame] | None
                       ) -> bytes:
         return self._finish_packet(frames, now, [], control or [], control is not None)
 
-    def _build_probe(self, frame: wire.Frame, now: float, addr: Address,
-                     dcid: bytes | None = None, size: int | None = None) -> bytes | None:
-        """A packet padded to full size: a path that cannot carry it is not validated.
-
-        To an unvalidated address it is cut to the anti-amplification budget (None when not
-        even a small probe fits)."""
-        budget = self.paths.budget(addr)
-        size = self.config.max_datagram_size if size is None else size
-        if budget is not None:
-            size = min(size, budget)
-        dcid = self.peer_cid if dcid is None else dcid
+    def _build_probe(self, frame: wire.Frame, now: float, dcid: bytes, size: int) -> bytes:
+        """A path probe padded to ``size`` (the full datagram size unless the
+        anti-amplification budget forbids): a path that cannot carry it is not validated."""
         encoded = wire.encode_frame(frame)
-        pad = size - (1 + len(dcid) + 8 + len(encoded))
-        if pad < 0:
-            return None
+        header = 1 + len(dcid) + 8
         pn = self._next_pn
         self._next_pn = pn + 1
-        datagram = b"".join((_SHORT_TYPE, dcid, _PN.pack(pn), encoded, bytes(pad)))
+        datagram = b"".join((_SHORT_TYPE, dcid, _PN.pack(pn), encoded,
+                             bytes(max(size - header - len(encoded), 0))))
+        # probes are not in flight: the path manager retries challenges itself
         self._on_sent(pn, datagram, now, False, [], [])
-        self.paths.on_sent(addr, len(datagram))
         return datagram
 
     def _handshake_frames(self, room: int, now: float
@@ -823,6 +1005,10 @@ class Connection:
         self._advertised_max_data = self.local_max_data
         parts = [wire.encode_frame(wire.MaxDataFrame(self.local_max_data))]
         stream: list[tuple[int, int, bool]] = []
+        if not self.is_client:
+            # spare CIDs ride in the SYN-ACK: the client can migrate from its first packet on
+            parts.extend(wire.encode_frame(wire.NewConnectionIdFrame(seq, 0, cid))
+                         for seq, cid in self.cids.local.items() if seq)
         if self._received:
             parts.append(self._encode_ack(now))
         used = sum(len(p) for p in parts)
@@ -894,6 +1080,27 @@ class Connection:
         )
 
 
+_VARINT_FORMATS = {1: ("B", 0), 2: ("H", 0x4000), 4: ("I", 0x8000_0000),
+                   8: ("Q", 0xC000_0000_0000_0000)}
+#: (offset width, length width) -> (struct, offset marker bits, length marker bits)
+_PUSH_HEADERS = {
+    (o, n): (struct.Struct("!B" + _VARINT_FORMATS[o][0] + _VARINT_FORMATS[n][0]),
+             _VARINT_FORMATS[o][1], _VARINT_FORMATS[n][1])
+    for o in (1, 2, 4, 8) for n in (1, 2, 4, 8)
+}
+
+
+def _varint_width(value: int) -> int:
+    return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x4000_0000 else 8
+
+
+def _push_header(offset: int, length: int, fin: bool) -> bytes:
+    """The PUSH frame header, byte for byte as ``wire.encode_push_header`` makes it, in one
+    precompiled struct call instead of three encodes and two concatenations."""
+    fmt, off_bits, len_bits = _PUSH_HEADERS[_varint_width(offset), _varint_width(length)]
+    return fmt.pack(wire.PUSH_FIN if fin else wire.PUSH, offset | off_bits, length | len_bits)
+
+
 class _HandshakeMark(wire.PingFrame):
     """Marks a sent packet as carrying SYN/SYN-ACK, so its loss re-arms the handshake."""
 
@@ -901,9 +1108,9 @@ class _HandshakeMark(wire.PingFrame):
 _HANDSHAKE_MARK = _HandshakeMark()
 
 
-#: Frames that only probe a path: a packet of nothing else does not move the connection.
-_PROBING = (wire.PathChallengeFrame, wire.PathResponseFrame, wire.PaddingFrame,
-            wire.NewConnectionIdFrame)
+def _host(addr: Address) -> str:
+    """The IP part of an address: a change of it (not just the port) is a new network."""
+    return addr[0]
 
 
 def _ack_eliciting(frame: wire.Frame) -> bool:

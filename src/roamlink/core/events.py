@@ -29,12 +29,17 @@ class PathChanged:
     new_addr: Address
     reason: str  # "passive" (peer's address changed) or "active" (migrate())
     validation_time: float
+    old_local: int = 0  # the socket layer's id of the local socket before and after
+    new_local: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class PathValidationFailed:
+    """A candidate path did not answer; the connection stays where it was."""
+
     addr: Address
     reason: str
+    local: int = 0
 
 
 Event = HandshakeCompleted | ConnectionTerminated | PathChanged | PathValidationFailed

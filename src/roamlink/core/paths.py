@@ -1,302 +1,248 @@
-"""Network paths: which peer address we send to, and how a new one is proven (PATH_CHALLENGE).
+"""Network paths and how a new one is proven (seed section 3.2).
 
-How a new path is validated
----------------------------
-1. A *candidate* path appears in one of two ways:
+A path is a (local socket, peer address) pair. The connection sends on one validated path.
+A *candidate* path appears when:
 
-   * passive: a packet arrives from an address other than ``remote_addr``, it is the newest
-     packet so far (highest packet number; an old, reordered or replayed packet never moves
-     the path) and it carries more than probing frames (so the peer's own probes from a new
-     address do not drag us along before the peer itself has chosen that path);
-   * active: the application calls ``migrate()`` (another peer address, or a new local socket).
+* the peer's newest packet arrives from another address (passive migration: NAT rebinding,
+  Wi-Fi to 4G), or
+* the application calls ``migrate()`` (active migration: another peer address and/or a new
+  local socket).
 
-2. We send PATH_CHALLENGE with 64 fresh random bits to the candidate, padded to the full
-   datagram size so a path that cannot carry full-size datagrams is never validated. A
-   challenge is repeated with *new* random bits on a timer that starts at one PTO and doubles,
-   until ``Config.path_validation_timeout`` has passed since the candidate appeared.
-
-3. Until a candidate is validated we send it at most 3x the bytes received from it
-   (anti-amplification: a spoofed source address cannot turn us into a traffic cannon). When
-   that budget is too small for a padded challenge, a smaller one goes out; its answer (the
-   peer pads its PATH_RESPONSE) only shows reachability and refills the budget, and a padded
-   challenge follows at once.
-
-4. A PATH_RESPONSE counts only if its bits match a challenge sent to that candidate *and* it
-   arrives from the candidate's address. Then the connection switches ``remote_addr``, the
-   socket layer re-keys its address map (``addr_updates``, the seed's UpdateAddr), and every
-   other candidate is abandoned. A candidate that times out is dropped and the connection
-   simply stays on the old path, which carried data all along.
-
-At most ``Config.max_candidate_paths`` candidates exist at once; a flood of spoofed
-addresses evicts only other passive candidates, so memory and CPU stay bounded, and the
-genuine peer (whose packets keep being the newest) is re-admitted by its next packet.
-
-Sans-I/O like the rest of the core: the connection builds and sends the datagrams; this
-module decides what to probe, when, and how big.
+A candidate is never used for data. We send it PATH_CHALLENGE (8 fresh random bytes, padded to
+the full datagram size so that a path which cannot carry full-size datagrams never validates)
+and switch only when a PATH_RESPONSE echoing an outstanding challenge arrives *from that
+address on that socket*. Challenges are retried on an RTO-derived interval with fresh data,
+until ``Config.path_validation_timeout``. Until a candidate is validated we send it at most
+three times the bytes it sent us (anti-amplification), and at most
+``Config.max_candidate_paths`` candidates exist at once, so a flood of spoofed source
+addresses costs bounded memory and traffic.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import Config
 from .events import Address
-
-logger = logging.getLogger("roamlink.paths")
 
 #: Anti-amplification factor for unvalidated addresses.
 AMPLIFICATION_FACTOR = 3
-#: Unvalidated addresses whose byte counts are remembered (oldest forgotten first; forgetting
-#: drops both counts together, so the 3x bound still holds overall).
-_LEDGER_SIZE = 32
-#: Pending PATH_RESPONSEs kept at most (a flood of challenges cannot grow memory).
+#: Outstanding challenge values remembered per candidate (each retry adds one).
+_MAX_CHALLENGES = 8
+#: Challenges from the peer answered per call (a flood cannot grow memory).
 _MAX_RESPONSES = 8
-#: Smallest probe worth sending: header + one path frame.
-MIN_PROBE_SIZE = 40
+
+PathKey = tuple[int, Address]  # (local socket id, peer address)
 
 
-@dataclass(eq=False)
+@dataclass
 class Candidate:
     """A path being validated."""
 
+    local: int
     addr: Address
-    local: object | None  # None: our current socket; otherwise the new socket's token
     reason: str  # "passive" or "active"
     started: float
     deadline: float
-    dcid_seq: int | None = None  # the peer CID reserved for this path (None: current one)
-    dcid: bytes | None = None
+    next_send: float  # when the next challenge is due (now: at once)
+    retry_interval: float
+    dcid_seq: int | None = None  # peer CID reserved for this path (active migration)
     challenges: dict[bytes, bool] = field(default_factory=dict)  # data -> was padded
-    next_send: float = 0.0
+    address_proven: bool = False  # an unpadded challenge was answered; MTU still unproven
+    largest_pn: int = -1  # newest packet number that arrived over this path
+    bytes_received: int = 0
+    bytes_sent: int = 0
     attempts: int = 0
-    blocked: bool = False  # waiting for bytes from the address (amplification budget)
-    reachable: bool = False  # an unpadded challenge was answered
 
     @property
-    def key(self) -> tuple[object | None, Address]:
+    def key(self) -> PathKey:
         return (self.local, self.addr)
+
+    def budget(self) -> int:
+        """Bytes we may still send to this address (unlimited once it proved itself)."""
+        if self.address_proven:
+            return 1 << 40
+        return AMPLIFICATION_FACTOR * self.bytes_received - self.bytes_sent
+
+
+@dataclass
+class ValidationResult:
+    candidate: Candidate
+    ok: bool
+    elapsed: float
+    why: str = ""
 
 
 class PathManager:
-    """Owns the peer address in use, the candidates being validated, and the challenges."""
+    """Owns the path in use and every candidate path's validation."""
 
-    def __init__(self, remote_addr: Address, config: Config | None = None,
-                 random_bytes: Callable[[int], bytes] | None = None) -> None:
-        import os
-
-        self.config = config or Config()
-        self._random = random_bytes or os.urandom
+    def __init__(self, remote_addr: Address, local: int = 0, *,
+                 random_bytes: Callable[[int], bytes] | None = None,
+                 max_candidates: int = 3, validation_timeout: float = 3.0,
+                 datagram_size: int = 1200) -> None:
         self.remote_addr: Address = remote_addr
-        #: token of the local socket in use (None: the one the connection started on)
-        self.local: object | None = None
+        self.local = local
+        self.random_bytes = random_bytes
+        self.max_candidates = max_candidates
+        self.validation_timeout = validation_timeout
+        self.datagram_size = datagram_size
+        self.candidates: dict[PathKey, Candidate] = {}
         self.path_changes = 0
-        self.validations_failed = 0
         self.challenges_sent = 0
-        self.candidates: dict[tuple[object | None, Address], Candidate] = {}
-        self.failed: list[tuple[Candidate, str]] = []
-        #: (old, new) address changes for the socket layer's address map (UpdateAddr)
-        self.addr_updates: list[tuple[Address, Address]] = []
-        #: datagrams that must leave from another local socket: (token, data, addr)
-        self.alt_out: list[tuple[object, bytes, Address]] = []
-        self._responses: list[tuple[Address, bytes]] = []
-        self._ledger: OrderedDict[Address, list[int]] = OrderedDict()  # addr -> [recv, sent]
+        self.candidates_refused = 0
+        self.validations_failed = 0
+        self._responses: list[tuple[int, Address, bytes]] = []
+        #: paths we left on purpose: the peer keeps using them until it follows us, and
+        #: that must not drag us back (bounded)
+        self.abandoned: deque[PathKey] = deque(maxlen=8)
 
-    # ------------------------------------------------------------------ amplification
-    def budget(self, addr: Address) -> int | None:
-        """Bytes we may still send to ``addr`` (None: validated, no limit)."""
-        if addr == self.remote_addr:
+    # ------------------------------------------------------------------ inbound
+    def is_current(self, local: int, addr: Address) -> bool:
+        return local == self.local and addr == self.remote_addr
+
+    def on_packet(self, local: int, addr: Address, size: int, pn: int, is_newest: bool,
+                  now: float, retry_interval: float) -> Candidate | None:
+        """Account a packet from a non-current path; start validating it if it is newest.
+
+        Only the newest packet can start a migration: a delayed or duplicated packet from a
+        former address is processed but never moves the path back.
+        """
+        cand = self.candidates.get((local, addr))
+        if cand is not None:
+            cand.bytes_received += size
+            cand.largest_pn = max(cand.largest_pn, pn)
             return None
-        for cand in self.candidates.values():
-            if cand.addr == addr and cand.reason == "active":
-                return None  # our own application chose it: no spoofer is involved
-        entry = self._ledger.get(addr)
-        if entry is None:
-            return 0
-        return max(AMPLIFICATION_FACTOR * entry[0] - entry[1], 0)
-
-    def on_sent(self, addr: Address, size: int) -> None:
-        entry = self._ledger.get(addr)
-        if entry is not None:
-            entry[1] += size
-
-    def _count_received(self, addr: Address, size: int) -> None:
-        entry = self._ledger.get(addr)
-        if entry is None:
-            entry = self._ledger[addr] = [0, 0]
-            if len(self._ledger) > _LEDGER_SIZE:
-                self._ledger.popitem(last=False)
-        else:
-            self._ledger.move_to_end(addr)
-        entry[0] += size
-
-    # ------------------------------------------------------------------ candidates
-    def on_packet(self, addr: Address, size: int, may_migrate: bool,
-                  now: float) -> Candidate | None:
-        """An accepted packet from ``addr``; returns a new passive candidate, if one starts."""
-        if addr == self.remote_addr:
+        if not is_newest or (local, addr) in self.abandoned:
             return None
-        self._count_received(addr, size)
-        for cand in self.candidates.values():
-            if cand.addr == addr:
-                cand.blocked = False  # more budget: the next challenge may fit now
-        if not may_migrate or (None, addr) in self.candidates:
-            return None
-        return self._add(Candidate(addr, None, "passive", now,
-                                   now + self.config.path_validation_timeout, next_send=now))
-
-    def start(self, addr: Address, local: object | None, now: float,
-              timeout: float | None = None) -> Candidate | None:
-        """Active migration: validate ``addr`` (from socket ``local``); None if no room."""
-        key = (local, addr)
-        existing = self.candidates.get(key)
-        if existing is not None:
-            existing.reason = "active"
-            return existing
-        limit = timeout if timeout is not None else self.config.path_validation_timeout
-        return self._add(Candidate(addr, local, "active", now, now + limit, next_send=now))
-
-    def _add(self, cand: Candidate) -> Candidate | None:
-        if len(self.candidates) >= self.config.max_candidate_paths:
-            victim = next((c for c in self.candidates.values() if c.reason == "passive"), None)
-            if victim is None or (cand.reason == "passive" and victim.started >= cand.started):
-                return None
-            self._abandon(victim, "evicted by a newer candidate")
-        self.candidates[cand.key] = cand
-        logger.debug("validating %s path to %s", cand.reason, cand.addr)
+        cand = self.start(local, addr, now, "passive", retry_interval)
+        if cand is not None:
+            cand.bytes_received += size
+            cand.largest_pn = pn
         return cand
 
-    def _abandon(self, cand: Candidate, reason: str) -> None:
+    def start(self, local: int, addr: Address, now: float, reason: str, retry_interval: float,
+              timeout: float | None = None, *, unlimited_budget: bool = False
+              ) -> Candidate | None:
+        """Begin validating a path; None when too many candidates are in progress."""
+        key = (local, addr)
+        if reason == "active" and key in self.abandoned:
+            self.abandoned.remove(key)
+        existing = self.candidates.get(key)
+        if existing is not None:
+            if reason == "active":
+                existing.reason = "active"
+            return existing
+        if len(self.candidates) >= self.max_candidates:
+            self.candidates_refused += 1
+            return None
+        cand = Candidate(local, addr, reason, now, now + (timeout or self.validation_timeout),
+                         now, retry_interval)
+        if unlimited_budget:
+            # we chose this address ourselves (migrate()): it is not an amplification target
+            cand.bytes_received = 1 << 40
+        self.candidates[key] = cand
+        return cand
+
+    def on_challenge(self, local: int, addr: Address, data: bytes) -> None:
+        """Echo a challenge at once, on the path it came from."""
+        if len(self._responses) < _MAX_RESPONSES:
+            self._responses.append((local, addr, data))
+
+    def on_response(self, local: int, addr: Address, data: bytes, now: float
+                    ) -> ValidationResult | None:
+        """A PATH_RESPONSE counts only if it echoes an outstanding challenge of the path it
+        arrived on."""
+        cand = self.candidates.get((local, addr))
+        if cand is None or data not in cand.challenges:
+            return None
+        if not cand.challenges[data]:
+            # the address is proven, but the challenge was small: prove the path also
+            # carries full-size datagrams before using it (RFC 9000 section 8.2.1)
+            cand.address_proven = True
+            cand.next_send = now
+            return None
         del self.candidates[cand.key]
-        self.validations_failed += 1
-        self.failed.append((cand, reason))
+        return ValidationResult(cand, True, now - cand.started)
 
-    def abandon_all(self, reason: str) -> None:
-        for cand in list(self.candidates.values()):
-            self._abandon(cand, reason)
+    def switch_to(self, cand: Candidate) -> tuple[int, Address]:
+        """Make ``cand`` the path in use; return the old (local, address)."""
+        old = (self.local, self.remote_addr)
+        if cand.reason == "active":
+            self.abandoned.append(old)
+        self.local, self.remote_addr = cand.local, cand.addr
+        self.path_changes += 1
+        # a candidate on the path we just left is meaningless now
+        self.candidates.pop(old, None)
+        return old
 
-    def take_failed(self) -> list[tuple[Candidate, str]]:
-        out, self.failed = self.failed, []
+    # ------------------------------------------------------------------ outbound
+    def take_responses(self, local: int) -> list[tuple[Address, bytes]]:
+        out = [(a, d) for (loc, a, d) in self._responses if loc == local]
+        self._responses = [r for r in self._responses if r[0] != local]
         return out
 
-    # ------------------------------------------------------------------ challenges
-    def due_challenges(self, now: float, pto: float
+    def due_challenges(self, local: int, now: float, small_size: int
                        ) -> list[tuple[Candidate, bytes, int]]:
-        """Challenges to send now: ``(candidate, 8 random bytes, datagram size)``."""
-        out: list[tuple[Candidate, bytes, int]] = []
-        mtu = self.config.max_datagram_size
+        """``(candidate, data, datagram size)`` of the challenges due on socket ``local``.
+
+        Each carries fresh random data. A challenge is padded to the full datagram size when
+        the anti-amplification budget allows; otherwise it goes out small (``small_size``) to
+        prove the address first, and a padded one follows once that is answered.
+        """
+        out = []
         for cand in self.candidates.values():
-            if cand.next_send > now or now >= cand.deadline:
+            if cand.local != local or now < cand.next_send:
                 continue
-            budget = self.budget(cand.addr)
-            size = mtu if budget is None else min(mtu, budget)
-            if size < MIN_PROBE_SIZE:
-                cand.blocked = True
-                continue
-            data = self._random(8)
-            cand.challenges[data] = size >= mtu
-            if len(cand.challenges) > 16:  # old ones are very unlikely to be answered now
+            budget = cand.budget()
+            size = self.datagram_size if budget >= self.datagram_size else small_size
+            if budget < size:
+                continue  # wait until the address has sent us enough (anti-amplification)
+            assert self.random_bytes is not None
+            data = self.random_bytes(8)
+            cand.challenges[data] = size >= self.datagram_size
+            while len(cand.challenges) > _MAX_CHALLENGES:
                 del cand.challenges[next(iter(cand.challenges))]
+            cand.bytes_sent += size
             cand.attempts += 1
+            cand.next_send = now + cand.retry_interval * (1 << min(cand.attempts - 1, 4))
             self.challenges_sent += 1
-            cand.next_send = min(now + pto * (1 << min(cand.attempts - 1, 8)), cand.deadline)
             out.append((cand, data, size))
         return out
 
-    def on_challenge(self, addr: Address, data: bytes) -> None:
-        """Echo a challenge at once, on the path it came from."""
-        if len(self._responses) < _MAX_RESPONSES:
-            self._responses.append((addr, data))
+    def response_size(self, local: int, addr: Address, small_size: int) -> int:
+        """How big a PATH_RESPONSE to ``addr`` may be (0: not at all), and charge it."""
+        cand = self.candidates.get((local, addr))
+        if cand is None:
+            return self.datagram_size
+        for size in (self.datagram_size, small_size):
+            if cand.budget() >= size:
+                cand.bytes_sent += size
+                return size
+        return 0
 
-    def take_responses(self) -> list[tuple[Address, bytes]]:
-        out, self._responses = self._responses, []
+    def has_work(self) -> bool:
+        return bool(self._responses or self.candidates)
+
+    def locals_with_work(self) -> set[int]:
+        """Sockets other than the current one that have probes or responses to send."""
+        out = {c.local for c in self.candidates.values()}
+        out.update(r[0] for r in self._responses)
+        out.discard(self.local)
         return out
-
-    def on_response(self, addr: Address, data: bytes, now: float) -> Candidate | None:
-        """A PATH_RESPONSE: the candidate it validates, if it matches and came from there."""
-        for cand in self.candidates.values():
-            padded = cand.challenges.get(data)
-            if padded is None:
-                continue
-            if cand.addr != addr:
-                logger.debug("PATH_RESPONSE for %s arrived from %s: ignored", cand.addr, addr)
-                return None
-            if padded:
-                return cand
-            cand.reachable = True
-            cand.next_send = now  # prove full-size datagrams fit, now that we may send more
-            cand.blocked = False
-            return None
-        return None
-
-    def switch(self, cand: Candidate) -> Address:
-        """Make the validated ``cand`` the path in use; return the old peer address."""
-        old = self.remote_addr
-        self.candidates.pop(cand.key, None)
-        self.remote_addr = cand.addr
-        if cand.local is not None:
-            self.local = cand.local
-        self.path_changes += 1
-        self._ledger.pop(cand.addr, None)
-        self.abandon_all("another path was validated")
-        if old != cand.addr:
-            self.addr_updates.append((old, cand.addr))
-        return old
 
     # ------------------------------------------------------------------ timers
     def timer(self) -> float | None:
-        deadlines = [c.deadline for c in self.candidates.values()]
-        deadlines += [c.next_send for c in self.candidates.values() if not c.blocked]
-        return min(deadlines, default=None)
+        times = [min(c.next_send, c.deadline) for c in self.candidates.values()
+                 if c.budget() >= self.datagram_size]
+        times += [c.deadline for c in self.candidates.values()]
+        return min(times, default=None)
 
-    def on_timer(self, now: float) -> None:
-        for cand in list(self.candidates.values()):
-            if now >= cand.deadline:
-                self._abandon(cand, "validation timed out")
-
-
-class SilenceProbe:
-    """Pings a peer that falls silent in the middle of sending us data.
-
-    A receiver only sends ACKs, and only when data arrives. If its NAT rebinds, the peer's
-    packets go to the dead mapping, nothing arrives, nothing is acknowledged, and both sides
-    wait. So when stream data stops arriving before the stream ended (or none came yet after
-    the handshake), we send a padded PING after one PTO, then after 2, 4, ... PTOs (at most
-    ``MAX_PROBES``): the first one that reaches the peer reveals our new address, and the peer
-    validates it. A peer that merely paused costs a handful of packets. (A connection idle
-    for longer than that is found again only when it next sends: set
-    ``Config.keepalive_interval`` below the NAT's mapping timeout.)
-    """
-
-    MAX_PROBES = 6
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.probes = 0
-        self.last_data = 0.0
-        self.sent = 0
-
-    def on_data(self, now: float) -> None:
-        self.armed = True
-        self.probes = 0
-        self.last_data = now
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def deadline(self, pto: float) -> float | None:
-        if not self.armed:
-            return None
-        return self.last_data + pto * ((1 << (self.probes + 1)) - 1)
-
-    def due(self, now: float, pto: float) -> bool:
-        deadline = self.deadline(pto)
-        if deadline is None or now < deadline:
-            return False
-        self.probes += 1
-        self.sent += 1
-        if self.probes >= self.MAX_PROBES:
-            self.armed = False
-        return True
+    def expire(self, now: float) -> list[ValidationResult]:
+        failed = [c for c in self.candidates.values() if now >= c.deadline]
+        for cand in failed:
+            del self.candidates[cand.key]
+            self.validations_failed += 1
+        return [ValidationResult(c, False, now - c.started,
+                                 f"no PATH_RESPONSE from {c.addr} after {c.attempts} "
+                                 f"challenge(s)") for c in failed]

@@ -97,10 +97,19 @@ def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     return value, end
 
 
+_VARINT_UNPACK = {2: struct.Struct("!H").unpack_from, 4: struct.Struct("!I").unpack_from,
+                  8: struct.Struct("!Q").unpack_from}
+_VARINT_MASK = {2: 0x3FFF, 4: 0x3FFF_FFFF, 8: 0x3FFF_FFFF_FFFF_FFFF}
+
+
 # --- frames ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PushFrame:
-    """Stream bytes at ``offset``; ``fin`` marks the end of the stream."""
+    """Stream bytes at ``offset``; ``fin`` marks the end of the stream.
+
+    Not frozen, unlike the other frames: a frozen dataclass's ``__init__`` costs three times
+    as much, and one PushFrame is made per data packet received. Treat it as immutable.
+    """
 
     offset: int
     data: bytes
@@ -238,24 +247,49 @@ def encode_frame(frame: Frame) -> bytes:
     raise TypeError(f"not a frame: {frame!r}")
 
 
-def decode_frames(payload: bytes | memoryview) -> list[Frame]:
-    """Decode every frame of a packet payload; raise MalformedPacket on any inconsistency."""
+def decode_frames(payload: bytes | memoryview, start: int = 0) -> list[Frame]:
+    """Decode every frame of a packet payload (from ``start``); raise MalformedPacket on any
+    inconsistency. Pass the datagram as ``bytes`` with ``start`` at the payload: slicing
+    ``bytes`` is one copy, a memoryview slice plus ``bytes()`` is two."""
     frames: list[Frame] = []
     buf = payload
-    pos = 0
+    pos = start
     end = len(buf)
     while pos < end:
         kind = buf[pos]
         pos += 1
         if kind in (PUSH, PUSH_FIN):
-            offset, pos = decode_varint(buf, pos)
-            length, pos = decode_varint(buf, pos)
-            if pos + length > end:
+            # the hot path: both varints decoded inline (one call each costs as much as the
+            # rest of the frame)
+            if pos >= end:
+                raise MalformedPacket("truncated varint")
+            first = buf[pos]
+            n = 1 << (first >> 6)
+            if n == 1:
+                offset = first
+            else:
+                if pos + n > end:
+                    raise MalformedPacket("truncated varint")
+                offset = _VARINT_UNPACK[n](buf, pos)[0] & _VARINT_MASK[n]
+            pos += n
+            if pos >= end:
+                raise MalformedPacket("truncated varint")
+            first = buf[pos]
+            n = 1 << (first >> 6)
+            if n == 1:
+                length = first
+            else:
+                if pos + n > end:
+                    raise MalformedPacket("truncated varint")
+                length = _VARINT_UNPACK[n](buf, pos)[0] & _VARINT_MASK[n]
+            pos += n
+            stop = pos + length
+            if stop > end:
                 raise MalformedPacket("PUSH data runs past the packet")
             if offset + length > VARINT_MAX:
                 raise MalformedPacket("PUSH offset overflows")
-            frames.append(PushFrame(offset, bytes(buf[pos:pos + length]), kind == PUSH_FIN))
-            pos += length
+            frames.append(PushFrame(offset, bytes(buf[pos:stop]), kind == PUSH_FIN))
+            pos = stop
         elif kind == ACK:
             ack, pos = _decode_ack(buf, pos)
             frames.append(ack)

@@ -14,6 +14,7 @@ layer (:mod:`.endpoint`) and the simulated network share it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import OrderedDict, deque
@@ -26,6 +27,13 @@ from ..core.connection import Connection
 from ..core.events import Address
 
 logger = logging.getLogger("roamlink.dispatcher")
+
+#: Ids for local sockets, unique in the process (a path is a local socket + a peer address).
+_LOCAL_IDS = itertools.count(1)
+
+
+def next_local_id() -> int:
+    return next(_LOCAL_IDS)
 
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
 _ENDED_KEYS = 65536
@@ -57,6 +65,8 @@ class Dispatcher:
         self.stateless_out: list[tuple[bytes, Address]] = []
         self.stats = DispatcherStats()
         self._owned_cids: dict[Connection, set[bytes]] = {}
+        self._synced: dict[Connection, int] = {}  # the connection's cid_version last applied
+        self.local_id = next(_LOCAL_IDS)  # default id of "our socket" for connections
         #: connections handed to the owner but not yet accepted by the application
         self.held = 0
         #: handshake keys of ended connections: a late or replayed SYN must not reopen them
@@ -70,66 +80,75 @@ class Dispatcher:
                 return cid
 
     def connect(self, remote_addr: Address, now: float, *, early_data: bytes = b"",
-                config: Config | None = None) -> Connection:
+                config: Config | None = None, local: int | None = None) -> Connection:
         conn = Connection(config or self.config, is_client=True, local_cid=self.new_cid(),
                           remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
-                          early_data=early_data)
+                          early_data=early_data,
+                          local=self.local_id if local is None else local,
+                          cid_taken=self.connections.__contains__)
         self._track(conn)
         return conn
 
     def _track(self, conn: Connection) -> None:
         self._owned_cids[conn] = set()
+        self._synced[conn] = -1
         self.sync_routes(conn)
 
+    def adopt(self, conn: Connection) -> None:
+        """Route ``conn``'s CIDs here too (a connection migrating to this socket)."""
+        if conn not in self._owned_cids:
+            self._track(conn)
+
     def sync_routes(self, conn: Connection) -> None:
-        """Apply the CIDs the connection issued or retired (the seed's UpdateAddr, for CIDs)."""
-        moves = conn.paths.addr_updates
-        if moves:
-            for old, new in moves:
+        """Route every live CID of ``conn`` here; apply its address moves (UpdateAddr)."""
+        if conn.addr_changes:
+            for old, new in conn.addr_changes:
                 self.update_addr(conn, old, new)
-            moves.clear()
-        changes = conn.routing_changes
-        if not changes:
+            conn.addr_changes.clear()
+        if conn.is_closed:
+            self.forget(conn)
             return
-        owned = self._owned_cids.get(conn)
-        if owned is None:
+        if self._synced.get(conn, conn.cid_version) == conn.cid_version:
             return
-        for added, cid in changes:
-            if added:
-                self.connections[cid] = conn
-                owned.add(cid)
-            elif cid:
-                if self.connections.get(cid) is conn:
-                    del self.connections[cid]
-                owned.discard(cid)
-            else:  # the connection is closed: forget it entirely
-                self.forget(conn)
-                break
-        changes.clear()
+        owned = self._owned_cids[conn]
+        wanted = set(conn.routed_cids())
+        for cid in owned - wanted:
+            if self.connections.get(cid) is conn:
+                del self.connections[cid]
+        for cid in wanted - owned:
+            self.connections[cid] = conn
+        self._owned_cids[conn] = wanted
+        self._synced[conn] = conn.cid_version
 
     def forget(self, conn: Connection) -> None:
+        """Stop routing ``conn`` here (it closed, or migrated to another socket)."""
+        self._synced.pop(conn, None)
         for cid in self._owned_cids.pop(conn, set()):
             if self.connections.get(cid) is conn:
                 del self.connections[cid]
         for key in [k for k, v in self.addr_map.items() if v == conn.local_cid]:
             del self.addr_map[key]
-            self._ended[key] = None
-            if len(self._ended) > _ENDED_KEYS:
-                self._ended.popitem(last=False)
-        conn.routing_changes.clear()
+            if conn.is_closed:
+                self._ended[key] = None
+                if len(self._ended) > _ENDED_KEYS:
+                    self._ended.popitem(last=False)
 
     def update_addr(self, conn: Connection, old: Address, new: Address) -> None:
         """The connection moved to ``new``: re-key the auxiliary address map."""
-        peer_cid = conn.cids.handshake_peer_cid or conn.peer_cid  # the key SYNs carry
-        key_old = (old, peer_cid)
+        key_old = (old, conn.peer_cid)
         if self.addr_map.get(key_old) == conn.local_cid:
             del self.addr_map[key_old]
-        self.addr_map[(new, peer_cid)] = conn.local_cid
-        logger.debug("connection %s moved: %s -> %s", conn.local_cid.hex(), old, new)
+        self.addr_map[(new, conn.peer_cid)] = conn.local_cid
 
     # ------------------------------------------------------------------ receiving
-    def datagram_received(self, data: bytes, addr: Address, now: float) -> Connection | None:
-        """Route one datagram; return the connection that took it, if any. Never raises."""
+    def datagram_received(self, data: bytes, addr: Address, now: float,
+                          local: int | None = None) -> Connection | None:
+        """Route one datagram that arrived on socket ``local`` (default: ours).
+
+        Returns the connection that took it, if any. Never raises.
+        """
+        if local is None:
+            local = self.local_id
         self.stats.datagrams_received += 1
         if not data:
             self.stats.dropped_malformed += 1
@@ -145,7 +164,7 @@ class Dispatcher:
                     self.stats.dropped_unknown_cid += 1
                     return None
             elif first in wire.LONG_TYPES:
-                conn = self._route_long(data, addr, now)
+                conn = self._route_long(data, addr, now, local)
                 if conn is None:
                     return None
             else:
@@ -155,14 +174,15 @@ class Dispatcher:
             logger.debug("dropped datagram from %s: %s", addr, exc)
             return None
         try:
-            conn.receive_datagram(data, addr, now)
+            conn.receive_datagram(data, addr, now, local)
         except Exception:  # a bug in one connection must not take the endpoint down
             logger.exception("connection %s failed on input; aborting it", conn.local_cid.hex())
             conn.abort(now, 1, "internal error")
         self.sync_routes(conn)
         return conn
 
-    def _route_long(self, data: bytes, addr: Address, now: float) -> Connection | None:
+    def _route_long(self, data: bytes, addr: Address, now: float, local: int
+                    ) -> Connection | None:
         hdr = wire.decode_long_header(data)
         if hdr.packet_type != wire.SYN:
             conn = self.connections.get(hdr.dcid)
@@ -194,7 +214,8 @@ class Dispatcher:
             return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
-                          random_bytes=self.random_bytes)
+                          random_bytes=self.random_bytes, local=local,
+                          cid_taken=self.connections.__contains__)
         self._track(conn)
         self.addr_map[key] = conn.local_cid
         self.accept_queue.append(conn)

@@ -50,6 +50,7 @@ class LinkStats:
     reordered: int = 0
     queue_delay_total: float = 0.0
     queue_samples: int = 0
+    queue_delay_max: float = 0.0
 
 
 @dataclass
@@ -63,13 +64,14 @@ class _Link:
 class SimNode:
     """A host with one socket, carrying a Dispatcher."""
 
-    def __init__(self, net: SimNetwork, addr: Address, dispatcher: Dispatcher) -> None:
+    def __init__(self, net: SimNetwork, addr: Address, dispatcher: Dispatcher,
+                 local_id: int) -> None:
         self.net = net
         self.addr = addr
         self.dispatcher = dispatcher
+        self.local_id = local_id  # this socket's id: a path is (local_id, peer address)
         self.received: list[tuple[bytes, Address]] = []  # raw log when record=True
         self.record = False
-        self.scheduled: dict[Connection, float] = {}
 
     @property
     def host(self) -> str:
@@ -78,21 +80,13 @@ class SimNode:
     def connect(self, remote: Address, *, early_data: bytes = b"",
                 config: Config | None = None) -> Connection:
         conn = self.dispatcher.connect(remote, self.net.now, early_data=early_data,
-                                       config=config)
+                                       config=config, local=self.local_id)
         self.net.flush(self)
         return conn
 
-    def add_address(self, addr: Address) -> None:
-        """Make the host reachable at another address too (multi-homed; a second socket).
-
-        A connection that validated a path from ``addr`` (``migrate(local=addr)``) sends from
-        it; the node's other addresses keep receiving until :meth:`remove_address`.
-        """
-        self.net.nodes[addr] = self
-
-    def remove_address(self, addr: Address) -> None:
-        if self.net.nodes.get(addr) is self and addr != self.addr:
-            del self.net.nodes[addr]
+    def adopt(self, conn: Connection) -> None:
+        """Make ``conn`` reachable through this socket too (before migrating to it)."""
+        self.dispatcher.adopt(conn)
 
     def connections(self) -> list[Connection]:
         return list({id(c): c for c in self.dispatcher.connections.values()}.values())
@@ -103,11 +97,15 @@ class SimNetwork:
 
     def __init__(self, seed: int = 0, default_link: LinkConfig | None = None) -> None:
         self.now = 0.0
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # the network's impairments
+        self._id_rng = random.Random(seed ^ 0x5EED)  # CIDs and challenges, kept apart
         self.default_link = default_link or LinkConfig()
         self._links: dict[tuple[str, str], _Link] = {}
         self.nodes: dict[Address, SimNode] = {}
         self._events: list[tuple[float, int, Callable[[], None]]] = []
+        self._by_local: dict[int, SimNode] = {}
+        self._local_seq = 1 << 30  # ids for extra sockets of a shared dispatcher
+        self._scheduled: dict[Connection, float] = {}
         self._seq = 0
         self.delivered_datagrams = 0
         #: when True, every datagram sent is appended to ``captured`` as (src, dst, data)
@@ -116,13 +114,25 @@ class SimNetwork:
 
     # ------------------------------------------------------------------ topology
     def random_bytes(self, n: int) -> bytes:
-        return self.rng.getrandbits(8 * n).to_bytes(n, "big")
+        """Deterministic stand-in for os.urandom (separate from the impairment stream, so
+        a change in how many IDs a connection draws does not reshuffle the network)."""
+        return self._id_rng.getrandbits(8 * n).to_bytes(n, "big")
 
     def add_node(self, addr: Address, config: Config | None = None, *,
-                 listen: bool = False) -> SimNode:
-        disp = Dispatcher(config or Config(), accept_new=listen, random_bytes=self.random_bytes)
-        node = SimNode(self, addr, disp)
+                 listen: bool = False, share_with: SimNode | None = None) -> SimNode:
+        """A host socket at ``addr``. ``share_with``: another socket of the same endpoint
+        (one dispatcher, e.g. a server listening on several addresses)."""
+        if share_with is not None:
+            disp = share_with.dispatcher
+            self._local_seq += 1
+            local_id = self._local_seq
+        else:
+            disp = Dispatcher(config or Config(), accept_new=listen,
+                              random_bytes=self.random_bytes)
+            local_id = disp.local_id
+        node = SimNode(self, addr, disp, local_id)
         self.nodes[addr] = node
+        self._by_local[local_id] = node
         return node
 
     def link(self, src_host: str, dst_host: str) -> LinkConfig:
@@ -188,6 +198,8 @@ class SimNetwork:
             link.busy_until = depart
             heapq.heappush(queue, depart)
             st.queue_delay_total += start - self.now
+            if start - self.now > st.queue_delay_max:
+                st.queue_delay_max = start - self.now
             st.queue_samples += 1
         for _ in range(copies):
             arrive = depart + cfg.delay
@@ -198,10 +210,6 @@ class SimNetwork:
                 st.reordered += 1
             self.call_at(arrive, _Deliver(self, src, dst, data, st))
 
-    def inject(self, src: Address, dst: Address, data: bytes) -> None:
-        """Send ``data`` as if from ``src`` (which need not exist): spoofing, replays."""
-        self.send(src, dst, data)
-
     def deliver(self, src: Address, dst: Address, data: bytes) -> None:
         node = self.nodes.get(dst)
         if node is None:
@@ -209,7 +217,7 @@ class SimNetwork:
         if node.record:
             node.received.append((data, src))
         self.delivered_datagrams += 1
-        conn = node.dispatcher.datagram_received(data, src, self.now)
+        conn = node.dispatcher.datagram_received(data, src, self.now, node.local_id)
         for out, addr in node.dispatcher.take_stateless():
             self.send(node.addr, addr, out)
         if conn is not None:
@@ -224,23 +232,25 @@ class SimNetwork:
             self._flush_conn(node, conn)
 
     def _flush_conn(self, node: SimNode, conn: Connection) -> None:
-        local = conn.paths.local
-        src = local if isinstance(local, tuple) else node.addr  # a migrated socket's address
-        for data, addr in conn.datagrams_to_send(self.now):
-            self.send(src, addr, data)
-        if conn.paths.alt_out:  # probes from another of the node's addresses
-            for token, data, addr in conn.paths.alt_out:
-                if isinstance(token, tuple):
-                    self.send(token, addr, data)
-            conn.paths.alt_out.clear()
+        """Send what ``conn`` has to send, each datagram from the socket of its path."""
+        primary = self._by_local.get(conn.paths.local, node)
+        for data, addr in conn.datagrams_to_send(self.now, primary.local_id):
+            self.send(primary.addr, addr, data)
+        for local in conn.paths.locals_with_work():
+            other = self._by_local.get(local)
+            if other is not None and other is not primary:
+                for data, addr in conn.datagrams_to_send(self.now, local):
+                    self.send(other.addr, addr, data)
         node.dispatcher.sync_routes(conn)
+        if primary.dispatcher is not node.dispatcher:
+            primary.dispatcher.sync_routes(conn)
         deadline = conn.get_timer()
-        if deadline is not None and node.scheduled.get(conn) != deadline:
-            node.scheduled[conn] = deadline
+        if deadline is not None and self._scheduled.get(conn) != deadline:
+            self._scheduled[conn] = deadline
             # a deadline already past fires on the next step (never a zero-time loop)
             self.call_at(max(deadline, self.now + 1e-6), _Timer(self, node, conn, deadline))
         elif deadline is None:
-            node.scheduled.pop(conn, None)
+            self._scheduled.pop(conn, None)
 
     def run(self, until: float | None = None, *,
             stop: Callable[[], bool] | None = None, max_events: int = 50_000_000) -> None:
@@ -299,9 +309,10 @@ class _Timer:
 
     def __call__(self) -> None:
         conn = self.conn
-        if self.node.scheduled.get(conn) != self.deadline:
+        scheduled = self.net._scheduled
+        if scheduled.get(conn) != self.deadline:
             return  # superseded by a newer deadline
-        del self.node.scheduled[conn]
+        del scheduled[conn]
         if conn.get_timer() != self.deadline:
             self.net._flush_conn(self.node, conn)
             return

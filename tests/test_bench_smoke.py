@@ -1,0 +1,119 @@
+"""bench/run_all.py --quick keeps working: every line is JSON, every transport moves data.
+
+No timing asserts: only that each transport delivered verified bytes at a positive rate,
+that the scripts finished, and that no benchmark child process is left behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+
+def _bench_children() -> list[str]:
+    """Command lines of live benchmark child processes started from this checkout."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if BENCH in cmd and "--role" in cmd:
+            found.append(cmd)
+    return found
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[dict[str, Any]]:
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run_all.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    parsed = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert proc.returncode == 0, (proc.stderr[-2000:], [p for p in parsed if "error" in p])
+    return parsed
+
+
+def _summary(lines: list[dict[str, Any]], bench: str) -> dict[str, Any]:
+    found = [ln for ln in lines if ln.get("summary") == bench]
+    assert len(found) == 1, (bench, lines)
+    return found[0]
+
+
+# The QUIC stacks are benchmark-only dependencies (the `bench` extra); without them their
+# runs must yield error lines, and everything else must still work.
+MISSING = {m for m in ("aioquic", "qh3") if importlib.util.find_spec(m) is None}
+
+
+def test_every_script_finished_without_errors(lines: list[dict[str, Any]]) -> None:
+    finished = {ln["bench"] for ln in lines if ln.get("finished")}
+    assert finished == {"compare", "bulk", "latency", "many"}
+    errors = [ln for ln in lines if "error" in ln]
+    assert all(ln.get("transport") in MISSING for ln in errors), errors
+    for name in MISSING:
+        assert any(ln.get("transport") == name for ln in errors), name
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to list processes")
+def test_no_child_process_left_behind(lines: list[dict[str, Any]]) -> None:
+    assert _bench_children() == []
+
+
+def test_compare_every_transport_positive(lines: list[dict[str, Any]]) -> None:
+    rates = _summary(lines, "compare")["mb_per_s"]
+    expected = ["roamlink", "tcp", "raw_udp", *sorted({"aioquic", "qh3"} - MISSING)]
+    for name in expected:
+        assert rates[name] is not None and rates[name] > 0, (name, rates)
+    runs = [ln for ln in lines if ln.get("bench") == "compare" and "run" in ln
+            and ln["transport"] not in MISSING]
+    assert runs and all(r["ok"] for r in runs)
+    ratios = _summary(lines, "compare")["ratios"]
+    assert ratios["roamlink/tcp"] > 0
+
+
+def test_bulk_both_positive(lines: list[dict[str, Any]]) -> None:
+    summary = _summary(lines, "bulk")
+    assert summary["mb_per_s"]["roamlink"] > 0 and summary["mb_per_s"]["tcp"] > 0
+    assert summary["ratio_roamlink_to_tcp"] > 0
+
+
+def test_latency_percentiles(lines: list[dict[str, Any]]) -> None:
+    for kind in ("roamlink", "tcp"):
+        [line] = [ln for ln in lines if ln.get("bench") == "latency"
+                  and ln.get("transport") == kind]
+        assert line["ok"] and 0 < line["p50_us"] <= line["p99_us"] <= line["max_us"]
+
+
+def test_many_connections_all_echoed(lines: list[dict[str, Any]]) -> None:
+    for kind in ("roamlink", "tcp"):
+        [line] = [ln for ln in lines if ln.get("bench") == "many"
+                  and ln.get("transport") == kind]
+        assert line["ok"], line
+        assert line["server_echoed_bytes"] == line["connections"] * line["echo_bytes_each"]
+        assert line["kib_per_idle_connection"] is not None
+
+
+def test_failures_become_error_lines_and_leave_no_process() -> None:
+    """An unknown transport and a run killed by its timeout are reported, not fatal."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "compare.py"),
+                           "--only", "nosuch,roamlink,tcp", "--size-mib", "256",
+                           "--repeat", "1", "--timeout", "1"],
+                          capture_output=True, text=True, timeout=300)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    runs = {ln["transport"]: ln for ln in lines if "run" in ln}
+    assert "unknown transport" in runs["nosuch"]["error"]
+    assert "error" in runs["roamlink"]  # 256 MiB cannot arrive within the 1 s timeout
+    summary = lines[-1]
+    assert summary["summary"] == "compare" and summary["mb_per_s"]["nosuch"] is None
+    assert summary["ratios"]["roamlink/tcp"] is None
+    assert _bench_children() == []

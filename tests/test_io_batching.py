@@ -1,0 +1,289 @@
+"""The socket layer's batching: UDP GSO sends, UDP_GRO receives, drain per wake-up, fallbacks.
+
+Real loopback transfers check that both paths (offload and forced fallback, and a mix of the
+two ends) deliver intact data; fake sockets check how datagrams are grouped into system calls
+and that a failing GSO send falls back instead of losing data. No timing asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import socket
+import sys
+from typing import Any
+
+import pytest
+
+import roamlink
+from roamlink import Config
+from roamlink.core.events import Address
+from roamlink.io import endpoint as endpoint_mod
+from roamlink.io.endpoint import SOL_UDP, UDP_GRO, UDP_SEGMENT, Endpoint, offload_allowed
+
+from .conftest import run
+
+LINUX = sys.platform.startswith("linux")
+
+
+def _kernel_has_offload() -> bool:
+    if not LINUX:
+        return False
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+needs_offload = pytest.mark.skipif(not _kernel_has_offload(),
+                                   reason="this kernel/platform has no UDP GSO/GRO")
+
+
+async def _transfer(server_cfg: Config, client_cfg: Config, size: int
+                    ) -> tuple[Endpoint, Endpoint]:
+    """Send ``size`` bytes client -> server and back; return both endpoints' (stats kept)."""
+    payload = os.urandom(size)
+    async with await roamlink.listen("127.0.0.1", 0, config=server_cfg) as listener:
+        async def serve() -> None:
+            stream = await listener.accept()
+            async with stream:
+                data = await stream.readexactly(size)
+                stream.write(hashlib.sha256(data).digest())
+                await stream.drain()
+
+        server = asyncio.create_task(serve())
+        stream = await roamlink.connect("127.0.0.1", listener.local_addr[1], config=client_cfg)
+        client_ep = stream._endpoint  # noqa: SLF001 - the test inspects the socket layer
+        stream.write(payload)
+        await stream.drain()
+        digest = await stream.readexactly(32)
+        assert digest == hashlib.sha256(payload).digest()
+        stream.close()
+        await stream.wait_closed()
+        await server
+        return listener.endpoint, client_ep
+
+
+@needs_offload
+def test_offload_batches_both_ways_on_loopback() -> None:
+    async def main() -> None:
+        server_ep, client_ep = await _transfer(Config(), Config(), 2 * 1024 * 1024)
+        assert client_ep.gso and client_ep.gro and server_ep.gso and server_ep.gro
+        assert client_ep.io.gso_batches > 0  # many datagrams left in one sendmsg
+        assert client_ep.io.datagrams_out > client_ep.io.send_calls
+        assert server_ep.io.gro_batches > 0  # and arrived coalesced in one recvmsg
+        assert server_ep.io.datagrams_in > server_ep.io.recv_calls
+        assert server_ep.socket_errors == 0 and client_ep.io.send_dropped == 0
+
+    run(main(), 60)
+
+
+def test_forced_fallback_by_config() -> None:
+    async def main() -> None:
+        cfg = Config(udp_offload=False)
+        server_ep, client_ep = await _transfer(cfg, cfg, 1024 * 1024)
+        for ep in (server_ep, client_ep):
+            assert not ep.gso and not ep.gro
+            assert ep.io.gso_batches == 0 and ep.io.gro_batches == 0
+            assert ep.io.datagrams_out == ep.io.send_calls  # one system call per datagram
+            assert ep.io.datagrams_in == ep.io.recv_calls
+
+    run(main(), 60)
+
+
+def test_forced_fallback_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROAMLINK_UDP_OFFLOAD", "0")
+    assert not offload_allowed(Config())
+    monkeypatch.setenv("ROAMLINK_UDP_OFFLOAD", "1")
+    assert offload_allowed(Config()) and not offload_allowed(Config(udp_offload=False))
+    monkeypatch.setenv("ROAMLINK_UDP_OFFLOAD", "off")
+
+    async def main() -> None:
+        server_ep, client_ep = await _transfer(Config(), Config(), 256 * 1024)
+        assert not (server_ep.gso or server_ep.gro or client_ep.gso or client_ep.gro)
+
+    run(main(), 60)
+
+
+@needs_offload
+def test_gso_sender_to_receiver_without_gro() -> None:
+    """The kernel splits GSO batches for a socket that did not ask for GRO: data intact."""
+    async def main() -> None:
+        server_ep, client_ep = await _transfer(Config(udp_offload=False), Config(),
+                                               1024 * 1024)
+        assert client_ep.gso and not server_ep.gro
+        assert client_ep.io.gso_batches > 0
+        assert server_ep.io.gro_batches == 0
+        assert server_ep.io.datagrams_in == server_ep.io.recv_calls
+
+    run(main(), 60)
+
+
+def test_uvloop_echo() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        server_ep, client_ep = await _transfer(Config(), Config(), 512 * 1024)
+        assert server_ep.io.datagrams_in > 0 and client_ep.io.datagrams_in > 0
+
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), 60)
+
+    uvloop.run(bounded())
+
+
+# ---------------------------------------------------------------------- fake-socket checks
+class FakeSocket:
+    """Records send calls; optionally fails some. Borrows a real descriptor for the loop."""
+
+    def __init__(self, fail: list[BaseException | None] | None = None) -> None:
+        self.real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.calls: list[tuple[str, list[bytes], int, Address]] = []
+        self.fail = list(fail or [])
+        self.incoming: list[tuple[bytes, list[Any], Address]] = []
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def _maybe_fail(self) -> None:
+        if self.fail:
+            exc = self.fail.pop(0)
+            if exc is not None:
+                raise exc
+
+    def sendmsg(self, buffers: list[bytes], ancdata: list[tuple[int, int, bytes]], flags: int,
+                addr: Address) -> int:
+        self._maybe_fail()
+        ((level, kind, value),) = ancdata
+        assert (level, kind) == (SOL_UDP, UDP_SEGMENT)
+        segment = int.from_bytes(value, sys.byteorder)
+        self.calls.append(("gso", list(buffers), segment, addr))
+        return sum(len(b) for b in buffers)
+
+    def sendto(self, data: bytes, addr: Address) -> int:
+        self._maybe_fail()
+        self.calls.append(("one", [data], len(data), addr))
+        return len(data)
+
+    def recvmsg(self, size: int, ancsize: int) -> tuple[bytes, list[Any], int, Address]:
+        if not self.incoming:
+            raise BlockingIOError
+        data, anc, addr = self.incoming.pop(0)
+        return data, anc, 0, addr
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def _fake_endpoint(sock: FakeSocket, *, gso: bool = True, gro: bool = False) -> Endpoint:
+    ep = Endpoint(Config(), accept_new=True)
+    ep.sock = sock  # type: ignore[assignment]
+    ep.gso, ep.gro = gso, gro
+    return ep
+
+
+A: Address = ("127.0.0.1", 1111)
+B: Address = ("127.0.0.1", 2222)
+
+
+def test_runs_of_same_size_to_one_address_go_out_in_one_call() -> None:
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock)
+        big, small = b"x" * 1200, b"y" * 700
+        ep._transmit([(big, A), (big, A), (small, A),  # a run may end with a shorter one
+                      (big, A), (big, B), (big, B),  # a new address starts a new run
+                      (small, B), (big, B)])  # ...and so does a longer datagram after it
+        kinds = [(c[0], len(c[1]), c[2], c[3]) for c in sock.calls]
+        assert kinds == [("gso", 3, 1200, A), ("one", 1, 1200, A), ("gso", 3, 1200, B),
+                         ("one", 1, 1200, B)]
+        assert ep.io.datagrams_out == 8 and ep.io.send_calls == 4 and ep.io.gso_batches == 2
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_runs_respect_kernel_limits() -> None:
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock)
+        ep._transmit([(b"a" * 100, A)] * 150)  # at most 64 segments per call
+        assert [len(c[1]) for c in sock.calls] == [64, 64, 22]
+        sock.calls.clear()
+        ep._transmit([(b"b" * 1500, A)] * 100)  # at most 64 KiB per call
+        sizes = [len(c[1]) for c in sock.calls]
+        assert sum(sizes) == 100 and max(sizes) * 1500 <= 65507
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_gso_refused_by_the_kernel_falls_back_without_loss() -> None:
+    async def main() -> None:
+        sock = FakeSocket(fail=[OSError(errno.EIO, "no checksum offload")])
+        ep = _fake_endpoint(sock)
+        data = [(bytes([i]) * 1200, A) for i in range(5)]
+        ep._transmit(data)
+        assert not ep.gso
+        assert [c[0] for c in sock.calls] == ["one"] * 5
+        assert [c[1][0] for c in sock.calls] == [d for d, _ in data]
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_full_send_buffer_queues_until_writable() -> None:
+    async def main() -> None:
+        sock = FakeSocket(fail=[None, BlockingIOError()])
+        ep = _fake_endpoint(sock, gso=False)
+        data = [(bytes([i]) * 100, A) for i in range(4)]
+        ep._transmit(data)
+        assert len(sock.calls) == 1 and ep.io.send_would_block == 1
+        ep._transmit([(b"late", A)])  # keeps the order behind the queued ones
+        assert len(sock.calls) == 1
+        ep._on_writable()
+        assert [c[1][0] for c in sock.calls] == [d for d, _ in data] + [b"late"]
+        assert not ep._backlog
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_gro_buffer_is_split_into_its_datagrams() -> None:
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock, gro=True)
+        # five short-header datagrams for unknown CIDs, coalesced with a segment size of 100
+        datagrams = [bytes([0x40]) + bytes([i]) * 99 for i in range(4)] + [b"\x40" + b"z" * 40]
+        gro = (SOL_UDP, UDP_GRO, (100).to_bytes(4, sys.byteorder))
+        sock.incoming.append((b"".join(datagrams), [gro], A))
+        sock.incoming.append((b"\x40" + b"q" * 60, [], B))  # an ordinary datagram after it
+        ep._on_readable()
+        assert ep.dispatcher.stats.datagrams_received == 6
+        assert ep.dispatcher.stats.dropped_unknown_cid == 6
+        assert ep.io.recv_calls == 2 and ep.io.gro_batches == 1 and ep.io.datagrams_in == 6
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(endpoint_mod, "_MAX_READS_PER_WAKEUP", 3)
+
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock, gro=True)
+        for _ in range(5):
+            sock.incoming.append((b"\x40" + bytes(30), [], A))
+        ep._on_readable()
+        assert ep.io.recv_calls == 3 and len(sock.incoming) == 2
+        sock.close()
+
+    run(main(), 10)
