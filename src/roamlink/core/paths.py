@@ -54,6 +54,7 @@ class Candidate:
     bytes_received: int = 0
     bytes_sent: int = 0
     attempts: int = 0
+    last_packet: float = 0.0  # when a packet last arrived over this path
 
     @property
     def key(self) -> PathKey:
@@ -91,6 +92,7 @@ class PathManager:
         self.path_changes = 0
         self.challenges_sent = 0
         self.candidates_refused = 0
+        self.candidates_evicted = 0
         self.validations_failed = 0
         self._responses: list[tuple[int, Address, bytes]] = []
         #: paths we left on purpose: the peer keeps using them until it follows us, and
@@ -112,14 +114,35 @@ class PathManager:
         if cand is not None:
             cand.bytes_received += size
             cand.largest_pn = max(cand.largest_pn, pn)
+            cand.last_packet = now
             return None
         if not is_newest or (local, addr) in self.abandoned:
             return None
+        if len(self.candidates) >= self.max_candidates:
+            self._evict_stale(now)
         cand = self.start(local, addr, now, "passive", retry_interval)
         if cand is not None:
             cand.bytes_received += size
             cand.largest_pn = pn
+            cand.last_packet = now
         return cand
+
+    def _evict_stale(self, now: float) -> None:
+        """Make room for a new passive candidate by dropping a passive one gone quiet.
+
+        Spoofed sources send a packet or two and then nothing, while a peer that really moved
+        keeps sending from its new address. Refusing newcomers whenever the slots are full
+        would let a flood of spoofed addresses lock the real peer out until the spoofed
+        candidates time out (``Config.path_validation_timeout``, again and again); dropping
+        the quietest passive candidate that has heard nothing for a retry interval keeps
+        the slots for addresses that keep talking. Active (``migrate()``) candidates stay.
+        """
+        quiet = [c for c in self.candidates.values()
+                 if c.reason == "passive" and now - c.last_packet >= c.retry_interval]
+        if quiet:
+            victim = min(quiet, key=lambda c: c.last_packet)
+            del self.candidates[victim.key]
+            self.candidates_evicted += 1
 
     def start(self, local: int, addr: Address, now: float, reason: str, retry_interval: float,
               timeout: float | None = None, *, unlimited_budget: bool = False
