@@ -227,3 +227,37 @@ def test_1000_transfers_sharing_server_sockets_with_random_rebindings() -> None:
         moved += sum(1 for node, s in conns if s.remote_addr == node.addr)
     assert total == 1000
     assert moved >= 500  # a rebinding after a transfer ended is never seen by the server
+
+
+def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
+    """A PATH_CHALLENGE from an address that is neither the path in use nor a candidate
+    (here: a packet that is not the newest, so it starts nothing) is answered, but never with
+    more than 3x the bytes that address sent: a padded 1,200-byte response to a 26-byte
+    spoofed challenge would make the server a traffic amplifier against the victim."""
+    net, client, server, c, s = _setup(14)
+    net.capture = True
+    down = Pump(net, s, server, c, client, _payload(2 * MiB, 14))  # the client sends ACKs only
+    _run_for(net, [down], 0.1)
+    held: list[bytes] = []
+
+    def hold_one(data: bytes, src: object, dst: object) -> bool:
+        if not held and src == CLIENT and data[0] == wire.SHORT:
+            held.append(data)
+            return True
+        return False
+
+    net.link(CLIENT[0], SERVER[0]).drop_if = hold_one
+    _run_for(net, [down], 0.012)  # later packets arrive: the held one is a gap, not newest
+    net.link(CLIENT[0], SERVER[0]).drop_if = None
+    assert held
+    victim = ("10.99.0.1", 53)
+    header = held[0][:1 + 8 + 8]  # a valid CID and a packet number never received
+    forged = header + wire.encode_frame(wire.PathChallengeFrame(b"\x01" * 8))
+    unvalidated = s.unvalidated_packets
+    net.send(victim, SERVER, forged)
+    net.run(until=net.now + 0.05)
+    assert s.unvalidated_packets == unvalidated + 1  # it was processed (and answered)...
+    assert not s.paths.candidates  # not the newest packet: no migration starts
+    to_victim = sum(len(d) for _, dst, d in net.captured if dst == victim)
+    assert 0 < to_victim <= 3 * len(forged), (to_victim, len(forged))
+    assert run_pumps(net, [down], 60) and down.exact()

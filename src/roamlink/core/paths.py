@@ -237,7 +237,13 @@ class PathManager:
         """How big a PATH_RESPONSE to ``addr`` may be (0: not at all), and charge it."""
         cand = self.candidates.get((local, addr))
         if cand is None:
-            return self.datagram_size
+            if self.is_current(local, addr):
+                return self.datagram_size
+            # an address we know nothing about (e.g. a spoofed source whose packet was not
+            # the newest, or no candidate slot was free): the challenge that reached us was
+            # at least as big as this reply, so answering small keeps the amplification
+            # below 1x; a padded reply would be a 40x amplifier against a spoofing victim
+            return small_size
         for size in (self.datagram_size, small_size):
             if cand.budget() >= size:
                 cand.bytes_sent += size
