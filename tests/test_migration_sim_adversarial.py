@@ -156,7 +156,7 @@ def test_genuine_rebinding_during_a_spoofing_flood_still_migrates() -> None:
         return s.remote_addr == new
 
     assert net.run_until(moved, 10)
-    assert net.now - start < cfg.path_validation_timeout / 2  # simulated time
+    assert net.now - start < 0.5  # simulated time; ~3.4 s if the flood held every slot
     assert s.paths.candidates_evicted > 0
     assert run_pumps(net, [up, down], 120), "the flood locked the migrated client out"
     assert up.exact() and down.exact()
