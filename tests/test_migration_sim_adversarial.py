@@ -261,3 +261,32 @@ def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
     to_victim = sum(len(d) for _, dst, d in net.captured if dst == victim)
     assert 0 < to_victim <= 3 * len(forged), (to_victim, len(forged))
     assert run_pumps(net, [down], 60) and down.exact()
+
+
+def test_migrate_succeeds_while_spoofed_candidates_fill_the_table() -> None:
+    """Spoofed copies of the server's packets fill the client's candidate table; the
+    application's own migrate() still gets a slot (it evicts a passive candidate)."""
+    net, client, server, c, s = _setup(15, config=Config(max_candidate_paths=2))
+    down = Pump(net, s, server, c, client, _payload(2 * MiB, 15))
+    _run_for(net, [down], 0.1)
+    spoofed = [(f"6.8.0.{i + 1}", 443) for i in range(50)]
+    for host in {a[0] for a in spoofed}:
+        net.set_link(host, CLIENT[0], LinkConfig(delay=0.001), both_ways=False)
+    todo = list(spoofed)
+
+    def copy(data: bytes, src: object, dst: object) -> bool:
+        if todo and src == SERVER and data[0] == wire.SHORT:
+            net.send(todo.pop(0), CLIENT, data)  # raced copy: the newest, from elsewhere
+        return False
+
+    net.link(SERVER[0], CLIENT[0]).drop_if = copy
+    _run_for(net, [down], 0.01)
+    assert len(c.paths.candidates) == 2 and all(
+        k.reason == "passive" for k in c.paths.candidates.values())
+    new_socket = net.add_node(("10.0.0.2", 52000))
+    new_socket.adopt(c)
+    c.migrate(net.now, local=new_socket.local_id)  # does not raise "too many validations"
+    net.flush(client)
+    assert net.run_until(lambda: c.paths.local == new_socket.local_id, 5)
+    assert run_pumps(net, [down], 60) and down.exact()
+    assert s.remote_addr == new_socket.addr

@@ -156,6 +156,12 @@ class PathManager:
             if reason == "active":
                 existing.reason = "active"
             return existing
+        if len(self.candidates) >= self.max_candidates and reason == "active":
+            # the application's own request outranks addresses nobody asked for
+            passive = [c for c in self.candidates.values() if c.reason == "passive"]
+            if passive:
+                del self.candidates[min(passive, key=lambda c: c.last_packet).key]
+                self.candidates_evicted += 1
         if len(self.candidates) >= self.max_candidates:
             self.candidates_refused += 1
             return None
