@@ -186,6 +186,17 @@ def test_serve_prints_received_data_and_exits_once() -> None:
     assert out == data
 
 
+def test_sink_reports_what_it_received() -> None:
+    data = os.urandom(1024 * 1024)
+    with server("serve", "0", "--sink", "--once", "--interval", "0.1") as srv:
+        res = roamlink("connect", srv.addr, stdin=data)
+        assert res.returncode == 0, res.stderr.decode()
+        out, _ = srv.proc.communicate(timeout=15)
+    assert srv.proc.returncode == 0
+    summary = [r for r in json_lines(out) if r["event"] == "summary"]
+    assert summary and summary[0]["bytes"] == len(data) and summary[0]["bits_per_s"] > 0
+
+
 def test_perf_two_seconds_reports_goodput() -> None:
     with server("perf", "server", "0", "--once") as srv:
         res = roamlink("--json", "perf", "client", srv.addr, "--seconds", "2",
@@ -259,6 +270,14 @@ def test_wrong_kind_of_server_is_one_line_not_a_hang(tmp_path: Path) -> None:
         perf = roamlink("perf", "client", srv.addr, "--seconds", "0.5")
     assert send.returncode == 3 and b"serve --save" in send.stderr
     assert perf.returncode == 3 and b"perf server" in perf.stderr
+
+
+def test_save_directory_must_exist(tmp_path: Path) -> None:
+    res = roamlink("--json", "serve", "0", "--save", str(tmp_path / "nope"))
+    assert res.returncode == 1
+    assert res.stderr.decode().strip() == (f"roamlink: error: {tmp_path / 'nope'}: no such "
+                                           "directory (create it first)")
+    assert json_lines(res.stdout)[-1]["event"] == "error"  # --json: errors are objects too
 
 
 def test_connect_timeout(tmp_path: Path) -> None:
