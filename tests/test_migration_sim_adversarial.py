@@ -290,3 +290,19 @@ def test_migrate_succeeds_while_spoofed_candidates_fill_the_table() -> None:
     assert net.run_until(lambda: c.paths.local == new_socket.local_id, 5)
     assert run_pumps(net, [down], 60) and down.exact()
     assert s.remote_addr == new_socket.addr
+
+
+def test_cancel_migration_keeps_the_old_path_and_retires_the_reserved_cid() -> None:
+    net, client, server, c, s = _setup(16, config=Config(path_validation_timeout=1.0))
+    up = Pump(net, c, client, s, server, _payload(1 * MiB, 16))
+    _run_for(net, [up], 0.05)
+    cand = c.migrate(net.now, remote=("10.9.9.9", 4433))  # nobody there
+    assert c.state is State.VALIDATING_PATH and cand.dcid_seq is not None
+    c.cancel_migration(cand)
+    assert c.state is State.ESTABLISHED and not c.paths.candidates
+    assert cand.dcid_seq not in c.cids.peer  # seen on that path: retired, not reused
+    net.flush(client)
+    assert run_pumps(net, [up], 60) and up.exact()
+    assert c.remote_addr == SERVER and c.stats().path_changes == 0
+    assert not [e for e in _events(c) if isinstance(e, PathChanged)]
+    c.cancel_migration(cand)  # twice: harmless

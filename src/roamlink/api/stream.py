@@ -132,6 +132,19 @@ class Stream:
         limit = (timeout or conn.config.path_validation_timeout) + 5.0
         try:
             event = await asyncio.wait_for(asyncio.shield(fut), limit)
+        except asyncio.CancelledError:
+            # cancelled: give the attempt up, unless the connection already moved (then the
+            # Stream must follow it to the new socket, or it would report the old one)
+            if new is not None and conn.paths.local == new.local_id:
+                self._endpoint = new
+                old.detach(conn)
+            else:
+                conn.cancel_migration(cand)
+                old.mark(conn)
+                if new is not None:
+                    new.detach(conn)
+                    new.close()
+            raise
         except (TimeoutError, MigrationError) as exc:
             if new is not None:
                 new.detach(conn)

@@ -489,6 +489,17 @@ class Connection:
         self._set_state(Trigger.PATH_CANDIDATE)
         return cand
 
+    def cancel_migration(self, cand: Candidate) -> None:
+        """Give up an active migration still being validated (e.g. ``migrate()`` was
+        cancelled); the connection stays on its path. Does nothing once it was validated."""
+        if not self.paths.abandon(cand):
+            return
+        if cand.dcid_seq is not None:
+            self._retire_peer_cid(self.cids.release(cand.dcid_seq))
+        self.log.info("migration to %s cancelled", cand.addr)
+        if not self.paths.candidates and self.state is State.VALIDATING_PATH:
+            self._set_state(Trigger.PATH_FAILED)
+
     def _expecting_data(self) -> bool:
         """Data is missing, or the peer was in the middle of sending when it went quiet."""
         return bool(self.recv_buf.segment_count) or (

@@ -194,6 +194,13 @@ class PathManager:
         del self.candidates[cand.key]
         return ValidationResult(cand, True, now - cand.started)
 
+    def abandon(self, cand: Candidate) -> bool:
+        """Stop validating ``cand`` (the application gave up); False if it is not pending."""
+        if self.candidates.get(cand.key) is not cand:
+            return False
+        del self.candidates[cand.key]
+        return True
+
     def switch_to(self, cand: Candidate) -> tuple[int, Address]:
         """Make ``cand`` the path in use; return the old (local, address)."""
         old = (self.local, self.remote_addr)

@@ -1,0 +1,53 @@
+"""A cancelled migrate() leaves the Stream consistent with the path the connection uses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+
+import roamlink
+
+from .conftest import run
+
+
+async def _sink(listener: roamlink.Listener) -> bytes:
+    stream = await listener.accept()
+    digest = hashlib.sha256()
+    while chunk := await stream.read(1 << 20):
+        digest.update(chunk)
+    stream.write(b"ok")
+    stream.write_eof()
+    return digest.digest()
+
+
+def test_cancelled_migrate_leaves_a_consistent_stream() -> None:
+    async def main() -> None:
+        async with await roamlink.listen("127.0.0.1", 0) as listener:
+            server = asyncio.create_task(_sink(listener))
+            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
+            payload = os.urandom(4 * 1024 * 1024)
+            half = len(payload) // 2
+            stream.write(payload[:half])
+            task = asyncio.create_task(stream.migrate(local_addr=0))
+            conn = stream._conn
+            for _ in range(10_000):  # until the validation is under way
+                if conn.paths.candidates:
+                    break
+                await asyncio.sleep(0)
+            assert conn.paths.candidates
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.5)  # whatever validation was under way has ended
+            # the socket the stream reports is the one the connection sends from
+            assert stream._endpoint.local_id == conn.paths.local
+            assert not conn.paths.candidates and stream.local_addr[1] > 0
+            stream.write(payload[half:])
+            stream.write_eof()
+            assert await stream.read() == b"ok"
+            assert await server == hashlib.sha256(payload).digest()
+            await stream.wait_closed()
+
+    run(main(), 60)
