@@ -51,3 +51,34 @@ def test_cancelled_migrate_leaves_a_consistent_stream() -> None:
             await stream.wait_closed()
 
     run(main(), 60)
+
+
+def test_server_side_migration_socket_closes_with_its_connection() -> None:
+    """A socket that migrate(local_addr=...) opened serves that one connection only: it is
+    closed when the connection ends, also on a server (whose listener socket stays open)."""
+    async def main() -> None:
+        cfg = roamlink.Config(draining_period=0.3)
+        async with await roamlink.listen("127.0.0.1", 0, config=cfg) as listener:
+            accepted = asyncio.create_task(listener.accept())
+            client = await roamlink.connect("127.0.0.1", listener.local_addr[1], config=cfg)
+            client.write(b"hello")
+            server = await accepted
+            assert await server.readexactly(5) == b"hello"
+            local, _ = await server.migrate(local_addr=0)  # the server moves to a new port
+            assert local[1] != listener.local_addr[1]
+            new_endpoint = server._endpoint
+            server.write(b"moved")
+            assert await client.readexactly(5) == b"moved"
+            assert client.remote_addr[1] == local[1]  # the client followed the server
+            client.close()
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 15)
+            await asyncio.wait_for(client.wait_closed(), 15)
+            for _ in range(1000):  # after the draining period (Config.draining_period)
+                if new_endpoint._closing:
+                    break
+                await asyncio.sleep(0.01)
+            assert new_endpoint._closing  # not leaked
+            assert not listener.endpoint._closing  # the listener still listens
+
+    run(main(), 60)

@@ -115,7 +115,9 @@ class Stream:
                 new = await Endpoint.create(old.config, (host, port), family=family)
             except OSError as exc:
                 raise MigrationError(f"cannot open a socket on {host}:{port}: {exc}") from exc
-            new.owns_lifetime = old.owns_lifetime
+            # this socket serves this connection only: close it when the connection ends
+            # (also on a server, whose listener socket itself stays open)
+            new.owns_lifetime = True
             new.dispatcher.adopt(conn)
             new.attach(conn, self)
         try:
