@@ -82,3 +82,34 @@ def test_server_side_migration_socket_closes_with_its_connection() -> None:
             assert not listener.endpoint._closing  # the listener still listens
 
     run(main(), 60)
+
+
+def test_two_concurrent_migrations_leave_one_socket() -> None:
+    async def main() -> None:
+        cfg = roamlink.Config(draining_period=0.3)
+        async with await roamlink.listen("127.0.0.1", 0, config=cfg) as listener:
+            server = asyncio.create_task(_sink(listener))
+            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1], config=cfg)
+            first = stream._endpoint
+            payload = os.urandom(2 * 1024 * 1024)
+            stream.write(payload[:1024 * 1024])
+            results = await asyncio.gather(stream.migrate(local_addr=0),
+                                           stream.migrate(local_addr=0),
+                                           return_exceptions=True)
+            conn = stream._conn
+            assert stream._endpoint.local_id == conn.paths.local  # the socket in use
+            assert stream.local_addr == results[-1][0] or stream.local_addr == results[0][0]
+            live = [ep for ep in (first, *_endpoints_of(conn)) if not ep._closing]
+            assert live == [stream._endpoint], live  # the others are closed
+            stream.write(payload[1024 * 1024:])
+            stream.write_eof()
+            assert await stream.read() == b"ok"
+            assert await server == hashlib.sha256(payload).digest()
+
+    run(main(), 60)
+
+
+def _endpoints_of(conn: object) -> list:  # type: ignore[type-arg]
+    from roamlink.io import endpoint
+
+    return [ep for ep in list(endpoint._ENDPOINTS.values()) if conn in ep.observers]

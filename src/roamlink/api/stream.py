@@ -138,8 +138,9 @@ class Stream:
             # cancelled: give the attempt up, unless the connection already moved (then the
             # Stream must follow it to the new socket, or it would report the old one)
             if new is not None and conn.paths.local == new.local_id:
-                self._endpoint = new
-                old.detach(conn)
+                previous, self._endpoint = self._endpoint, new
+                if previous is not new:
+                    previous.detach(conn)
             else:
                 conn.cancel_migration(cand)
                 old.mark(conn)
@@ -162,8 +163,14 @@ class Stream:
                 new.close()
             raise MigrationTimeout(f"path validation failed: {event.reason}")
         if new is not None:
-            self._endpoint = new
-            old.detach(conn)  # closes the old socket if nothing else uses it
+            previous = self._endpoint  # not necessarily ``old``: migrations may overlap
+            if conn.paths.local == new.local_id:
+                self._endpoint = new
+                if previous is not new:
+                    previous.detach(conn)  # closes the old socket if nothing else uses it
+            else:  # validated, but an overlapping migration has moved the connection since
+                new.detach(conn)
+                new.close()
         return self.local_addr, self.remote_addr
 
     def path_events(self) -> AsyncIterator[PathChanged | PathValidationFailed]:
