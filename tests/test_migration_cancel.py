@@ -113,3 +113,28 @@ def _endpoints_of(conn: object) -> list:  # type: ignore[type-arg]
     from roamlink.io import endpoint
 
     return [ep for ep in list(endpoint._ENDPOINTS.values()) if conn in ep.observers]
+
+
+def test_the_same_migration_requested_twice_completes_both_calls() -> None:
+    async def main() -> None:
+        try:
+            listener = await roamlink.listen(["127.0.0.1", "127.0.0.2"], 0)
+        except OSError as exc:
+            import pytest
+
+            pytest.skip(f"no 127.0.0.2 on this machine: {exc}")
+        async with listener:
+            server = asyncio.create_task(_sink(listener))
+            port = listener.local_addr[1]
+            stream = await roamlink.connect("127.0.0.1", port)
+            stream.write(b"x" * 100_000)
+            cfg_timeout = 2.0
+            results = await asyncio.wait_for(asyncio.gather(
+                stream.migrate(("127.0.0.2", port), timeout=cfg_timeout),
+                stream.migrate(("127.0.0.2", port), timeout=cfg_timeout)), cfg_timeout + 1)
+            assert results[0] == results[1] and results[0][1] == ("127.0.0.2", port)
+            stream.write_eof()
+            assert await stream.read() == b"ok"
+            assert await server == hashlib.sha256(b"x" * 100_000).digest()
+
+    run(main(), 60)

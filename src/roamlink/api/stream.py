@@ -46,6 +46,7 @@ class Stream:
         self._drain_waiter: asyncio.Future[None] | None = None
         self._event_listeners: list[asyncio.Queue[Event]] = []
         self._migrations: dict[tuple[int, Address], asyncio.Future[Event]] = {}
+        self._migration_waiters: dict[tuple[int, Address], int] = {}
         self.on_handshake: asyncio.Future[None] = self._handshake
         endpoint.attach(conn, self)
 
@@ -128,8 +129,10 @@ class Stream:
                 new.close()
             raise
         key = cand.key
-        fut: asyncio.Future[Event] = loop.create_future()
-        self._migrations[key] = fut
+        existing = self._migrations.get(key)
+        fut: asyncio.Future[Event] = existing if existing is not None else loop.create_future()
+        self._migrations[key] = fut  # a repeated request shares the pending validation
+        self._migration_waiters[key] = self._migration_waiters.get(key, 0) + 1
         old.mark(conn)
         limit = (timeout or conn.config.path_validation_timeout) + 5.0
         try:
@@ -141,7 +144,7 @@ class Stream:
                 previous, self._endpoint = self._endpoint, new
                 if previous is not new:
                     previous.detach(conn)
-            else:
+            elif self._migration_waiters.get(key, 0) <= 1:  # nobody else waits for it
                 conn.cancel_migration(cand)
                 old.mark(conn)
                 if new is not None:
@@ -156,7 +159,11 @@ class Stream:
                 raise
             raise MigrationTimeout(f"no answer from the new path within {limit:.1f} s") from None
         finally:
-            self._migrations.pop(key, None)
+            left = self._migration_waiters.pop(key, 1) - 1
+            if left:
+                self._migration_waiters[key] = left
+            else:
+                self._migrations.pop(key, None)
         if isinstance(event, PathValidationFailed):
             if new is not None:
                 new.detach(conn)
