@@ -308,3 +308,28 @@ def test_cancel_migration_keeps_the_old_path_and_retires_the_reserved_cid() -> N
     assert c.remote_addr == SERVER and c.stats().path_changes == 0
     assert not [e for e in _events(c) if isinstance(e, PathChanged)]
     c.cancel_migration(cand)  # twice: harmless
+
+
+def test_a_path_left_on_purpose_can_carry_the_connection_again_later() -> None:
+    """The client moved to the server's second address. Much later the server moves back to
+    its first address (say the second one is going away): the client must follow, not
+    ignore the first address forever because it once left it."""
+    net, client, server, c, s = _setup(17, config=Config(path_validation_timeout=1.0))
+    second = net.add_node(("10.0.0.11", 4433), share_with=server)
+    up = Pump(net, c, client, s, server, _payload(4 * MiB, 17))
+    _run_for(net, [up], 0.1)
+    c.migrate(net.now, remote=second.addr)
+    net.flush(client)
+    assert net.run_until(lambda: c.remote_addr == second.addr, 5)
+    net.run(until=net.now + 3.0)  # long after the move (the application pauses)
+    s.migrate(net.now, local=server.local_id)  # the server answers from its first address
+    net.flush(second)
+    assert net.run_until(lambda: s.paths.local == server.local_id, 5)
+
+    def followed() -> bool:
+        up.step()
+        return c.remote_addr == SERVER
+
+    assert net.run_until(followed, 5), "the client ignores the address it once left"
+    net.nodes.pop(second.addr)  # the second address goes away
+    assert run_pumps(net, [up], 60) and up.exact()

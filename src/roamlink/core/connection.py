@@ -519,7 +519,7 @@ class Connection:
 
     def _on_path_validated(self, result: ValidationResult, now: float) -> None:
         cand = result.candidate
-        old_local, old_addr = self.paths.switch_to(cand)
+        old_local, old_addr = self.paths.switch_to(cand, now)
         # packets older than the newest one seen on the new path never move us back
         self._path_pn_floor = max(self._path_pn_floor, self._largest_received, cand.largest_pn)
         if cand.dcid_seq is not None:

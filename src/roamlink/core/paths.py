@@ -20,7 +20,6 @@ addresses costs bounded memory and traffic.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,9 +94,10 @@ class PathManager:
         self.candidates_evicted = 0
         self.validations_failed = 0
         self._responses: list[tuple[int, Address, bytes]] = []
-        #: paths we left on purpose: the peer keeps using them until it follows us, and
-        #: that must not drag us back (bounded)
-        self.abandoned: deque[PathKey] = deque(maxlen=8)
+        #: paths we left on purpose, until when: the peer keeps using them until it follows
+        #: us, and that must not drag us back. Only for a while (one validation timeout):
+        #: later the peer may really want that path again (bounded)
+        self.abandoned: dict[PathKey, float] = {}
 
     # ------------------------------------------------------------------ inbound
     def is_current(self, local: int, addr: Address) -> bool:
@@ -116,7 +116,7 @@ class PathManager:
             cand.largest_pn = max(cand.largest_pn, pn)
             cand.last_packet = now
             return None
-        if not is_newest or (local, addr) in self.abandoned:
+        if not is_newest or self._left_recently((local, addr), now):
             return None
         if len(self.candidates) >= self.max_candidates:
             self._evict_stale(now)
@@ -149,8 +149,8 @@ class PathManager:
               ) -> Candidate | None:
         """Begin validating a path; None when too many candidates are in progress."""
         key = (local, addr)
-        if reason == "active" and key in self.abandoned:
-            self.abandoned.remove(key)
+        if reason == "active":
+            self.abandoned.pop(key, None)
         existing = self.candidates.get(key)
         if existing is not None:
             if reason == "active":
@@ -201,11 +201,24 @@ class PathManager:
         del self.candidates[cand.key]
         return True
 
-    def switch_to(self, cand: Candidate) -> tuple[int, Address]:
+    def _left_recently(self, key: PathKey, now: float) -> bool:
+        until = self.abandoned.get(key)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.abandoned[key]
+        return False
+
+    def switch_to(self, cand: Candidate, now: float | None = None) -> tuple[int, Address]:
         """Make ``cand`` the path in use; return the old (local, address)."""
         old = (self.local, self.remote_addr)
         if cand.reason == "active":
-            self.abandoned.append(old)
+            start = cand.started if now is None else now
+            self.abandoned.pop(old, None)
+            self.abandoned[old] = start + self.validation_timeout
+            while len(self.abandoned) > 8:
+                del self.abandoned[next(iter(self.abandoned))]
         self.local, self.remote_addr = cand.local, cand.addr
         self.path_changes += 1
         # a candidate on the path we just left is meaningless now
