@@ -1,9 +1,10 @@
 """Issue 7's congestion-control figures, on the simulated network (virtual clock, fixed seeds).
 
 Scenario: 20 ms RTT, 100 Mbit/s bottleneck with a 100-packet queue. The issue asks for 30 s of
-simulated time; at ~0.6 s of wall time per simulated second (one 100 Mbit/s flow in Python)
-these tests simulate 4-5 s per scenario to keep the suite fast. bench/sim_figures.py runs the
-same scenarios for the full 30 s and prints the figures.
+simulated time; at ~0.5 s of wall time per simulated second (one 100 Mbit/s flow in Python)
+these tests simulate 4 s per scenario (6-8 s for two flows, 20 s on the slow, long paths) so
+the whole file runs in ~25 s. bench/sim_figures.py runs the same scenarios for the full 30 s
+and prints the figures.
 """
 
 from __future__ import annotations

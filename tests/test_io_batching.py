@@ -42,8 +42,9 @@ def _kernel_has_offload() -> bool:
     return True
 
 
-needs_offload = pytest.mark.skipif(not _kernel_has_offload(),
-                                   reason="this kernel/platform has no UDP GSO/GRO")
+needs_offload = pytest.mark.skipif(
+    not _kernel_has_offload() or not offload_allowed(Config()),
+    reason="this kernel/platform has no UDP GSO/GRO, or ROAMLINK_UDP_OFFLOAD=0 forbids it")
 
 
 async def _transfer(server_cfg: Config, client_cfg: Config, size: int
@@ -287,3 +288,121 @@ def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         sock.close()
 
     run(main(), 10)
+
+
+def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> None:
+    async def main() -> None:
+        async with await roamlink.listen("127.0.0.1", 0) as listener:
+            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
+            server = await listener.accept()
+            ep = stream._endpoint  # noqa: SLF001
+            for _ in range(100):  # let the handshake's packets be acknowledged (bounded)
+                if not stream._conn.recovery.bytes_in_flight:  # noqa: SLF001
+                    break
+                await asyncio.sleep(0.01)
+            assert stream._conn.recovery.bytes_in_flight == 0  # noqa: SLF001
+            before = ep.io.datagrams_out
+            stream.write(b"ping")  # nothing in flight: sent before the loop runs again
+            assert ep.io.datagrams_out == before + 1
+            stream.write(b"a")  # in flight now: these wait for the end of the tick...
+            stream.write(b"b")
+            assert ep.io.datagrams_out == before + 1
+            assert await server.readexactly(6) == b"pingab"  # ...and arrive all the same
+            assert ep.io.datagrams_out <= before + 3
+            stream.close()
+            server.close()
+            await stream.wait_closed()
+
+    run(main(), 30)
+
+
+def test_timers_closer_than_a_millisecond_wait_a_millisecond() -> None:
+    """No loop sleeps less; uvloop would fire at once and spin (e.g. on pacing deadlines)."""
+    class Due:
+        def __init__(self, at: float) -> None:
+            self.at = at
+
+        def get_timer(self) -> float:
+            return self.at
+
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock)
+        now = ep.now()
+        soon, later = Due(now + 0.0001), Due(now + 0.5)
+        ep._arm_timer(later)  # type: ignore[arg-type]
+        ep._arm_timer(soon)  # type: ignore[arg-type]
+        assert ep._timers[soon] == soon.at  # type: ignore[index]  # remembered as asked...
+        handle = ep._timer_handle
+        assert handle is not None and handle.when() >= now + 0.001 - 1e-6  # ...waits 1 ms
+        assert ep._timers[later] == later.at  # type: ignore[index]
+        ep.close()
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_endpoint_clock_is_monotonic_with_sub_millisecond_resolution() -> None:
+    import time
+
+    assert abs(Endpoint.now() - time.monotonic()) < 0.01
+    samples = {Endpoint.now() for _ in range(1000)}
+    assert len(samples) > 10  # not a per-iteration, millisecond-rounded cache
+
+
+def test_one_loop_timer_serves_every_connection_in_deadline_order() -> None:
+    class Conn:
+        def __init__(self, name: str, at: float | None) -> None:
+            self.name, self.at = name, at
+
+        def get_timer(self) -> float | None:
+            return self.at
+
+    async def main() -> None:
+        sock = FakeSocket()
+        ep = _fake_endpoint(sock)
+        fired: list[str] = []
+        ep._on_timer = lambda conn, now: fired.append(conn.name)  # type: ignore[method-assign]
+        now = ep.now()
+        a, b, c, gone = (Conn("a", now + 0.03), Conn("b", now + 0.01), Conn("c", now + 0.05),
+                         Conn("gone", now + 0.02))
+        for conn in (a, b, c, gone):
+            ep._arm_timer(conn)  # type: ignore[arg-type]
+        c.at = now + 0.002  # moved earlier: re-armed
+        ep._arm_timer(c)  # type: ignore[arg-type]
+        a.at = now + 0.5  # moved later: the earlier deadline stays armed (fires early)
+        ep._arm_timer(a)  # type: ignore[arg-type]
+        gone.at = None  # nothing due any more: never fires
+        ep._arm_timer(gone)  # type: ignore[arg-type]
+        await asyncio.sleep(0.08)
+        assert fired == ["c", "b", "a"]
+        assert not ep._timers and ep._timer_handle is None
+        # re-arming over and over leaves a bounded heap (stale entries are dropped)
+        conns = [Conn(str(i), now + 10) for i in range(10)]
+        for _ in range(200):
+            for conn in conns:
+                assert conn.at is not None
+                conn.at -= 0.001
+                ep._arm_timer(conn)  # type: ignore[arg-type]
+            assert len(ep._timer_heap) <= 4 * len(conns) + 65
+        ep.close()
+        sock.close()
+
+    run(main(), 10)
+
+
+def test_loop_without_add_reader_falls_back_to_a_datagram_transport() -> None:
+    """E.g. Windows' proactor loop: the endpoint runs on a DatagramProtocol instead."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def no_readiness(*args: Any) -> None:
+            raise NotImplementedError
+
+        loop.add_reader = no_readiness  # type: ignore[method-assign]
+        server_ep, client_ep = await _transfer(Config(), Config(), 256 * 1024)
+        for ep in (server_ep, client_ep):
+            assert ep._transport is not None and not ep.gso and not ep.gro
+            assert ep.io.datagrams_in > 0 and ep.io.datagrams_out > 0
+
+    run(main(), 60)

@@ -41,7 +41,10 @@ class Config:
     close_timeout: float = 10.0
     #: Longest the receiver delays an ACK; the sender adds it to its timeout.
     max_ack_delay: float = 0.025
-    #: Acknowledge at once after this many ack-eliciting packets.
+    #: Acknowledge at once after this many ack-eliciting packets (otherwise within
+    #: ``max_ack_delay``). An ACK owed for stream data rides on any data packet sent meanwhile; the
+    #: socket layer sends one ACK per batch of datagrams read in one wake-up, so at high rates
+    #: a receiver acknowledges once per batch rather than once per ``ack_every`` packets.
     ack_every: int = 2
     #: RTT assumed before the first sample.
     initial_rtt: float = 0.1

@@ -34,7 +34,7 @@ async def connect(host: str, port: int, *, config: Config | None = None,
         await stream.on_handshake
     except BaseException:
         if not conn.is_terminated:
-            conn.abort(endpoint.loop.time(), 0, "connect cancelled")
+            conn.abort(endpoint.now(), 0, "connect cancelled")
         if owned:
             endpoint.close()
         raise

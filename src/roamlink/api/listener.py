@@ -83,7 +83,7 @@ class Listener:
             return
         self._closing = True
         self._endpoint.dispatcher.accept_new = False
-        now = self._endpoint.loop.time()
+        now = self._endpoint.now()
         for conn in self._endpoint.live_connections:
             conn.close(now)
             self._endpoint.mark(conn)

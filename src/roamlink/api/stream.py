@@ -122,7 +122,7 @@ class Stream:
             new.dispatcher.adopt(conn)
             new.attach(conn, self)
         try:
-            cand = conn.migrate(loop.time(), remote, new.local_id if new else None, timeout)
+            cand = conn.migrate(Endpoint.now(), remote, new.local_id if new else None, timeout)
         except MigrationError:
             if new is not None:
                 new.detach(conn)
@@ -218,7 +218,8 @@ class Stream:
                 return b""
             await self._wait("_read_waiter")
         data = conn.read(n)
-        self._endpoint.mark(conn)  # may release flow-control credit
+        if conn.credit_update_due:
+            self._endpoint.mark(conn)  # tell the peer about the released credit
         return data
 
     async def readexactly(self, n: int) -> bytes:
@@ -240,7 +241,7 @@ class Stream:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; raises :class:`ConnectionClosed` (or a subclass) once closed."""
         self._conn.send(bytes(data))
-        self._endpoint.mark(self._conn)
+        self._endpoint.mark_written(self._conn)
 
     def writelines(self, data: list[bytes]) -> None:
         for chunk in data:
@@ -268,12 +269,12 @@ class Stream:
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
         """Close in order: our FIN follows pending data; unread incoming data is discarded."""
-        self._conn.close(self._loop.time())
+        self._conn.close(self._endpoint.now())
         self._endpoint.mark(self._conn)
 
     def abort(self, code: int = APPLICATION_ERROR, reason: str = "") -> None:
         """Reset the connection at once; the peer's reads raise ConnectionReset(code)."""
-        self._conn.abort(self._loop.time(), code, reason)
+        self._conn.abort(self._endpoint.now(), code, reason)
         self._endpoint.mark(self._conn)
 
     def is_closing(self) -> bool:

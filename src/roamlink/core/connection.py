@@ -153,8 +153,8 @@ class Connection:
         self._path_pn_floor = -1
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
-        self._last_push_received = -1.0  # when the last packet carrying stream data arrived
         self._ack_eliciting_unacked = 0
+        self._data_unacked = False  # stream data arrived since our last ACK
         self._ack_largest_in_packet = -1  # largest pn reported by the ACK in the packet built
         self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
 
@@ -229,6 +229,12 @@ class Connection:
         if data:
             self._update_credit()
         return data
+
+    @property
+    def credit_update_due(self) -> bool:
+        """Reading released enough credit that a MAX_DATA should go out (serve the
+        connection); otherwise a read needs no send pass."""
+        return self._send_max_data
 
     @property
     def readable(self) -> int:
@@ -418,6 +424,7 @@ class Connection:
         for frame in frames:
             if type(frame) is push_frame:  # the common case, without the generic dispatch
                 eliciting = True
+                self._data_unacked = True
                 self._on_push(frame)
                 continue
             if _ack_eliciting(frame):
@@ -501,10 +508,11 @@ class Connection:
             self._set_state(Trigger.PATH_FAILED)
 
     def _expecting_data(self) -> bool:
-        """Data is missing, or the peer was in the middle of sending when it went quiet."""
+        """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a
+        few backed-off probes (8 at most per silence) let it find us after an address
+        change it cannot see."""
         return bool(self.recv_buf.segment_count) or (
-            self._last_push_received >= self._last_received
-            and self.recv_buf.fin_offset is None and self._gap_probes < 8)
+            self.recv_buf.fin_offset is None and self._gap_probes < 8)
 
     def _gap_probe_deadline(self) -> float:
         backoff = 2.0 * (1 << min(self._gap_probes, 6))
@@ -520,6 +528,15 @@ class Connection:
     def _on_path_validated(self, result: ValidationResult, now: float) -> None:
         cand = result.candidate
         old_local, old_addr = self.paths.switch_to(cand, now)
+        # the path is proven: acknowledge what arrived over it while it was a candidate, or
+        # the peer (blocked by its congestion window) waits for timeouts on packets we have
+        received = self._received
+        for pn in cand.pns:
+            received.add(pn, pn + 1)
+            if pn > self._largest_received:
+                self._largest_received = pn
+                self._largest_received_time = now
+        received.drop_oldest(wire.MAX_ACK_RANGES)
         # packets older than the newest one seen on the new path never move us back
         self._path_pn_floor = max(self._path_pn_floor, self._largest_received, cand.largest_pn)
         if cand.dcid_seq is not None:
@@ -634,7 +651,6 @@ class Connection:
 
     def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
-            self._last_push_received = self._last_received
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
             self._on_ack(frame, now)
@@ -886,13 +902,19 @@ class Connection:
             control: list[wire.Frame] = []
             stream: list[tuple[int, int, bool]] = []
             eliciting = retransmission = False
-            if self._ack_pending or (self._ack_deadline is not None
-                                     and now >= self._ack_deadline):
+            probing = self._probe_pending > 0
+            may_fly = probing or (self._can_send_in_flight() and self._pacer_allows(now))
+            due = self._ack_pending or (self._ack_deadline is not None
+                                        and now >= self._ack_deadline)
+            # an owed (delayed) ACK also rides on any packet that carries data: it costs a few
+            # bytes, and spares the ACK-only packet (and the peer's wake-up) due later
+            # (only for stream data received: data answering data, as in request/response;
+            # control-only packets keep the delayed-ACK pace the ack-of-ack history relies on)
+            if due or (self._ack_deadline is not None and self._data_unacked and may_fly
+                       and send_buf.has_data_to_send()):
                 ack = self._encode_ack(now)
                 parts.append(ack)
                 size += len(ack)
-            probing = self._probe_pending > 0
-            may_fly = probing or (self._can_send_in_flight() and self._pacer_allows(now))
             if may_fly:
                 if self._send_max_data:
                     self._send_max_data = False
@@ -966,6 +988,7 @@ class Connection:
         self._ack_pending = False
         self._ack_deadline = None
         self._ack_eliciting_unacked = 0
+        self._data_unacked = False
         return wire.encode_ack(ranges, delay_us)
 
     def _finish_packet(self, parts: list[bytes], now: float, stream: list[tuple[int, int, bool]],

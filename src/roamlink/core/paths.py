@@ -29,6 +29,8 @@ from .events import Address
 AMPLIFICATION_FACTOR = 3
 #: Outstanding challenge values remembered per candidate (each retry adds one).
 _MAX_CHALLENGES = 8
+#: Packet numbers remembered per candidate, to acknowledge once the path is proven.
+_MAX_PENDING_PNS = 256
 #: Challenges from the peer answered per call (a flood cannot grow memory).
 _MAX_RESPONSES = 8
 
@@ -50,6 +52,8 @@ class Candidate:
     challenges: dict[bytes, bool] = field(default_factory=dict)  # data -> was padded
     address_proven: bool = False  # an unpadded challenge was answered; MTU still unproven
     largest_pn: int = -1  # newest packet number that arrived over this path
+    #: packet numbers that arrived over this path: acknowledged once it is proven (bounded)
+    pns: list[int] = field(default_factory=list)
     bytes_received: int = 0
     bytes_sent: int = 0
     attempts: int = 0
@@ -115,6 +119,8 @@ class PathManager:
             cand.bytes_received += size
             cand.largest_pn = max(cand.largest_pn, pn)
             cand.last_packet = now
+            if len(cand.pns) < _MAX_PENDING_PNS:
+                cand.pns.append(pn)
             return None
         if not is_newest or self._left_recently((local, addr), now):
             return None
@@ -125,6 +131,7 @@ class PathManager:
             cand.bytes_received += size
             cand.largest_pn = pn
             cand.last_packet = now
+            cand.pns.append(pn)
         return cand
 
     def _evict_stale(self, now: float) -> None:

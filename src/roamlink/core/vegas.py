@@ -78,6 +78,9 @@ COMPETE_DECREASE = 0.7
 #: overflowed: Vegas flows alone never fill it) happened within COMPETE_MEMORY seconds.
 COMPETE_TOLERANCE = 0.0005
 COMPETE_MEMORY = 10.0
+#: A measurement round lasts at least this long: on a sub-millisecond path a round holds a
+#: handful of samples, and one scheduling hiccup of the hosts would read as a queue.
+MIN_ROUND = 0.005
 #: RTT samples over which the latest delay is judged (the minimum filters jitter).
 _RECENT_SAMPLES = 8
 _SS_SAMPLES = 4
@@ -155,7 +158,7 @@ class Vegas(CongestionController):
                 if self.cwnd >= self.ssthresh:
                     self._phase = "ramp_up"
                     self._settling = True
-        if newest_sent >= self._round_start:
+        if newest_sent >= self._round_start and now - self._round_start >= MIN_ROUND:
             self._end_round(now, rtt, limited)
 
     def _exit_slow_start(self, rtt_sample: float, base: float, now: float) -> None:
@@ -303,6 +306,7 @@ class Vegas(CongestionController):
                 return
             self._recovery_start = now
             self.congestion_events += 1
+            self._last_congestive = now
             self.cwnd = max(int(self.cwnd * COMPETE_DECREASE), self.min_window)
             self.ssthresh = self.cwnd
             return

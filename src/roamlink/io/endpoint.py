@@ -23,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import heapq
 import logging
+import math
 import os
 import socket
 import struct
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +66,8 @@ _MAX_READS_PER_WAKEUP = 128
 #: Datagrams queued while the socket's send buffer is full; beyond this they are dropped
 #: (loss recovery resends them).
 _MAX_BACKLOG = 8192
+#: Shortest timer armed: event loops cannot sleep for less (see _arm_timer).
+_MIN_TIMER_DELAY = 0.001
 _SEGMENT_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
@@ -92,6 +97,7 @@ class IoStats:
     gso_batches: int = 0
     send_would_block: int = 0
     send_dropped: int = 0
+    timers_fired: int = 0
 
 
 class ConnectionObserver(Protocol):
@@ -119,7 +125,13 @@ class Endpoint:
         self._local_addr: Address | None = None
         self.observers: dict[Connection, ConnectionObserver] = {}
         self.on_new_connection: Callable[[Connection], None] | None = None
-        self._timers: dict[Connection, tuple[float, asyncio.TimerHandle]] = {}
+        # one event-loop timer for all connections: deadlines in a heap (stale entries are
+        # skipped when they surface), the loop timer armed for the earliest
+        self._timers: dict[Connection, float] = {}  # each connection's armed deadline
+        self._timer_heap: list[tuple[float, int, Connection]] = []
+        self._timer_seq = 0
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._dirty: dict[Connection, None] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._closed = self.loop.create_future()
@@ -183,6 +195,15 @@ class Endpoint:
     def family(self) -> int:
         return int(self.sock.family) if self.sock is not None else socket.AF_INET
 
+    @staticmethod
+    def now() -> float:
+        """The clock the connections run on (``time.monotonic``, as asyncio's loop.time).
+
+        Not ``loop.time()``: uvloop's is cached per loop iteration in whole milliseconds,
+        which would blind the pacer and RTT samples to anything faster than a millisecond.
+        """
+        return time.monotonic()
+
     def io_stats(self) -> dict[str, int]:
         return dict(vars(self.io))
 
@@ -211,7 +232,7 @@ class Endpoint:
         io = self.io
         gro = self.gro
         local = self.local_id
-        now = self.loop.time()
+        now = self.now()
         for _ in range(_MAX_READS_PER_WAKEUP):
             try:
                 if gro:
@@ -253,7 +274,7 @@ class Endpoint:
         self.io.recv_calls += 1
         self.io.datagrams_in += 1
         disp = self.dispatcher
-        conn = disp.datagram_received(data, addr, self.loop.time(), self.local_id)
+        conn = disp.datagram_received(data, addr, self.now(), self.local_id)
         if disp.accept_queue:
             self._take_new_connections()
         if conn is not None:
@@ -275,12 +296,12 @@ class Endpoint:
             if self.on_new_connection is not None:
                 self.on_new_connection(conn)
             else:
-                conn.abort(self.loop.time(), 0, "not accepting")
+                conn.abort(self.now(), 0, "not accepting")
             self._dirty[conn] = None
 
     def connect(self, remote_addr: Address, *, early_data: bytes = b"",
                 config: Config | None = None) -> Connection:
-        conn = self.dispatcher.connect(remote_addr, self.loop.time(), early_data=early_data,
+        conn = self.dispatcher.connect(remote_addr, self.now(), early_data=early_data,
                                        config=config, local=self.local_id)
         self.mark(conn)
         return conn
@@ -293,9 +314,7 @@ class Endpoint:
         """Stop serving ``conn`` here (it moved to another socket, or closed)."""
         self.dispatcher.forget(conn)
         self.observers.pop(conn, None)
-        timer = self._timers.pop(conn, None)
-        if timer is not None:
-            timer[1].cancel()
+        self._timers.pop(conn, None)  # (its heap entry is skipped when it surfaces)
         if self.owns_lifetime and not self.observers:
             self.close()
 
@@ -304,6 +323,23 @@ class Endpoint:
         self._dirty[conn] = None
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
+
+    def mark_written(self, conn: Connection) -> None:
+        """The application wrote to ``conn``: send at once if nothing of it is in flight.
+
+        Nagle's rule the other way round: a request on an idle connection leaves now (as
+        asyncio's TCP_NODELAY sockets do), saving an event-loop pass on every round trip;
+        writes made while data is in flight are coalesced at the end of the tick.
+        """
+        if (conn.recovery.bytes_in_flight or self._closing or self._transport is not None
+                or self._flush_handle is not None):
+            self.mark(conn)
+            return
+        self._dirty.pop(conn, None)
+        self._serve(conn)
+        if self._out:
+            out, self._out = self._out, []
+            self._transmit(out)
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None:
@@ -330,7 +366,7 @@ class Endpoint:
 
     def _serve(self, conn: Connection) -> None:
         """Collect what ``conn`` has to send, each datagram on the socket of its path."""
-        now = self.loop.time()
+        now = self.now()
         primary = _ENDPOINTS.get(conn.paths.local, self)
         primary._collect(conn, now, primary.local_id)
         if conn.paths.has_work():  # probes on other sockets (path validation)
@@ -343,9 +379,7 @@ class Endpoint:
         if primary is not self:
             primary.dispatcher.sync_routes(conn)
             primary._transmit_collected()
-            stale = self._timers.pop(conn, None)
-            if stale is not None:
-                stale[1].cancel()
+            self._timers.pop(conn, None)
         primary._arm_timer(conn)
         observer = _OBSERVERS.get(conn)
         if observer is not None:
@@ -447,22 +481,61 @@ class Endpoint:
     # ------------------------------------------------------------------ timers
     def _arm_timer(self, conn: Connection) -> None:
         deadline = conn.get_timer()
-        current = self._timers.get(conn)
-        if current is not None:
-            if deadline is not None and current[0] <= deadline:
-                # the armed timer fires no later than needed: keep it (no cancel/re-arm churn
-                # per packet); when it fires early, the connection finds nothing due and the
-                # timer is armed again for the real deadline
-                return
-            current[1].cancel()
-            del self._timers[conn]
-        if deadline is not None:
-            handle = self.loop.call_at(deadline, self._on_timer, conn)
-            self._timers[conn] = (deadline, handle)
+        timers = self._timers
+        current = timers.get(conn)
+        if deadline is None:
+            if current is not None:
+                del timers[conn]
+            return
+        if current is not None and current <= deadline:
+            # the armed deadline comes no later than needed: keep it (no churn per packet);
+            # when it fires early, the connection finds nothing due and is armed again
+            return
+        timers[conn] = deadline
+        self._timer_seq += 1
+        heap = self._timer_heap
+        heapq.heappush(heap, (deadline, self._timer_seq, conn))
+        if len(heap) > 4 * len(timers) + 64:  # too many stale entries: rebuild
+            heap[:] = [(d, i, c) for i, (c, d) in enumerate(timers.items())]
+            heapq.heapify(heap)
+        if deadline < self._timer_at:
+            self._schedule_timers(deadline)
 
-    def _on_timer(self, conn: Connection) -> None:
-        self._timers.pop(conn, None)
-        now = self.loop.time()
+    def _schedule_timers(self, when: float) -> None:
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        self._timer_at = when
+        now = self.now()
+        delay = when - now
+        if 0 < delay < _MIN_TIMER_DELAY:
+            # no event loop sleeps less than a millisecond (epoll, libuv); uvloop would
+            # instead fire at once and spin on, e.g., a pacing deadline microseconds away,
+            # starving the peer process of CPU
+            delay = _MIN_TIMER_DELAY
+        self._timer_handle = self.loop.call_later(max(delay, 0.0), self._on_timers)
+
+    def _on_timers(self) -> None:
+        self._timer_handle = None
+        self._timer_at = math.inf
+        if self._closing:
+            return
+        heap, timers = self._timer_heap, self._timers
+        now = self.now()
+        due: list[Connection] = []
+        while heap and heap[0][0] <= now:
+            deadline, _, conn = heapq.heappop(heap)
+            if timers.get(conn) == deadline:
+                del timers[conn]
+                due.append(conn)
+        for conn in due:
+            self._on_timer(conn, now)
+        while heap and timers.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # stale
+        if heap and heap[0][0] < self._timer_at:
+            self._schedule_timers(heap[0][0])
+
+    def _on_timer(self, conn: Connection, now: float) -> None:
+        self.io.timers_fired += 1
         try:
             conn.handle_timer(now)
         except Exception:
@@ -496,9 +569,11 @@ class Endpoint:
             self._out.clear()  # (a _flush in progress holds this very list)
             self._transmit(pending)
         self._closing = True
-        for _, handle in self._timers.values():
-            handle.cancel()
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
         self._timers.clear()
+        self._timer_heap.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
