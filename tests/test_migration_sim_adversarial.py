@@ -333,3 +333,4 @@ def test_a_path_left_on_purpose_can_carry_the_connection_again_later() -> None:
     assert net.run_until(followed, 5), "the client ignores the address it once left"
     net.nodes.pop(second.addr)  # the second address goes away
     assert run_pumps(net, [up], 60) and up.exact()
+

@@ -531,10 +531,10 @@ class Connection:
         # the path is proven: acknowledge what arrived over it while it was a candidate, or
         # the peer (blocked by its congestion window) waits for timeouts on packets we have
         received = self._received
-        for pn in cand.pns:
-            received.add(pn, pn + 1)
-            if pn > self._largest_received:
-                self._largest_received = pn
+        for lo, hi in cand.pns:
+            received.add(lo, hi)
+            if hi - 1 > self._largest_received:
+                self._largest_received = hi - 1
                 self._largest_received_time = now
         received.drop_oldest(wire.MAX_ACK_RANGES)
         # packets older than the newest one seen on the new path never move us back

@@ -24,13 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .events import Address
+from .ranges import RangeSet
 
 #: Anti-amplification factor for unvalidated addresses.
 AMPLIFICATION_FACTOR = 3
 #: Outstanding challenge values remembered per candidate (each retry adds one).
 _MAX_CHALLENGES = 8
-#: Packet numbers remembered per candidate, to acknowledge once the path is proven.
-_MAX_PENDING_PNS = 256
+#: Ranges of packet numbers remembered per candidate, to acknowledge once the path is proven
+#: (ranges, not numbers: a fast sender delivers thousands of packets during one validation,
+#: and leaving most unacknowledged would make it declare them lost and halve its window).
+_MAX_PENDING_RANGES = 32
 #: Challenges from the peer answered per call (a flood cannot grow memory).
 _MAX_RESPONSES = 8
 
@@ -53,7 +56,7 @@ class Candidate:
     address_proven: bool = False  # an unpadded challenge was answered; MTU still unproven
     largest_pn: int = -1  # newest packet number that arrived over this path
     #: packet numbers that arrived over this path: acknowledged once it is proven (bounded)
-    pns: list[int] = field(default_factory=list)
+    pns: RangeSet = field(default_factory=RangeSet)
     bytes_received: int = 0
     bytes_sent: int = 0
     attempts: int = 0
@@ -119,8 +122,9 @@ class PathManager:
             cand.bytes_received += size
             cand.largest_pn = max(cand.largest_pn, pn)
             cand.last_packet = now
-            if len(cand.pns) < _MAX_PENDING_PNS:
-                cand.pns.append(pn)
+            cand.pns.add(pn, pn + 1)
+            if len(cand.pns) > _MAX_PENDING_RANGES:
+                cand.pns.drop_oldest(_MAX_PENDING_RANGES)
             return None
         if not is_newest or self._left_recently((local, addr), now):
             return None
@@ -131,7 +135,7 @@ class PathManager:
             cand.bytes_received += size
             cand.largest_pn = pn
             cand.last_packet = now
-            cand.pns.append(pn)
+            cand.pns.add(pn, pn + 1)
         return cand
 
     def _evict_stale(self, now: float) -> None:
