@@ -242,6 +242,7 @@ def test_relay_between_client_and_echo_server() -> None:
         res = roamlink("connect", relay.addr, stdin=data)
         assert res.returncode == 0, res.stderr.decode()
         assert res.stdout == data
+        time.sleep(1.0)  # the relay re-maps on a timer (300 ms), whether or not data flows
         _, out, _ = relay.stop(signal.SIGINT)
     counters = [r for r in json_lines(out) if r["event"] in ("counters", "summary")]
     last = counters[-1]

@@ -527,12 +527,17 @@ class Endpoint:
             if timers.get(conn) == deadline:
                 del timers[conn]
                 due.append(conn)
-        for conn in due:
-            self._on_timer(conn, now)
-        while heap and timers.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)  # stale
-        if heap and heap[0][0] < self._timer_at:
-            self._schedule_timers(heap[0][0])
+        try:
+            for conn in due:
+                try:
+                    self._on_timer(conn, now)
+                except Exception:  # e.g. an observer's callback: the others' timers go on
+                    logger.exception("timer of connection %s failed", conn.local_cid.hex())
+        finally:
+            while heap and timers.get(heap[0][2]) != heap[0][0]:
+                heapq.heappop(heap)  # stale
+            if heap and heap[0][0] < self._timer_at and not self._closing:
+                self._schedule_timers(heap[0][0])
 
     def _on_timer(self, conn: Connection, now: float) -> None:
         self.io.timers_fired += 1
