@@ -46,6 +46,7 @@ class Stream:
         self._drain_waiter: asyncio.Future[None] | None = None
         self._event_listeners: list[asyncio.Queue[Event]] = []
         self._migrations: dict[tuple[int, Address], asyncio.Future[Event]] = {}
+        self._migration_waiters: dict[tuple[int, Address], int] = {}
         self.on_handshake: asyncio.Future[None] = self._handshake
         endpoint.attach(conn, self)
 
@@ -115,7 +116,9 @@ class Stream:
                 new = await Endpoint.create(old.config, (host, port), family=family)
             except OSError as exc:
                 raise MigrationError(f"cannot open a socket on {host}:{port}: {exc}") from exc
-            new.owns_lifetime = old.owns_lifetime
+            # this socket serves this connection only: close it when the connection ends
+            # (also on a server, whose listener socket itself stays open)
+            new.owns_lifetime = True
             new.dispatcher.adopt(conn)
             new.attach(conn, self)
         try:
@@ -126,12 +129,28 @@ class Stream:
                 new.close()
             raise
         key = cand.key
-        fut: asyncio.Future[Event] = loop.create_future()
-        self._migrations[key] = fut
+        existing = self._migrations.get(key)
+        fut: asyncio.Future[Event] = existing if existing is not None else loop.create_future()
+        self._migrations[key] = fut  # a repeated request shares the pending validation
+        self._migration_waiters[key] = self._migration_waiters.get(key, 0) + 1
         old.mark(conn)
         limit = (timeout or conn.config.path_validation_timeout) + 5.0
         try:
             event = await asyncio.wait_for(asyncio.shield(fut), limit)
+        except asyncio.CancelledError:
+            # cancelled: give the attempt up, unless the connection already moved (then the
+            # Stream must follow it to the new socket, or it would report the old one)
+            if new is not None and conn.paths.local == new.local_id:
+                previous, self._endpoint = self._endpoint, new
+                if previous is not new:
+                    previous.detach(conn)
+            elif self._migration_waiters.get(key, 0) <= 1:  # nobody else waits for it
+                conn.cancel_migration(cand)
+                old.mark(conn)
+                if new is not None:
+                    new.detach(conn)
+                    new.close()
+            raise
         except (TimeoutError, MigrationError) as exc:
             if new is not None:
                 new.detach(conn)
@@ -140,15 +159,25 @@ class Stream:
                 raise
             raise MigrationTimeout(f"no answer from the new path within {limit:.1f} s") from None
         finally:
-            self._migrations.pop(key, None)
+            left = self._migration_waiters.pop(key, 1) - 1
+            if left:
+                self._migration_waiters[key] = left
+            else:
+                self._migrations.pop(key, None)
         if isinstance(event, PathValidationFailed):
             if new is not None:
                 new.detach(conn)
                 new.close()
             raise MigrationTimeout(f"path validation failed: {event.reason}")
         if new is not None:
-            self._endpoint = new
-            old.detach(conn)  # closes the old socket if nothing else uses it
+            previous = self._endpoint  # not necessarily ``old``: migrations may overlap
+            if conn.paths.local == new.local_id:
+                self._endpoint = new
+                if previous is not new:
+                    previous.detach(conn)  # closes the old socket if nothing else uses it
+            else:  # validated, but an overlapping migration has moved the connection since
+                new.detach(conn)
+                new.close()
         return self.local_addr, self.remote_addr
 
     def path_events(self) -> AsyncIterator[PathChanged | PathValidationFailed]:

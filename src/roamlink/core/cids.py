@@ -14,6 +14,8 @@ from . import wire
 
 #: Peer CIDs we store at most (a peer cannot make us hoard them).
 MAX_PEER_CIDS = 16
+#: Retired peer sequence numbers remembered (8 bytes each; one per migration or failed probe).
+MAX_RETIRED_REMEMBERED = 4096
 
 
 class ConnectionIds:
@@ -31,6 +33,10 @@ class ConnectionIds:
         self.peer: dict[int, bytes] = {0: peer_cid} if peer_cid else {}
         self.peer_active = 0
         self._peer_reserved: set[int] = set()  # chosen for a path being validated
+        #: peer CIDs we retired: a retransmitted NEW_CONNECTION_ID (our ACK of the first copy
+        #: was lost) must not bring one back, or a later migration would probe with a CID the
+        #: peer no longer routes and fail
+        self._peer_retired: set[int] = set()
         self.issued_total = 1
         self.retired_by_peer = 0
 
@@ -72,9 +78,16 @@ class ConnectionIds:
         retire = [s for s in self.peer if s < frame.retire_prior_to and s != self.peer_active]
         for s in retire:
             del self.peer[s]
-        if frame.sequence not in self.peer and len(self.peer) < MAX_PEER_CIDS:
+            self._forget(s)
+        if (frame.sequence not in self.peer and frame.sequence not in self._peer_retired
+                and len(self.peer) < MAX_PEER_CIDS):
             self.peer[frame.sequence] = frame.cid
         return retire
+
+    def _forget(self, seq: int) -> None:
+        self._peer_retired.add(seq)
+        if len(self._peer_retired) > MAX_RETIRED_REMEMBERED:
+            self._peer_retired.discard(min(self._peer_retired))
 
     def reserve_unused_peer_cid(self) -> tuple[int, bytes] | None:
         """Pick a peer CID never used on any path (for a path we are about to probe)."""
@@ -92,6 +105,7 @@ class ConnectionIds:
         old = self.peer_active
         self.peer_active = seq
         del self.peer[old]
+        self._forget(old)
         return old
 
     def release(self, seq: int) -> int | None:
@@ -99,6 +113,7 @@ class ConnectionIds:
         self._peer_reserved.discard(seq)
         if seq in self.peer and seq != self.peer_active:
             del self.peer[seq]
+            self._forget(seq)
             return seq
         return None
 

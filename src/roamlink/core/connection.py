@@ -496,6 +496,17 @@ class Connection:
         self._set_state(Trigger.PATH_CANDIDATE)
         return cand
 
+    def cancel_migration(self, cand: Candidate) -> None:
+        """Give up an active migration still being validated (e.g. ``migrate()`` was
+        cancelled); the connection stays on its path. Does nothing once it was validated."""
+        if not self.paths.abandon(cand):
+            return
+        if cand.dcid_seq is not None:
+            self._retire_peer_cid(self.cids.release(cand.dcid_seq))
+        self.log.info("migration to %s cancelled", cand.addr)
+        if not self.paths.candidates and self.state is State.VALIDATING_PATH:
+            self._set_state(Trigger.PATH_FAILED)
+
     def _expecting_data(self) -> bool:
         """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a
         few backed-off probes (8 at most per silence) let it find us after an address
@@ -516,14 +527,14 @@ class Connection:
 
     def _on_path_validated(self, result: ValidationResult, now: float) -> None:
         cand = result.candidate
-        old_local, old_addr = self.paths.switch_to(cand)
+        old_local, old_addr = self.paths.switch_to(cand, now)
         # the path is proven: acknowledge what arrived over it while it was a candidate, or
         # the peer (blocked by its congestion window) waits for timeouts on packets we have
         received = self._received
-        for pn in cand.pns:
-            received.add(pn, pn + 1)
-            if pn > self._largest_received:
-                self._largest_received = pn
+        for lo, hi in cand.pns:
+            received.add(lo, hi)
+            if hi - 1 > self._largest_received:
+                self._largest_received = hi - 1
                 self._largest_received_time = now
         received.drop_oldest(wire.MAX_ACK_RANGES)
         # packets older than the newest one seen on the new path never move us back

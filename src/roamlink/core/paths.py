@@ -20,18 +20,20 @@ addresses costs bounded memory and traffic.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .events import Address
+from .ranges import RangeSet
 
 #: Anti-amplification factor for unvalidated addresses.
 AMPLIFICATION_FACTOR = 3
 #: Outstanding challenge values remembered per candidate (each retry adds one).
 _MAX_CHALLENGES = 8
-#: Packet numbers remembered per candidate, to acknowledge once the path is proven.
-_MAX_PENDING_PNS = 256
+#: Ranges of packet numbers remembered per candidate, to acknowledge once the path is proven
+#: (ranges, not numbers: a fast sender delivers thousands of packets during one validation,
+#: and leaving most unacknowledged would make it declare them lost and halve its window).
+_MAX_PENDING_RANGES = 32
 #: Challenges from the peer answered per call (a flood cannot grow memory).
 _MAX_RESPONSES = 8
 
@@ -54,10 +56,11 @@ class Candidate:
     address_proven: bool = False  # an unpadded challenge was answered; MTU still unproven
     largest_pn: int = -1  # newest packet number that arrived over this path
     #: packet numbers that arrived over this path: acknowledged once it is proven (bounded)
-    pns: list[int] = field(default_factory=list)
+    pns: RangeSet = field(default_factory=RangeSet)
     bytes_received: int = 0
     bytes_sent: int = 0
     attempts: int = 0
+    last_packet: float = 0.0  # when a packet last arrived over this path
 
     @property
     def key(self) -> PathKey:
@@ -95,11 +98,13 @@ class PathManager:
         self.path_changes = 0
         self.challenges_sent = 0
         self.candidates_refused = 0
+        self.candidates_evicted = 0
         self.validations_failed = 0
         self._responses: list[tuple[int, Address, bytes]] = []
-        #: paths we left on purpose: the peer keeps using them until it follows us, and
-        #: that must not drag us back (bounded)
-        self.abandoned: deque[PathKey] = deque(maxlen=8)
+        #: paths we left on purpose, until when: the peer keeps using them until it follows
+        #: us, and that must not drag us back. Only for a while (one validation timeout):
+        #: later the peer may really want that path again (bounded)
+        self.abandoned: dict[PathKey, float] = {}
 
     # ------------------------------------------------------------------ inbound
     def is_current(self, local: int, addr: Address) -> bool:
@@ -116,30 +121,58 @@ class PathManager:
         if cand is not None:
             cand.bytes_received += size
             cand.largest_pn = max(cand.largest_pn, pn)
-            if len(cand.pns) < _MAX_PENDING_PNS:
-                cand.pns.append(pn)
+            cand.last_packet = now
+            cand.pns.add(pn, pn + 1)
+            if len(cand.pns) > _MAX_PENDING_RANGES:
+                cand.pns.drop_oldest(_MAX_PENDING_RANGES)
             return None
-        if not is_newest or (local, addr) in self.abandoned:
+        if not is_newest or self._left_recently((local, addr), now):
             return None
+        if len(self.candidates) >= self.max_candidates:
+            self._evict_stale(now)
         cand = self.start(local, addr, now, "passive", retry_interval)
         if cand is not None:
             cand.bytes_received += size
             cand.largest_pn = pn
-            cand.pns.append(pn)
+            cand.last_packet = now
+            cand.pns.add(pn, pn + 1)
         return cand
+
+    def _evict_stale(self, now: float) -> None:
+        """Make room for a new passive candidate by dropping a passive one gone quiet.
+
+        Spoofed sources send a packet or two and then nothing, while a peer that really moved
+        keeps sending from its new address. Refusing newcomers whenever the slots are full
+        would let a flood of spoofed addresses lock the real peer out until the spoofed
+        candidates time out (``Config.path_validation_timeout``, again and again); dropping
+        the quietest passive candidate that has heard nothing for a retry interval keeps
+        the slots for addresses that keep talking. Active (``migrate()``) candidates stay.
+        """
+        quiet = [c for c in self.candidates.values()
+                 if c.reason == "passive" and now - c.last_packet >= c.retry_interval]
+        if quiet:
+            victim = min(quiet, key=lambda c: c.last_packet)
+            del self.candidates[victim.key]
+            self.candidates_evicted += 1
 
     def start(self, local: int, addr: Address, now: float, reason: str, retry_interval: float,
               timeout: float | None = None, *, unlimited_budget: bool = False
               ) -> Candidate | None:
         """Begin validating a path; None when too many candidates are in progress."""
         key = (local, addr)
-        if reason == "active" and key in self.abandoned:
-            self.abandoned.remove(key)
+        if reason == "active":
+            self.abandoned.pop(key, None)
         existing = self.candidates.get(key)
         if existing is not None:
             if reason == "active":
                 existing.reason = "active"
             return existing
+        if len(self.candidates) >= self.max_candidates and reason == "active":
+            # the application's own request outranks addresses nobody asked for
+            passive = [c for c in self.candidates.values() if c.reason == "passive"]
+            if passive:
+                del self.candidates[min(passive, key=lambda c: c.last_packet).key]
+                self.candidates_evicted += 1
         if len(self.candidates) >= self.max_candidates:
             self.candidates_refused += 1
             return None
@@ -172,11 +205,31 @@ class PathManager:
         del self.candidates[cand.key]
         return ValidationResult(cand, True, now - cand.started)
 
-    def switch_to(self, cand: Candidate) -> tuple[int, Address]:
+    def abandon(self, cand: Candidate) -> bool:
+        """Stop validating ``cand`` (the application gave up); False if it is not pending."""
+        if self.candidates.get(cand.key) is not cand:
+            return False
+        del self.candidates[cand.key]
+        return True
+
+    def _left_recently(self, key: PathKey, now: float) -> bool:
+        until = self.abandoned.get(key)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.abandoned[key]
+        return False
+
+    def switch_to(self, cand: Candidate, now: float | None = None) -> tuple[int, Address]:
         """Make ``cand`` the path in use; return the old (local, address)."""
         old = (self.local, self.remote_addr)
         if cand.reason == "active":
-            self.abandoned.append(old)
+            start = cand.started if now is None else now
+            self.abandoned.pop(old, None)
+            self.abandoned[old] = start + self.validation_timeout
+            while len(self.abandoned) > 8:
+                del self.abandoned[next(iter(self.abandoned))]
         self.local, self.remote_addr = cand.local, cand.addr
         self.path_changes += 1
         # a candidate on the path we just left is meaningless now
@@ -221,7 +274,13 @@ class PathManager:
         """How big a PATH_RESPONSE to ``addr`` may be (0: not at all), and charge it."""
         cand = self.candidates.get((local, addr))
         if cand is None:
-            return self.datagram_size
+            if self.is_current(local, addr):
+                return self.datagram_size
+            # an address we know nothing about (e.g. a spoofed source whose packet was not
+            # the newest, or no candidate slot was free): the challenge that reached us was
+            # at least as big as this reply, so answering small keeps the amplification
+            # below 1x; a padded reply would be a 40x amplifier against a spoofing victim
+            return small_size
         for size in (self.datagram_size, small_size):
             if cand.budget() >= size:
                 cand.bytes_sent += size
