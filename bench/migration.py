@@ -7,7 +7,7 @@ flows again at full rate (bytes received over a sliding window reach 90% of the 
 the rebinding). The result is reported in seconds and in RTTs; the target is at most
 1 RTT + 1 RTO. Needs root (it builds namespaces); prints JSON lines.
 
-Usage: sudo python bench/migration.py [--rebinds 3] [--size-mib 48] [--delay-ms 10]
+Usage: sudo python bench/migration.py [--rebinds 3] [--interval 1.0] [--size-mib 160] [--delay-ms 10]
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rebinds", type=int, default=3)
-    parser.add_argument("--interval", type=float, default=1.5, help="seconds between rebinds")
-    parser.add_argument("--size-mib", type=int, default=48)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between rebinds")
+    parser.add_argument("--size-mib", type=int, default=160)
     parser.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay")
     args = parser.parse_args()
     ok, reason = ensure_tools()
