@@ -7,7 +7,8 @@ flows again at full rate (bytes received over a sliding window reach 90% of the 
 the rebinding). The result is reported in seconds and in RTTs; the target is at most
 1 RTT + 1 RTO. Needs root (it builds namespaces); prints JSON lines.
 
-Usage: sudo python bench/migration.py [--rebinds 3] [--interval 1.0] [--size-mib 160] [--delay-ms 10]
+Usage: sudo python bench/migration.py [--rebinds 3] [--interval 1.0] [--size-mib 160]
+       [--delay-ms 10]
 """
 
 from __future__ import annotations

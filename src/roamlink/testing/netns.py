@@ -467,19 +467,19 @@ class NatTopology(_Topology):
         leaves with an external port that is guaranteed new. The old mapping is gone at
         once: packets sent to it draw ICMP port unreachable from the router.
         """
-        old = self.mappings()
-        self._range_idx ^= 1
-        self._apply_snat()
-        self._flush(old)
-        self.rebind_count += 1
-        return old
+        return self._remap()
 
     def change_external_ip(self) -> list[NatMapping]:
         """Move the client behind the other external address (an 'address change with a new
         IP'); also switches port range. Returns the dropped mappings."""
-        old = self.mappings()
         a, b = self.ROUTER_EXTERNAL_IPS
-        self.router_external_ip = b if self.router_external_ip == a else a
+        return self._remap(new_ip=b if self.router_external_ip == a else a)
+
+    def _remap(self, new_ip: str | None = None) -> list[NatMapping]:
+        """Switch the SNAT port range (and maybe the external IP), then flush the mappings."""
+        old = self.mappings()
+        if new_ip is not None:
+            self.router_external_ip = new_ip
         self._range_idx ^= 1
         self._apply_snat()
         self._flush(old)
