@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import hashlib
 import json
-import os
 import random
 import ssl
 import statistics
@@ -24,6 +22,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _common import make_self_signed_cert
 
 import roamlink
 from roamlink import Config
@@ -109,30 +109,6 @@ async def run_roamlink(payload: bytes, delay: float, loss: float, seed: int, cc:
 
 
 # --------------------------------------------------------------------------------- aioquic
-def _self_signed(tmp: str) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 async def run_aioquic(payload: bytes, delay: float, loss: float, seed: int) -> dict[str, Any]:
     from aioquic.asyncio import connect, serve
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -159,7 +135,7 @@ async def run_aioquic(payload: bytes, delay: float, loss: float, seed: int) -> d
                         done.set_result((self._hash.digest(), self._n, time.perf_counter()))
 
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = _self_signed(tmp)
+        cert, key = make_self_signed_cert(tmp)
         server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["bench"])
         server_cfg.load_cert_chain(cert, key)
         server = await serve("127.0.0.1", 0, configuration=server_cfg,
