@@ -27,7 +27,7 @@ from roamlink.io.timer_heap import TimerHeap
 from roamlink.io.udp_socket import SOL_UDP, UDP_GRO, UDP_SEGMENT, UdpSocket, offload_allowed
 from roamlink.testing.clock import VirtualClock
 
-from .conftest import run
+from .conftest import run, virtual_pair
 
 LINUX = sys.platform.startswith("linux")
 
@@ -296,26 +296,24 @@ def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> None:
     async def main() -> None:
-        async with await roamlink.listen("127.0.0.1", 0) as listener:
-            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
-            server = await listener.accept()
-            ep = stream._endpoint  # noqa: SLF001
-            for _ in range(100):  # let the handshake's packets be acknowledged (bounded)
-                if not stream._conn.recovery.bytes_in_flight:  # noqa: SLF001
-                    break
-                await asyncio.sleep(0.01)
-            assert stream._conn.recovery.bytes_in_flight == 0  # noqa: SLF001
+        clock = VirtualClock()
+        listener, stream, server = await virtual_pair(clock, Config())
+        async with listener:
+            ep = stream._endpoint  # noqa: SLF001 - the test inspects the socket layer
+            await clock.sleep(0.5)  # the handshake's packets are acknowledged meanwhile
+            assert stream.stats().bytes_in_flight == 0
             before = ep.io.datagrams_out
             stream.write(b"ping")  # nothing in flight: sent before the loop runs again
             assert ep.io.datagrams_out == before + 1
             stream.write(b"a")  # in flight now: these wait for the end of the tick...
             stream.write(b"b")
             assert ep.io.datagrams_out == before + 1
-            assert await server.readexactly(6) == b"pingab"  # ...and arrive all the same
+            # ...and arrive all the same
+            assert await clock.run(server.readexactly(6), timeout=5) == b"pingab"
             assert ep.io.datagrams_out <= before + 3
             stream.close()
             server.close()
-            await stream.wait_closed()
+            await clock.run(stream.wait_closed(), timeout=30)
 
     run(main(), 30)
 

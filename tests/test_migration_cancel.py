@@ -14,7 +14,10 @@ from .conftest import run, virtual_pair
 
 
 async def _sink(listener: roamlink.Listener) -> bytes:
-    stream = await listener.accept()
+    return await _sink_stream(await listener.accept())
+
+
+async def _sink_stream(stream: roamlink.Stream) -> bytes:
     digest = hashlib.sha256()
     while chunk := await stream.read(1 << 20):
         digest.update(chunk)
@@ -25,9 +28,10 @@ async def _sink(listener: roamlink.Listener) -> bytes:
 
 def test_cancelled_migrate_leaves_a_consistent_stream() -> None:
     async def main() -> None:
-        async with await roamlink.listen("127.0.0.1", 0) as listener:
-            server = asyncio.create_task(_sink(listener))
-            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
+        clock = VirtualClock()
+        listener, stream, accepted = await virtual_pair(clock, roamlink.Config())
+        async with listener:
+            server = asyncio.ensure_future(_sink_stream(accepted))
             payload = os.urandom(4 * 1024 * 1024)
             half = len(payload) // 2
             stream.write(payload[:half])
@@ -41,15 +45,15 @@ def test_cancelled_migrate_leaves_a_consistent_stream() -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await asyncio.sleep(0.5)  # whatever validation was under way has ended
+            await clock.sleep(0.5)  # whatever validation was under way has ended
             # the socket the stream reports is the one the connection sends from
             assert stream._endpoint.socket_id == conn.paths.local
             assert not conn.paths.candidates and stream.local_addr[1] > 0
             stream.write(payload[half:])
             stream.write_eof()
-            assert await stream.read() == b"ok"
-            assert await server == hashlib.sha256(payload).digest()
-            await stream.wait_closed()
+            assert await clock.run(stream.read(), timeout=60) == b"ok"
+            assert await clock.run(server, timeout=10) == hashlib.sha256(payload).digest()
+            await clock.run(stream.wait_closed(), timeout=30)
 
     run(main(), 60)
 

@@ -132,11 +132,7 @@ class ConnectionDriver(Generic[S]):
         try:
             datagrams = conn.datagrams_to_send(now, sock.socket_id)
         except Exception:
-            if not self.contain_errors:
-                raise
-            logger.exception("connection %s failed while sending; aborting it",
-                             conn.local_cid.hex())
-            conn.abort(now, 1, "internal error")
+            self._failed(conn, now, "while sending")
             return
         if datagrams:
             sock.collect(datagrams)
@@ -146,11 +142,15 @@ class ConnectionDriver(Generic[S]):
         try:
             conn.handle_timer(now)
         except Exception:
-            if not self.contain_errors:
-                raise
-            logger.exception("connection %s failed in its timer; aborting it",
-                             conn.local_cid.hex())
-            conn.abort(now, 1, "internal error")
+            self._failed(conn, now, "in its timer")
+
+    def _failed(self, conn: Connection, now: float, where: str) -> None:
+        """``conn`` raised (called from an ``except`` block): abort it, or re-raise when
+        errors are not contained."""
+        if not self.contain_errors:
+            raise
+        logger.exception("connection %s failed %s; aborting it", conn.local_cid.hex(), where)
+        conn.abort(now, 1, "internal error")
 
     def retire(self, conn: Connection, via: S) -> None:
         """``conn`` is closed: forget it on every socket that served it."""
