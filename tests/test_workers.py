@@ -13,10 +13,12 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +176,41 @@ def test_connections_spread_over_workers() -> None:
     with serve(4) as server:
         workers = run(main(server.port), 60)
     assert set(workers) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("command", [["serve", "--echo"], ["perf", "server"]])
+def test_cli_workers_json_events_name_the_worker(command: list[str]) -> None:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "roamlink", "--json", *command, "127.0.0.1:0",
+            "--workers", "2"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()],
+                     daemon=True).start()
+    try:
+        listening = json.loads(lines.get(timeout=20))
+        assert listening["event"] == "listening" and listening["workers"] == 2
+        assert listening["kernel_steering"] is True
+
+        async def client() -> None:
+            stream = await roamlink.connect("127.0.0.1", listening["port"])
+            stream.write(b"RLPERF1\n" + bytes(10_000))
+            stream.write_eof()
+            await stream.read()
+            await stream.wait_closed()
+
+        run(client(), 30)
+        events: list[dict[str, Any]] = []
+        while not any(e["event"] in ("closed", "summary") for e in events):
+            events.append(json.loads(lines.get(timeout=10)))
+        connection = next(e for e in events if e["event"] == "connection")
+        assert connection["worker"] in (0, 1)
+        assert all(e["worker"] == connection["worker"] for e in events)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
