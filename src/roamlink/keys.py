@@ -82,6 +82,14 @@ def parse_public_key(key: str | bytes) -> bytes:
     raise TypeError(f"a public key is str (base64) or bytes, not {type(key).__name__}")
 
 
+def parse_private_key(text: str) -> bytes:
+    """The raw 32 bytes of a private key written as base64 text (a key file's one line).
+
+    The error never repeats the text.
+    """
+    return _decode_base64_key(text, "private key")
+
+
 class KeyPair:
     """A static X25519 key pair.
 
@@ -284,4 +292,4 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["KEY_SIZE", "KeyPair", "encode_key", "parse_public_key"]
+__all__ = ["KEY_SIZE", "KeyPair", "encode_key", "parse_private_key", "parse_public_key"]
