@@ -19,6 +19,7 @@ import pytest
 from roamlink import Config, ConfigError
 from roamlink.api.workers import decode_handover, encode_handover
 from roamlink.core import wire
+from roamlink.io.dispatcher import Dispatcher
 from roamlink.io.steering import (
     KERNEL_HASH,
     SO_REUSEPORT,
@@ -206,3 +207,13 @@ def test_kernel_runs_the_filter_and_hashes_handshakes_evenly() -> None:
     finally:
         for sock in group:
             sock.close()
+
+
+def test_a_single_process_server_puts_its_server_id_in_every_cid() -> None:
+    config = Config(server_id=0x3C, cid_length=12)
+    disp = Dispatcher(config, accept_new=True)
+    layout = CidLayout.from_config(config)
+    for _ in range(50):
+        cid = disp.new_cid()
+        assert len(cid) == 12 and cid[0] == 11 and layout.server_id_of(cid) == 0x3C
+    assert Dispatcher(Config()).cid_source is os.urandom  # default: fully random CIDs

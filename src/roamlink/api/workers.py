@@ -34,10 +34,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 from ..config import Config
 from ..core.events import Address
+from ..errors import RoamlinkError
 from ..io.endpoint import Endpoint
 from ..io.steering import (
     MAX_WORKERS,
@@ -46,6 +46,7 @@ from ..io.steering import (
     attach_reuseport_filter,
     reuseport_program,
 )
+from ..keys import KeyPair
 from .listener import Listener
 from .stream import Stream
 
@@ -134,7 +135,8 @@ def decode_handover(msg: bytes) -> tuple[bytes, Address]:
 
 # --------------------------------------------------------------------------- public entry
 def run_server(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
-               workers: int | None = None, key: Any = None, config: Config | None = None,
+               workers: int | None = None, key: KeyPair | None = None,
+               config: Config | None = None,
                kernel_steering: bool = True,
                on_ready: Callable[[ServerInfo], None] | None = None) -> None:
     """Serve roamlink on ``host:port`` with ``workers`` processes until SIGINT/SIGTERM.
@@ -207,7 +209,8 @@ def _attach_filter(sock: socket.socket, layout: CidLayout) -> bool:
     return True
 
 
-def _run_in_process(handler: Handler, sock: socket.socket, config: Config, key: Any) -> None:
+def _run_in_process(handler: Handler, sock: socket.socket, config: Config,
+                    key: KeyPair | None) -> None:
     global _current
     _current = _Worker(0, 1, False)
     try:
@@ -220,8 +223,8 @@ def _run_in_process(handler: Handler, sock: socket.socket, config: Config, key: 
 
 # --------------------------------------------------------------------------- supervisor
 class _Supervisor:
-    def __init__(self, handler: Handler, socks: list[socket.socket], config: Config, key: Any,
-                 steered: bool, on_ready: Callable[[ServerInfo], None] | None,
+    def __init__(self, handler: Handler, socks: list[socket.socket], config: Config,
+                 key: KeyPair | None, steered: bool, on_ready: Callable[[ServerInfo], None] | None,
                  info: ServerInfo) -> None:
         self.handler = handler
         self.socks = socks
@@ -382,7 +385,7 @@ def _describe_status(status: int) -> str:
 
 
 # --------------------------------------------------------------------------- worker
-async def _serve(handler: Handler, sock: socket.socket, config: Config, key: Any,
+async def _serve(handler: Handler, sock: socket.socket, config: Config, key: KeyPair | None,
                  inbox: socket.socket | None, outboxes: list[socket.socket]) -> None:
     """One worker's life: accept streams on ``sock`` until SIGINT/SIGTERM."""
     worker = _current
@@ -393,8 +396,6 @@ async def _serve(handler: Handler, sock: socket.socket, config: Config, key: Any
         layout = CidLayout.from_config(config, worker.workers)
         endpoint.dispatcher.cid_source = layout.generator(worker.index)
         endpoint.dispatcher.foreign_cid = _HandOver(layout, worker, outboxes).offer
-    elif config.server_id is not None:
-        endpoint.dispatcher.cid_source = CidLayout.from_config(config).generator(0)
     listener = Listener(endpoint)
     if inbox is not None:
         loop.add_reader(inbox.fileno(), _read_inbox, inbox, endpoint, worker.stats)
@@ -431,6 +432,10 @@ async def _run_handler(handler: Handler, stream: Stream) -> None:
     except asyncio.CancelledError:
         stream.abort()
         raise
+    except RoamlinkError as exc:  # the peer reset, timed out...: its business, not a bug
+        logger.info("connection %s ended: %s", stream.connection_id, exc)
+        stream.abort()
+        return
     except Exception:
         logger.exception("handler failed on connection %s", stream.connection_id)
         stream.abort()

@@ -25,6 +25,7 @@ from ..config import Config
 from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
+from .steering import CidLayout
 
 logger = logging.getLogger("roamlink.dispatcher")
 
@@ -63,6 +64,8 @@ class Dispatcher:
         #: makes every CID this socket issues (handshake and NEW_CONNECTION_ID); a worker of
         #: a multi-process server uses one that names its worker (see io/steering.py)
         self.cid_source: Callable[[int], bytes] = random_bytes
+        if config.server_id is not None:  # a load balancer routes by our server id
+            self.cid_source = CidLayout.from_config(config).generator(0, random_bytes)
         #: offered each short-header datagram whose CID is not ours, before it is dropped:
         #: a worker hands it to the worker its CID names and returns True (roamlink.server)
         self.foreign_cid: Callable[[bytes, Address], bool] | None = None
