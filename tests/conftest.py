@@ -11,6 +11,10 @@ machine, CI runs everything. See ``TIERS`` and ``SLOW`` below.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +28,13 @@ from roamlink.testing.clock import VirtualClock
 
 T = TypeVar("T")
 
+# The CLI keeps its server key and known_hosts in ROAMLINK_CONFIG_DIR. Point every test, and
+# every `roamlink` subprocess (they inherit the environment), at a private directory, so that
+# no test reads or writes the real ~/.config/roamlink of whoever runs the suite.
+_CONFIG_DIR = tempfile.mkdtemp(prefix="roamlink-test-config-")
+os.environ["ROAMLINK_CONFIG_DIR"] = _CONFIG_DIR
+atexit.register(shutil.rmtree, _CONFIG_DIR, ignore_errors=True)
+
 #: Each test file's tier. A file not listed gets one from its name (``netns``, ``cli``,
 #: ``sim``, ``loopback`` in it), or from its fixtures (a netns topology), else ``unit``.
 TIERS: dict[str, str] = {
@@ -32,6 +43,7 @@ TIERS: dict[str, str] = {
     "test_congestion_vegas.py": "unit",
     "test_hostile_input.py": "unit",
     "test_hot_path.py": "unit",
+    "test_keys.py": "unit",
     "test_migration_cids.py": "unit",
     "test_migration_pending_pns.py": "unit",
     "test_states.py": "unit",
@@ -54,11 +66,15 @@ TIERS: dict[str, str] = {
     "test_recovery_backpressure.py": "loopback",
     "test_recovery_relay.py": "loopback",
     "test_relay.py": "loopback",
+    "test_steering.py": "loopback",
     "test_virtual_clock.py": "loopback",
+    "test_workers.py": "loopback",
     "test_cli.py": "cli",
+    "test_cli_keys.py": "cli",
     "test_migration_netns.py": "netns",
     "test_netns_bottleneck_smoke.py": "netns",
     "test_netns_fixture.py": "netns",
+    "test_scaling_netns.py": "netns",
 }
 
 #: What ``-m "not slow"`` skips: whole files, or single tests (``file::name``, every
@@ -80,7 +96,7 @@ SLOW: set[str] = {
 _SLOW_TIERS = frozenset({"cli", "netns"})
 
 _NETNS_FIXTURES = frozenset({"nat_topology", "nat_topology_rtt20", "bottleneck_topology",
-                             "bottleneck_topology_delayed"})
+                             "bottleneck_topology_delayed", "balanced_topology"})
 
 
 def tier_of(filename: str, fixtures: set[str] | frozenset[str] = frozenset()) -> str:
@@ -132,6 +148,7 @@ async def virtual_pair(clock: VirtualClock, config: roamlink.Config
 
 # network-namespace fixtures (nat_topology, nat_topology_rtt20, bottleneck_topology, ...)
 from .netns_fixtures import (  # noqa: E402,F401
+    balanced_topology,
     bottleneck_topology,
     bottleneck_topology_delayed,
     nat_topology,

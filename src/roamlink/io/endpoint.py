@@ -99,6 +99,16 @@ class Endpoint:
                      endpoint.gro)
         return endpoint
 
+    @classmethod
+    async def from_socket(cls, config: Config, sock: socket.socket, *,
+                          accept_new: bool = False) -> Endpoint:
+        """An endpoint on a socket bound by someone else (a server worker's inherited
+        ``SO_REUSEPORT`` socket); the endpoint closes it when it closes."""
+        endpoint = cls(config, accept_new=accept_new)
+        sock.setblocking(False)
+        await endpoint.udp.start(sock, offload=offload_allowed(config))
+        return endpoint
+
     @property
     def local_addr(self) -> Address:
         assert self.udp.local_addr is not None, "endpoint not started"
@@ -150,6 +160,14 @@ class Endpoint:
             self._take_new_connections()
         if dirty or disp.stateless_out:
             self._flush()
+
+    def receive_handed_over(self, data: bytes, addr: Address) -> None:
+        """A datagram that another worker process read for one of our CIDs: route it as if
+        this socket had read it from ``addr`` (replies leave from this socket, which shares
+        the address)."""
+        self.udp.io.recv_calls += 1
+        self.udp.io.datagrams_in += 1
+        self._datagram_received(data, addr)
 
     def _datagram_received(self, data: bytes, addr: Address) -> None:
         """Fallback path: one datagram from a DatagramProtocol."""
