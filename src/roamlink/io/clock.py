@@ -16,7 +16,7 @@ from typing import Protocol
 
 
 class TimerHandle(Protocol):
-    """What :meth:`Scheduler.call_at` returns: a callback that can still be called off."""
+    """What :meth:`Scheduler.call_later` returns: a callback that can still be called off."""
 
     def cancel(self) -> None: ...
 
@@ -28,8 +28,8 @@ class Scheduler(Protocol):
         """Seconds on a monotonic clock; connections take every ``now`` from here."""
         ...
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback`` once the clock reaches ``when`` (at once if it already has)."""
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` once ``delay`` seconds of this clock have passed."""
         ...
 
 
@@ -37,8 +37,8 @@ class LoopScheduler:
     """The real clock (``time.monotonic``) and the event loop's timers.
 
     Not ``loop.time()``: uvloop's is cached per loop iteration in whole milliseconds, which
-    would blind the pacer and RTT samples to anything faster than a millisecond. Deadlines are
-    therefore converted to a delay for ``loop.call_later``, whatever clock the loop keeps.
+    would blind the pacer and RTT samples to anything faster than a millisecond. Timers are
+    therefore armed by delay (``loop.call_later``), whatever clock the loop keeps.
     """
 
     #: the clock itself, as a plain function: the hot path calls it without a wrapper
@@ -46,6 +46,4 @@ class LoopScheduler:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        return self.loop.call_later(max(when - time.monotonic(), 0.0), callback)
+        self.call_later = loop.call_later

@@ -63,7 +63,8 @@ class Endpoint:
         self.udp = UdpSocket(self.loop, self._on_readable, self._datagram_received)
         self.observers: dict[Connection, ConnectionObserver] = {}
         self.on_new_connection: Callable[[Connection], None] | None = None
-        self.timers: TimerHeap[Connection] = TimerHeap(self.scheduler, self._on_timer)
+        self.timers: TimerHeap[Connection] = TimerHeap(
+            self.scheduler, self._on_timer, lambda conn: f"connection {conn.local_cid.hex()}")
         self._dirty: dict[Connection, None] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._closing = False

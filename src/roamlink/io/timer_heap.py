@@ -34,9 +34,11 @@ K = TypeVar("K", bound=Timed)
 class TimerHeap(Generic[K]):
     """Deadlines of many keys; ``on_due(key, now)`` is called for each one that is reached."""
 
-    def __init__(self, scheduler: Scheduler, on_due: Callable[[K, float], None]) -> None:
+    def __init__(self, scheduler: Scheduler, on_due: Callable[[K, float], None],
+                 describe: Callable[[K], str] = repr) -> None:
         self.scheduler = scheduler
         self.on_due = on_due
+        self.describe = describe  # names a key in the log
         self.deadlines: dict[K, float] = {}  # each key's armed deadline
         self._heap: list[tuple[float, int, K]] = []
         self._seq = 0
@@ -101,8 +103,8 @@ class TimerHeap(Generic[K]):
             # no event loop sleeps less than a millisecond (epoll, libuv); uvloop would
             # instead fire at once and spin on, e.g., a pacing deadline microseconds away,
             # starving the peer process of CPU
-            when += MIN_TIMER_DELAY - delay
-        self._handle = scheduler.call_at(when, self._fire)
+            delay = MIN_TIMER_DELAY
+        self._handle = scheduler.call_later(max(delay, 0.0), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
@@ -122,7 +124,7 @@ class TimerHeap(Generic[K]):
                 try:
                     self.on_due(key, now)
                 except Exception:  # e.g. an observer's callback: the others' timers go on
-                    logger.exception("timer of %r failed", key)
+                    logger.exception("timer of %s failed", self.describe(key))
         finally:
             while heap and deadlines.get(heap[0][2]) != heap[0][0]:
                 heapq.heappop(heap)  # stale

@@ -47,7 +47,11 @@ class VirtualClock:
     def now(self) -> float:
         return self._now
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _VirtualTimer:
+        return self.call_at(self._now + delay, callback)
+
     def call_at(self, when: float, callback: Callable[[], None]) -> _VirtualTimer:
+        """Run ``callback`` when the clock reaches ``when``."""
         timer = _VirtualTimer(callback)
         self._seq += 1
         heapq.heappush(self._timers, (when, self._seq, timer))
