@@ -12,7 +12,7 @@ so only same-run ratios mean something):
    requests per second, with the spread of connections over the workers.
 
 Usage: python bench/multicore.py [--workers 1,2] [--clients 2] [--streams 4] [--seconds 5]
-       [--connections 1000] [--rounds 1] [--only goodput,echo] [--quick]
+       [--connections 1000] [--work 0] [--rounds 1] [--only goodput,echo] [--quick]
 Prints one JSON line per run and a summary line with the ratios.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import resource
@@ -43,10 +44,16 @@ REQUEST = b"x" * 63 + b"\n"
 
 
 # ------------------------------------------------------------------ server process
+#: SHA-256 passes over every received byte: stands for an application's work per byte
+WORK = int(os.environ.get("MULTICORE_WORK", "0"))
+
+
 async def sink(stream: roamlink.Stream) -> None:
     received = 0
     while chunk := await stream.read(1 << 20):
         received += len(chunk)
+        for _ in range(WORK):
+            hashlib.sha256(chunk).digest()
     stream.write(json.dumps({"bytes": received, "worker": worker_index()}).encode() + b"\n")
     stream.write_eof()
     await stream.drain()
@@ -131,14 +138,16 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, text=True)
+def _spawn(*args: str, work: int = 0) -> subprocess.Popen[str]:
+    env = dict(os.environ, MULTICORE_WORK=str(work))
+    return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def measure(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = _children_cpu()
     server = _spawn("--role", "server", "--mode", "sink" if kind == "goodput" else "echo",
-                    "--workers", str(workers))
+                    "--workers", str(workers), work=args.work)
     assert server.stdout is not None
     info = json.loads(server.stdout.readline())
     port = str(info["port"])
@@ -162,7 +171,8 @@ def measure(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]
         server.wait(timeout=30)
     cpu2 = _children_cpu()
     row: dict[str, Any] = {"bench": kind, "workers": workers, "kernel_steering": info["steering"],
-                           "clients": args.clients, "client_cpu_s": round(cpu1 - cpu0, 2),
+                           "clients": args.clients, "work": args.work,
+                           "client_cpu_s": round(cpu1 - cpu0, 2),
                            "server_cpu_s": round(cpu2 - cpu1, 2)}
     if kind == "goodput":
         total = sum(r["bytes"] / r["seconds"] for r in results)
@@ -196,6 +206,9 @@ def main() -> None:
                         help="connections per goodput client")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--work", type=int, default=0,
+                        help="goodput: SHA-256 passes the server makes over every byte (an "
+                             "application's work, which is what more workers spread)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--port", type=int)
     parser.add_argument("--only", default="goodput,echo")
