@@ -167,10 +167,10 @@ def test_twenty_active_migrations_in_a_row_rotate_cids() -> None:
         run_pumps(net, [pump], 0.05)
         new_node = net.add_node(("10.0.0.2", 52000 + k), share_with=None)
         new_node.adopt(c)
-        c.migrate(net.now, local=new_node.local_id)
+        c.migrate(net.now, socket_id=new_node.local_id)
         net.flush(node)
         assert net.run_until(lambda: bool(_events(c, PathChanged)), 5)
-        assert c.paths.local == new_node.local_id
+        assert c.paths.socket_id == new_node.local_id
         node.dispatcher.forget(c)  # the old socket is closed
         node = new_node
         dcids.add(c.peer_cid)
@@ -192,7 +192,7 @@ def test_migrate_to_another_server_address() -> None:
     net.flush(client)
     assert net.run_until(lambda: c.remote_addr == second.addr, 5)
     assert run_pumps(net, [pump], 60) and pump.exact()
-    assert s.paths.local == second.local_id  # the server answers from that address now
+    assert s.paths.socket_id == second.local_id  # the server answers from that address now
 
 
 def test_path_that_cannot_carry_full_size_datagrams_is_not_validated() -> None:
@@ -201,11 +201,11 @@ def test_path_that_cannot_carry_full_size_datagrams_is_not_validated() -> None:
     net.link("10.0.0.3", "10.0.0.1").drop_if = lambda d, a, b: len(d) >= 1200
     net.link("10.0.0.1", "10.0.0.3").drop_if = lambda d, a, b: len(d) >= 1200
     small.adopt(c)
-    c.migrate(net.now, local=small.local_id)
+    c.migrate(net.now, socket_id=small.local_id)
     net.flush(client)
     net.run(until=net.now + 2)
     assert _events(c, PathValidationFailed)
-    assert c.paths.local == client.local_id and c.state is State.ESTABLISHED
+    assert c.paths.socket_id == client.local_id and c.state is State.ESTABLISHED
 
 
 def test_candidate_paths_are_bounded() -> None:

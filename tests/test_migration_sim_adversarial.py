@@ -287,9 +287,9 @@ def test_migrate_succeeds_while_spoofed_candidates_fill_the_table() -> None:
         k.reason == "passive" for k in c.paths.candidates.values())
     new_socket = net.add_node(("10.0.0.2", 52000))
     new_socket.adopt(c)
-    c.migrate(net.now, local=new_socket.local_id)  # does not raise "too many validations"
+    c.migrate(net.now, socket_id=new_socket.local_id)  # does not raise "too many validations"
     net.flush(client)
-    assert net.run_until(lambda: c.paths.local == new_socket.local_id, 5)
+    assert net.run_until(lambda: c.paths.socket_id == new_socket.local_id, 5)
     assert run_pumps(net, [down], 60) and down.exact()
     assert s.remote_addr == new_socket.addr
 
@@ -322,9 +322,9 @@ def test_a_path_left_on_purpose_can_carry_the_connection_again_later() -> None:
     net.flush(client)
     assert net.run_until(lambda: c.remote_addr == second.addr, 5)
     net.run(until=net.now + 3.0)  # long after the move (the application pauses)
-    s.migrate(net.now, local=server.local_id)  # the server answers from its first address
+    s.migrate(net.now, socket_id=server.local_id)  # the server answers from its first address
     net.flush(second)
-    assert net.run_until(lambda: s.paths.local == server.local_id, 5)
+    assert net.run_until(lambda: s.paths.socket_id == server.local_id, 5)
 
     def followed() -> bool:
         up.step()

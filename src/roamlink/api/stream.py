@@ -62,9 +62,9 @@ class Stream:
             if isinstance(event, ConnectionTerminated):
                 self._on_terminated(event.error)
             elif isinstance(event, PathChanged):
-                _settle(self._migrations.get((event.new_local, event.new_addr)), event)
+                _settle(self._migrations.get((event.new_socket_id, event.new_addr)), event)
             elif isinstance(event, PathValidationFailed):
-                _settle(self._migrations.get((event.local, event.addr)), event)
+                _settle(self._migrations.get((event.socket_id, event.addr)), event)
             elif not self._handshake.done() and conn.is_established:
                 self._handshake.set_result(None)
         if not self._handshake.done() and conn.is_established:
@@ -140,7 +140,7 @@ class Stream:
         except asyncio.CancelledError:
             # cancelled: give the attempt up, unless the connection already moved (then the
             # Stream must follow it to the new socket, or it would report the old one)
-            if new is not None and conn.paths.local == new.local_id:
+            if new is not None and conn.paths.socket_id == new.local_id:
                 previous, self._endpoint = self._endpoint, new
                 if previous is not new:
                     previous.detach(conn)
@@ -171,7 +171,7 @@ class Stream:
             raise MigrationTimeout(f"path validation failed: {event.reason}")
         if new is not None:
             previous = self._endpoint  # not necessarily ``old``: migrations may overlap
-            if conn.paths.local == new.local_id:
+            if conn.paths.socket_id == new.local_id:
                 self._endpoint = new
                 if previous is not new:
                     previous.detach(conn)  # closes the old socket if nothing else uses it
@@ -299,7 +299,7 @@ class Stream:
     @property
     def local_addr(self) -> Address:
         """The local address of the socket the connection currently uses."""
-        return endpoint_for(self._conn.paths.local, self._endpoint).local_addr
+        return endpoint_for(self._conn.paths.socket_id, self._endpoint).local_addr
 
     @property
     def remote_addr(self) -> Address:

@@ -102,7 +102,7 @@ class Connection:
         version: int | None = None,
         random_bytes: RandomBytes = os.urandom,
         early_data: bytes = b"",
-        local: int = 0,
+        socket_id: int = 0,
         cid_taken: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.config = config
@@ -113,7 +113,7 @@ class Connection:
         self._random = random_bytes
         self._offered_versions = list(config.versions)
         self.state = State.HANDSHAKING
-        self.paths = PathManager(remote_addr, local, random_bytes=random_bytes,
+        self.paths = PathManager(remote_addr, socket_id, random_bytes=random_bytes,
                                  max_candidates=config.max_candidate_paths,
                                  validation_timeout=config.path_validation_timeout,
                                  datagram_size=config.max_datagram_size)
@@ -342,15 +342,15 @@ class Connection:
 
     # ------------------------------------------------------------------ receiving
     def receive_datagram(self, data: bytes, addr: Address, now: float,
-                         local: int | None = None) -> None:
-        """Process one datagram that arrived on socket ``local`` (default: the one in use).
+                         socket_id: int | None = None) -> None:
+        """Process one datagram that arrived on socket ``socket_id`` (default: the one in use).
 
         Never raises on bad input: malformed packets are dropped and counted.
         """
         if self.state is _CLOSED:
             return
         try:
-            self._receive(data, addr, now, self.paths.local if local is None else local)
+            self._receive(data, addr, now, self.paths.socket_id if socket_id is None else socket_id)
         except wire.MalformedPacket as exc:
             self.dropped_packets += 1
             self.log.debug("dropped malformed packet from %s: %s", addr, exc)
@@ -358,7 +358,7 @@ class Connection:
             self.log.warning("protocol violation by peer: %s", exc.reason)
             self._enter_closing(now, exc.code, exc.reason, exc)
 
-    def _receive(self, data: bytes, addr: Address, now: float, local: int) -> None:
+    def _receive(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
         first = data[0] if data else -1
         if first == wire.SHORT:
             dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
@@ -399,7 +399,7 @@ class Connection:
         self.bytes_received += len(data)
         is_newest = pn > largest and pn > self._path_pn_floor
         out_of_order = pn != largest + 1
-        on_path = self.paths.is_current(local, addr) or self.state is _HANDSHAKING
+        on_path = self.paths.is_current(socket_id, addr) or self.state is _HANDSHAKING
         if on_path:
             self._last_received = now
             self._gap_probes = 0
@@ -414,7 +414,7 @@ class Connection:
             # packet number is neither recorded nor acknowledged, so a forged "newest" packet
             # cannot poison our ACKs or hide a genuine packet as a duplicate later
             self.unvalidated_packets += 1
-            self._on_packet_from_other_path(local, addr, len(data), pn, is_newest, now)
+            self._on_packet_from_other_path(socket_id, addr, len(data), pn, is_newest, now)
 
         if first == wire.SHORT and self.state is _HANDSHAKING:
             self._complete_handshake()  # server: the client used the CID it learnt from us
@@ -429,7 +429,7 @@ class Connection:
                 continue
             if _ack_eliciting(frame):
                 eliciting = True
-            self._on_frame(frame, local, addr, now)
+            self._on_frame(frame, socket_id, addr, now)
             if self.state in (_CLOSED, _CLOSING) or (
                     self.state is _DRAINING and not self._graceful_drain):
                 return
@@ -456,20 +456,20 @@ class Connection:
         return self._received.contains(pn) or (lowest is not None and pn < lowest[0])
 
     # ------------------------------------------------------------------ migration
-    def _on_packet_from_other_path(self, local: int, addr: Address, size: int, pn: int,
+    def _on_packet_from_other_path(self, socket_id: int, addr: Address, size: int, pn: int,
                                    is_newest: bool, now: float) -> None:
         """Passive migration: the peer's newest packet came over another path."""
         if not self.is_established:
             return
-        cand = self.paths.on_packet(local, addr, size, pn, is_newest, now, self._path_retry())
+        cand = self.paths.on_packet(socket_id, addr, size, pn, is_newest, now, self._path_retry())
         if cand is not None:
             self.log.info("packet %s from new address %s: validating the path",
                           "(newest)" if is_newest else "", addr)
             self._set_state(Trigger.PATH_CANDIDATE)
 
-    def migrate(self, now: float, remote: Address | None = None, local: int | None = None,
+    def migrate(self, now: float, remote: Address | None = None, socket_id: int | None = None,
                 timeout: float | None = None) -> Candidate:
-        """Active migration: validate (local, remote) and move there when it answers.
+        """Active migration: validate (socket_id, remote) and move there when it answers.
 
         The probes use a fresh peer CID, so an observer cannot link the two paths. Raises
         :class:`MigrationError` when no validation can start.
@@ -477,13 +477,13 @@ class Connection:
         if not self.is_established:
             raise MigrationError(f"cannot migrate in state {self.state.value}")
         remote = self.paths.remote_addr if remote is None else remote
-        local = self.paths.local if local is None else local
-        if self.paths.is_current(local, remote):
+        socket_id = self.paths.socket_id if socket_id is None else socket_id
+        if self.paths.is_current(socket_id, remote):
             raise MigrationError("the connection already uses that path")
         reserved = self.cids.reserve_unused_peer_cid()
         if reserved is None:
             raise MigrationError("the peer has no spare connection ID for a new path yet")
-        cand = self.paths.start(local, remote, now, "active", self._path_retry(), timeout,
+        cand = self.paths.start(socket_id, remote, now, "active", self._path_retry(), timeout,
                                 unlimited_budget=True)
         if cand is None:
             self._retire_peer_cid(self.cids.release(reserved[0]))
@@ -492,7 +492,7 @@ class Connection:
             cand.dcid_seq = reserved[0]
         else:
             self._retire_peer_cid(self.cids.release(reserved[0]))
-        self.log.info("migrating to %s (socket %d)", remote, local)
+        self.log.info("migrating to %s (socket %d)", remote, socket_id)
         self._set_state(Trigger.PATH_CANDIDATE)
         return cand
 
@@ -527,7 +527,7 @@ class Connection:
 
     def _on_path_validated(self, result: ValidationResult, now: float) -> None:
         cand = result.candidate
-        old_local, old_addr = self.paths.switch_to(cand, now)
+        old_socket_id, old_addr = self.paths.switch_to(cand, now)
         # the path is proven: acknowledge what arrived over it while it was a candidate, or
         # the peer (blocked by its congestion window) waits for timeouts on packets we have
         received = self._received
@@ -557,10 +557,10 @@ class Connection:
             self.addr_changes.append((old_addr, cand.addr))
         self._ack_pending = True  # acknowledge on the new path at once
         self.log.info("path validated in %.1f ms: %s -> %s (%s; local socket %d -> %d)",
-                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_local,
-                      cand.local)
+                      result.elapsed * 1e3, old_addr, cand.addr, cand.reason, old_socket_id,
+                      cand.socket_id)
         self._events.append(PathChanged(old_addr, cand.addr, cand.reason, result.elapsed,
-                                        old_local, cand.local))
+                                        old_socket_id, cand.socket_id))
         if not self.paths.candidates:
             self._set_state(Trigger.PATH_VALIDATED)
 
@@ -570,7 +570,7 @@ class Connection:
             if cand.dcid_seq is not None:
                 self._retire_peer_cid(self.cids.release(cand.dcid_seq))
             self.log.info("path validation to %s failed: %s", cand.addr, result.why)
-            self._events.append(PathValidationFailed(cand.addr, result.why, cand.local))
+            self._events.append(PathValidationFailed(cand.addr, result.why, cand.socket_id))
         if not self.paths.candidates and self.state is State.VALIDATING_PATH:
             self._set_state(Trigger.PATH_FAILED)
 
@@ -649,7 +649,7 @@ class Connection:
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")
 
-    def _on_frame(self, frame: wire.Frame, local: int, addr: Address, now: float) -> None:
+    def _on_frame(self, frame: wire.Frame, socket_id: int, addr: Address, now: float) -> None:
         if isinstance(frame, wire.PushFrame):
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
@@ -660,9 +660,9 @@ class Connection:
         elif isinstance(frame, wire.DataBlockedFrame):
             self._send_max_data = True  # the peer is stuck: repeat our credit now
         elif isinstance(frame, wire.PathChallengeFrame):
-            self.paths.on_challenge(local, addr, frame.data)
+            self.paths.on_challenge(socket_id, addr, frame.data)
         elif isinstance(frame, wire.PathResponseFrame):
-            result = self.paths.on_response(local, addr, frame.data, now)
+            result = self.paths.on_response(socket_id, addr, frame.data, now)
             if result is not None and self.is_established:
                 self._on_path_validated(result, now)
         elif isinstance(frame, wire.NewConnectionIdFrame):
@@ -807,9 +807,9 @@ class Connection:
         return ConnectionClosed("the connection is closed for writing")
 
     # ------------------------------------------------------------------ sending
-    def datagrams_to_send(self, now: float, local: int | None = None
+    def datagrams_to_send(self, now: float, socket_id: int | None = None
                           ) -> list[tuple[bytes, Address]]:
-        """Datagrams to send now from socket ``local`` (default: the one in use).
+        """Datagrams to send now from socket ``socket_id`` (default: the one in use).
 
         For a socket that is not the one in use, only path-validation probes come out.
         """
@@ -817,11 +817,11 @@ class Connection:
         if state is _CLOSED:
             return []
         out: list[tuple[bytes, Address]] = []
-        if local is None:
-            local = self.paths.local
+        if socket_id is None:
+            socket_id = self.paths.socket_id
         if self.paths.has_work():
-            self._path_probes(local, now, out)
-        if local != self.paths.local:
+            self._path_probes(socket_id, now, out)
+        if socket_id != self.paths.socket_id:
             return out
         if state is _CLOSING:
             if self._close_resend_due and self._close_frame is not None:
@@ -851,23 +851,23 @@ class Connection:
         self._build_data_packets(now, out)
         return out
 
-    def _path_probes(self, local: int, now: float, out: list[tuple[bytes, Address]]) -> None:
-        """PATH_RESPONSEs owed and PATH_CHALLENGEs due on socket ``local``."""
+    def _path_probes(self, socket_id: int, now: float, out: list[tuple[bytes, Address]]) -> None:
+        """PATH_RESPONSEs owed and PATH_CHALLENGEs due on socket ``socket_id``."""
         paths = self.paths
         small = 1 + len(self.peer_cid) + 8 + 9  # header + one path frame
-        for addr, data in paths.take_responses(local):
-            size = paths.response_size(local, addr, small)
+        for addr, data in paths.take_responses(socket_id):
+            size = paths.response_size(socket_id, addr, small)
             if size:
                 out.append((self._build_probe(wire.PathResponseFrame(data), now,
-                                              self._dcid_for(local, addr), size), addr))
+                                              self._dcid_for(socket_id, addr), size), addr))
         if not paths.candidates or not self.is_established:
             return
-        for cand, data, size in paths.due_challenges(local, now, small):
+        for cand, data, size in paths.due_challenges(socket_id, now, small):
             out.append((self._build_probe(wire.PathChallengeFrame(data), now,
-                                          self._dcid_for(local, cand.addr), size), cand.addr))
+                                          self._dcid_for(socket_id, cand.addr), size), cand.addr))
 
-    def _dcid_for(self, local: int, addr: Address) -> bytes:
-        cand = self.paths.candidates.get((local, addr))
+    def _dcid_for(self, socket_id: int, addr: Address) -> bytes:
+        cand = self.paths.candidates.get((socket_id, addr))
         if cand is not None and cand.dcid_seq is not None and cand.dcid_seq in self.cids.peer:
             return self.cids.peer[cand.dcid_seq]
         return self.peer_cid

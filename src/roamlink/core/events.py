@@ -29,8 +29,8 @@ class PathChanged:
     new_addr: Address
     reason: str  # "passive" (peer's address changed) or "active" (migrate())
     validation_time: float
-    old_local: int = 0  # the socket layer's id of the local socket before and after
-    new_local: int = 0
+    old_socket_id: int = 0  # the socket layer's id of the local socket before and after
+    new_socket_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class PathValidationFailed:
 
     addr: Address
     reason: str
-    local: int = 0
+    socket_id: int = 0
 
 
 Event = HandshakeCompleted | ConnectionTerminated | PathChanged | PathValidationFailed
