@@ -255,10 +255,10 @@ def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
     victim = ("10.99.0.1", 53)
     header = held[0][:1 + 8 + 8]  # a valid CID and a packet number never received
     forged = header + wire.encode_frame(wire.PathChallengeFrame(b"\x01" * 8))
-    unvalidated = s.unvalidated_packets
+    unvalidated = s.counters.unvalidated_packets
     net.send(victim, SERVER, forged)
     net.run(until=net.now + 0.05)
-    assert s.unvalidated_packets == unvalidated + 1  # it was processed (and answered)...
+    assert s.counters.unvalidated_packets == unvalidated + 1  # it was processed (and answered)...
     assert not s.paths.candidates  # not the newest packet: no migration starts
     to_victim = sum(len(d) for _, dst, d in net.captured if dst == victim)
     assert 0 < to_victim <= 3 * len(forged), (to_victim, len(forged))

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from ..core.connection import APPLICATION_ERROR, Connection
+from ..core.connection import Connection
 from ..core.events import (
     Address,
     ConnectionStats,
@@ -15,6 +15,7 @@ from ..core.events import (
     PathChanged,
     PathValidationFailed,
 )
+from ..core.wire import CloseCode
 from ..errors import (
     ConnectionClosed,
     IncompleteRead,
@@ -272,7 +273,7 @@ class Stream:
         self._conn.close(self._endpoint.now())
         self._endpoint.mark(self._conn)
 
-    def abort(self, code: int = APPLICATION_ERROR, reason: str = "") -> None:
+    def abort(self, code: int = CloseCode.APPLICATION_ERROR, reason: str = "") -> None:
         """Reset the connection at once; the peer's reads raise ConnectionReset(code)."""
         self._conn.abort(self._endpoint.now(), code, reason)
         self._endpoint.mark(self._conn)
@@ -290,7 +291,7 @@ class Stream:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is not None and not isinstance(exc, RoamlinkError):
-            self.abort(APPLICATION_ERROR, f"application error: {type(exc).__name__}")
+            self.abort(CloseCode.APPLICATION_ERROR, f"application error: {type(exc).__name__}")
         else:
             self.close()
         await self.wait_closed()
