@@ -35,12 +35,11 @@ from ..errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
-    IdleTimeout,
     ProtocolViolation,
     RoamlinkError,
     VersionMismatch,
 )
-from . import migration, wire
+from . import delivery, migration, wire
 from .ack_state import MAX_PACKET_NUMBER_JUMP, AckState
 from .buffers import RecvBuffer, SendBuffer
 from .cids import ConnectionIds
@@ -55,13 +54,13 @@ from .events import (
 from .flow_control import FlowControl
 from .handshake import Handshake, LongHeaderVerdict, VersionVerdict
 from .pacing import Pacer
-from .packet_builder import HANDSHAKE_MARK, PacketBuilder
+from .packet_builder import PacketBuilder
 from .paths import Candidate, PathManager
-from .recovery import Recovery, SentPacket
+from .recovery import Recovery
 from .rtt import RttEstimator
 from .states import State, Trigger, next_state
 from .stats import Counters, snapshot
-from .timers import ENDING_TIMERS, LIVE_TIMERS, Timer, TimerTable
+from .timers import ENDING_TIMERS, LIVE_TIMERS, connection_timers
 
 logger = logging.getLogger("roamlink.connection")
 
@@ -137,7 +136,6 @@ class Connection:
                                      cc=self.cc, rtt=self.rtt, pacer=self.pacer,
                                      acks=self.acks, flow=self.flow, counters=self.counters,
                                      now=now)
-        self.timers = self._timer_table()
 
         # lifecycle
         self._events: deque[Event] = deque()
@@ -153,6 +151,7 @@ class Connection:
         self._close_resend_due = False
         self._app_closed = False
         self._graceful_drain = False
+        self.timers = connection_timers(self)
 
         if is_client and early_data:
             self.send_buf.write(early_data)
@@ -297,106 +296,6 @@ class Connection:
         else:
             self.timers.fire(LIVE_TIMERS, now)
 
-    def _timer_table(self) -> TimerTable:
-        """Each timer's deadline (None: not armed) and what firing it does."""
-        packets = self.packets
-        return TimerTable({
-            Timer.CONNECT: (self._connect_deadline, self._on_connect_timeout),
-            Timer.IDLE: (self._idle_deadline, self._on_idle_timeout),
-            Timer.CLOSE: (lambda: self._close_deadline, self._on_close_timeout),
-            Timer.ACK: (lambda: self.acks.deadline, self._on_ack_timer),
-            Timer.PATH_VALIDATION: (self.paths.timer, self._on_path_timer),
-            Timer.LOSS_DETECTION: (self.recovery.timer, self._on_loss_timer),
-            Timer.GAP_PROBE: (self._gap_probe_deadline, self._on_gap_probe_timer),
-            Timer.KEEPALIVE: (self._keepalive_deadline, self._on_keepalive_timer),
-            Timer.PACING: (lambda: packets.pace_at, lambda now: False),
-            Timer.DRAIN: (lambda: self._drain_deadline, self._on_drain_timer),
-        })
-
-    def _connect_deadline(self) -> float | None:
-        if self.state is not _HANDSHAKING:
-            return None
-        return self._created + self.config.connect_timeout
-
-    def _on_connect_timeout(self, now: float) -> bool:
-        self._terminate(ConnectTimeout(
-            f"no answer from {self.remote_addr} within {self.config.connect_timeout} s"),
-            Trigger.TIMEOUT)
-        return True
-
-    def _idle_deadline(self) -> float | None:
-        idle = self.config.idle_timeout
-        return self._last_received + idle if idle else None
-
-    def _on_idle_timeout(self, now: float) -> bool:
-        self._terminate(IdleTimeout(
-            f"nothing heard from the peer for {self.config.idle_timeout} s"), Trigger.TIMEOUT)
-        return True
-
-    def _on_close_timeout(self, now: float) -> bool:
-        self._close_deadline = None
-        self._enter_closing(now, CloseCode.NO_ERROR, "close timeout",
-                            ConnectionClosed("the peer did not close in time"))
-        return True
-
-    def _on_ack_timer(self, now: float) -> bool:
-        self.acks.pending = True
-        self.acks.deadline = now  # send at the next opportunity
-        return False
-
-    def _on_path_timer(self, now: float) -> bool:
-        migration.expire_paths(self, now)
-        return False
-
-    def _on_loss_timer(self, now: float) -> bool:
-        lost, probe = self.recovery.on_timeout(now)
-        if lost:
-            self._on_lost(lost, now)
-        if probe:
-            self.packets.probe_pending = 2
-            if self.state is _HANDSHAKING:
-                self.handshake.pending = True
-            elif not self.send_buf.unsent:
-                # nothing new to probe with: resend the oldest unacknowledged data
-                oldest = self.recovery.oldest_unacked()
-                if oldest is not None:
-                    for offset, length, fin in oldest.stream:
-                        self.send_buf.on_lost(offset, length, fin)
-        return False
-
-    def _gap_probe_deadline(self) -> float | None:
-        """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a
-        few backed-off probes (8 at most per silence) let it find us after an address
-        change it cannot see."""
-        if not self.is_established or not (self.recv_buf.segment_count or (
-                self.recv_buf.fin_offset is None and self._gap_probes < 8)):
-            return None
-        backoff = 2.0 * (1 << min(self._gap_probes, 6))
-        return (max(self._last_received, self._gap_probe_sent)
-                + backoff * self.recovery.pto_interval())
-
-    def _on_gap_probe_timer(self, now: float) -> bool:
-        # the peer was sending (or data is missing) and went quiet: maybe our address
-        # changed and its packets go astray. A packet from us lets it find us again.
-        self._gap_probe_sent = now
-        self._gap_probes += 1
-        self.acks.pending = True
-        return False
-
-    def _keepalive_deadline(self) -> float | None:
-        interval = self.config.keepalive_interval
-        if not interval or not self.is_established:
-            return None
-        return self.packets.last_sent + interval
-
-    def _on_keepalive_timer(self, now: float) -> bool:
-        self.packets.control.append(wire.PingFrame())
-        return False
-
-    def _on_drain_timer(self, now: float) -> bool:
-        self._set_state(Trigger.DRAIN_DONE)
-        return True
-
     # ------------------------------------------------------------------ receiving
     def receive_datagram(self, data: bytes, addr: Address, now: float,
                          socket_id: int | None = None) -> None:
@@ -532,7 +431,7 @@ class Connection:
         if isinstance(frame, wire.PushFrame):
             self._on_push(frame)
         elif isinstance(frame, wire.AckFrame):
-            self._on_ack(frame, now)
+            delivery.on_ack(self, frame, now)
         elif isinstance(frame, wire.MaxDataFrame):
             self.flow.on_max_data(frame.maximum)
         elif isinstance(frame, wire.DataBlockedFrame):
@@ -559,65 +458,6 @@ class Connection:
         if new and self._app_closed:
             self.recv_buf.read()  # nobody will read it: discard, keep credit flowing
             self.flow.on_consumed(self.recv_buf.consumed)
-
-    def _on_ack(self, ack: wire.AckFrame, now: float) -> None:
-        if ack.largest >= self.packets.next_pn:
-            raise ProtocolViolation(CloseCode.PROTOCOL_VIOLATION, "ACK of a packet never sent")
-        acked, lost, _ = self.recovery.on_ack(ack, now)
-        if acked:
-            send_buf = self.send_buf
-            peer_saw = -1
-            # consecutive packets usually carry adjacent stream ranges: acknowledge each run
-            # of them in one call instead of one call per packet
-            run_start = run_end = -1
-            for pkt in acked:
-                for offset, length, fin in pkt.stream:
-                    if offset == run_end and not fin:
-                        run_end += length
-                        continue
-                    if run_end > run_start:
-                        send_buf.on_acked(run_start, run_end - run_start, False)
-                    if fin:
-                        send_buf.on_acked(offset, length, True)
-                        run_start = run_end = -1
-                    else:
-                        run_start, run_end = offset, offset + length
-                if pkt.largest_acked > peer_saw:
-                    peer_saw = pkt.largest_acked
-            if run_end > run_start:
-                send_buf.on_acked(run_start, run_end - run_start, False)
-            self.acks.on_peer_saw(peer_saw)
-            self.cc.on_packets_acked(acked, self.rtt, now, self.recovery.bytes_in_flight)
-        if lost:
-            self._on_lost(lost, now)
-
-    def _on_lost(self, lost: list[SentPacket], now: float) -> None:
-        for pkt in lost:
-            self._requeue(pkt)
-        self.cc.on_packets_lost(lost, self.rtt, now)
-
-    def _requeue(self, pkt: SentPacket) -> None:
-        """Queue what a lost packet carried to be sent again, in new packets."""
-        for offset, length, fin in pkt.stream:
-            self.send_buf.on_lost(offset, length, fin)
-        control = self.packets.control
-        for frame in pkt.control:
-            if isinstance(frame, wire.MaxDataFrame):
-                self.flow.send_max_data = True
-            elif frame is HANDSHAKE_MARK:
-                if self.state is _HANDSHAKING:
-                    self.handshake.pending = True
-            elif isinstance(frame, wire.PingFrame):
-                pass  # a lost PING needs no repeat
-            elif isinstance(frame, wire.DataBlockedFrame):
-                if (frame.limit == self.flow.peer_max_data
-                        and self.send_buf.next_offset >= self.flow.peer_max_data):
-                    control.append(frame)  # still blocked there: say it again
-            elif isinstance(frame, wire.NewConnectionIdFrame):
-                if frame.sequence in self.cids.local:
-                    control.append(frame)  # not retired meanwhile: announce it again
-            else:
-                control.append(frame)
 
     def _on_close_frame(self, frame: wire.CloseFrame, now: float) -> None:
         if frame.code == CloseCode.NO_ERROR:

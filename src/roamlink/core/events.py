@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import RoamlinkError
 
 Address = tuple[str, int] | tuple[str, int, int, int]
+#: Why a path was validated: the peer's packets came from a new address ("passive": NAT
+#: rebinding, a new network) or the application called ``migrate()`` ("active").
+MigrationReason = Literal["passive", "active"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +31,7 @@ class PathChanged:
 
     old_addr: Address
     new_addr: Address
-    reason: str  # "passive" (peer's address changed) or "active" (migrate())
+    reason: MigrationReason
     validation_time: float
     old_socket_id: int = 0  # the socket layer's id of the local socket before and after
     new_socket_id: int = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import MigrationError, ProtocolViolation
-from . import wire
+from . import delivery, wire
 from .events import Address, PathChanged, PathValidationFailed
 from .paths import Candidate, ValidationResult
 from .states import State, Trigger
@@ -125,7 +125,7 @@ def on_path_validated(conn: Connection, result: ValidationResult, now: float) ->
     # what was in flight on the old path is resent on the new one (the receiver drops
     # duplicates), without counting it as congestion
     for pkt in conn.recovery.take_all_in_flight():
-        conn._requeue(pkt)
+        delivery.requeue(conn, pkt)
     if old_addr != cand.addr:
         conn.addr_changes.append((old_addr, cand.addr))
     conn.acks.pending = True  # acknowledge on the new path at once

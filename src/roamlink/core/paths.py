@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import Address
+from .events import Address, MigrationReason
 from .ranges import RangeSet
 
 #: Anti-amplification factor for unvalidated addresses.
@@ -46,7 +46,7 @@ class Candidate:
 
     socket_id: int
     addr: Address
-    reason: str  # "passive" or "active"
+    reason: MigrationReason
     started: float
     deadline: float
     next_send: float  # when the next challenge is due (now: at once)
@@ -155,9 +155,9 @@ class PathManager:
             del self.candidates[victim.key]
             self.candidates_evicted += 1
 
-    def start(self, socket_id: int, addr: Address, now: float, reason: str, retry_interval: float,
-              timeout: float | None = None, *, unlimited_budget: bool = False
-              ) -> Candidate | None:
+    def start(self, socket_id: int, addr: Address, now: float, reason: MigrationReason,
+              retry_interval: float, timeout: float | None = None, *,
+              unlimited_budget: bool = False) -> Candidate | None:
         """Begin validating a path; None when too many candidates are in progress."""
         key = (socket_id, addr)
         if reason == "active":

@@ -5,14 +5,23 @@
 The order matters: the first three end the connection, and once one of them fires nothing
 else runs. While closing or draining only ``DRAIN`` is armed.
 
-Where a deadline is stored or computed, and what firing does, is written next to each other
-in ``Connection._timer_table`` (the connection owns the state both read).
+:func:`connection_timers` writes down, for each timer of a connection, where its deadline
+comes from and what firing it does; like :mod:`.migration`, these functions are the
+connection's own behaviour, kept in the file named for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from ..errors import ConnectionClosed, ConnectTimeout, IdleTimeout
+from . import delivery, migration, wire
+from .states import State, Trigger
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 
 class Timer(IntEnum):
@@ -77,3 +86,120 @@ class TimerTable:
             at = deadlines[timer]()
             if at is not None and now >= at and handlers[timer](now):
                 return
+
+
+# ---------------------------------------------------------------------- a connection's timers
+def connection_timers(conn: Connection) -> TimerTable:
+    """Each timer's deadline (None: not armed) and what firing it does, for ``conn``."""
+    packets, acks = conn.packets, conn.acks
+    return TimerTable({
+        Timer.CONNECT: (lambda: _connect_deadline(conn), lambda now: _connect_timeout(conn)),
+        Timer.IDLE: (lambda: _idle_deadline(conn), lambda now: _idle_timeout(conn)),
+        Timer.CLOSE: (lambda: conn._close_deadline, lambda now: _close_timeout(conn, now)),
+        Timer.ACK: (lambda: acks.deadline, lambda now: _ack_due(conn, now)),
+        Timer.PATH_VALIDATION: (conn.paths.timer, lambda now: _expire_paths(conn, now)),
+        Timer.LOSS_DETECTION: (conn.recovery.timer, lambda now: _loss_timeout(conn, now)),
+        Timer.GAP_PROBE: (lambda: _gap_probe_deadline(conn), lambda now: _gap_probe(conn, now)),
+        Timer.KEEPALIVE: (lambda: _keepalive_deadline(conn), lambda now: _keepalive(conn)),
+        Timer.PACING: (lambda: packets.pace_at, lambda now: False),
+        Timer.DRAIN: (lambda: conn._drain_deadline, lambda now: _drained(conn)),
+    })
+
+
+def _connect_deadline(conn: Connection) -> float | None:
+    if conn.state is not State.HANDSHAKING:
+        return None
+    return conn._created + conn.config.connect_timeout
+
+
+def _connect_timeout(conn: Connection) -> bool:
+    conn._terminate(ConnectTimeout(
+        f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s"),
+        Trigger.TIMEOUT)
+    return True
+
+
+def _idle_deadline(conn: Connection) -> float | None:
+    idle = conn.config.idle_timeout
+    return conn._last_received + idle if idle else None
+
+
+def _idle_timeout(conn: Connection) -> bool:
+    conn._terminate(IdleTimeout(
+        f"nothing heard from the peer for {conn.config.idle_timeout} s"), Trigger.TIMEOUT)
+    return True
+
+
+def _close_timeout(conn: Connection, now: float) -> bool:
+    conn._close_deadline = None
+    conn._enter_closing(now, wire.CloseCode.NO_ERROR, "close timeout",
+                        ConnectionClosed("the peer did not close in time"))
+    return True
+
+
+def _ack_due(conn: Connection, now: float) -> bool:
+    conn.acks.pending = True
+    conn.acks.deadline = now  # send at the next opportunity
+    return False
+
+
+def _expire_paths(conn: Connection, now: float) -> bool:
+    migration.expire_paths(conn, now)
+    return False
+
+
+def _loss_timeout(conn: Connection, now: float) -> bool:
+    lost, probe = conn.recovery.on_timeout(now)
+    if lost:
+        delivery.on_lost(conn, lost, now)
+    if probe:
+        conn.packets.probe_pending = 2
+        send_buf = conn.send_buf
+        if conn.state is State.HANDSHAKING:
+            conn.handshake.pending = True
+        elif not send_buf.unsent:
+            # nothing new to probe with: resend the oldest unacknowledged data
+            oldest = conn.recovery.oldest_unacked()
+            if oldest is not None:
+                for offset, length, fin in oldest.stream:
+                    send_buf.on_lost(offset, length, fin)
+    return False
+
+
+def _gap_probe_deadline(conn: Connection) -> float | None:
+    """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a few
+    backed-off probes (8 at most per silence) let it find us after an address change it
+    cannot see."""
+    recv_buf = conn.recv_buf
+    if not conn.is_established or not (recv_buf.segment_count or (
+            recv_buf.fin_offset is None and conn._gap_probes < 8)):
+        return None
+    backoff = 2.0 * (1 << min(conn._gap_probes, 6))
+    return (max(conn._last_received, conn._gap_probe_sent)
+            + backoff * conn.recovery.pto_interval())
+
+
+def _gap_probe(conn: Connection, now: float) -> bool:
+    # the peer was sending (or data is missing) and went quiet: maybe our address changed
+    # and its packets go astray. A packet from us lets it find us again.
+    conn._gap_probe_sent = now
+    conn._gap_probes += 1
+    conn.acks.pending = True
+    return False
+
+
+def _keepalive_deadline(conn: Connection) -> float | None:
+    interval = conn.config.keepalive_interval
+    if not interval or not conn.is_established:
+        return None
+    return conn.packets.last_sent + interval
+
+
+def _keepalive(conn: Connection) -> bool:
+    conn.packets.control.append(wire.PingFrame())
+    return False
+
+
+def _drained(conn: Connection) -> bool:
+    conn._set_state(Trigger.DRAIN_DONE)
+    return True
