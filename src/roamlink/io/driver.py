@@ -108,10 +108,10 @@ class ConnectionDriver(Generic[S]):
         """Collect what ``conn`` has to send, each datagram on the socket of its path; re-arm
         its timer; tell its observer; retire it once closed. ``via``: the socket that had
         input or a timer for it."""
-        primary = self.sockets.get(conn.paths.local, via)
+        primary = self.sockets.get(conn.paths.socket_id, via)
         self._collect(conn, now, primary)
         if conn.paths.has_work():  # probes on other sockets (path validation)
-            for socket_id in conn.paths.locals_with_work():
+            for socket_id in conn.paths.sockets_with_work():
                 other = self.sockets.get(socket_id)
                 if other is not None and other is not primary:
                     self._collect(conn, now, other)
