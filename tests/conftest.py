@@ -47,6 +47,7 @@ TIERS: dict[str, str] = {
     "test_migration_cids.py": "unit",
     "test_migration_pending_pns.py": "unit",
     "test_states.py": "unit",
+    "test_timers.py": "unit",
     "test_wire.py": "unit",
     "test_congestion_figures.py": "sim",
     "test_logging.py": "sim",
