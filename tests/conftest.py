@@ -93,6 +93,9 @@ SLOW: set[str] = {
     "test_recovery_timers.py::test_rtt_estimate_with_delayed_acks_and_jitter",
     "test_recovery_timers.py::test_reordering_beyond_the_thresholds_is_counted_as_spurious",
     "test_recovery_flow_control.py::test_memory_stays_bounded_during_a_long_lossy_transfer",
+    "test_recovery_timers.py::test_slow_start_again_after_idle",
+    "test_sim_transfer.py::test_many_connections_on_one_server_socket",
+    "test_workers.py",  # worker processes: a server process per test
 }
 _SLOW_TIERS = frozenset({"cli", "netns"})
 
