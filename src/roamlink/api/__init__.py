@@ -1,7 +1,8 @@
 """The asyncio API: Listener, Stream, listen(), connect()."""
 
 from .connect import connect
+from .forward import BridgeResult, bridge
 from .listener import Listener, listen
 from .stream import Stream
 
-__all__ = ["Listener", "Stream", "connect", "listen"]
+__all__ = ["BridgeResult", "Listener", "Stream", "bridge", "connect", "listen"]
