@@ -22,7 +22,8 @@ from typing import IO, Any
 
 import pytest
 
-from .real_clients import SSHD, require_programs, ssh_options, sshd_config
+from tests.support.real_clients import SSHD, require_programs, ssh_options, sshd_config
+
 from .test_cli import ROOT, _env, _read_line, json_lines
 
 pytestmark = pytest.mark.timeout(300)
