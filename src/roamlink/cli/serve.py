@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..api import Listener, Stream
-from ..api.forward import forward_stream
+from ..api.forward import forward_stream, target_error_reason
 from ..config import Config
 from ..core.events import ConnectionTerminated, PathChanged
 from ..errors import RoamlinkError
@@ -225,10 +225,11 @@ def _forwarder(target: tuple[str, int], config: Config, out: Output) -> Handler:
         result = await forward_stream(stream, host, port,
                                       connect_timeout=config.connect_timeout)
         if result.outcome == "target_unreachable":
+            reason = target_error_reason(result.error or OSError(), config.connect_timeout)
             out.report("target_unreachable", f"connection {cid}: cannot reach the forward "
-                       f"target {show(target)}: {result.error}; reset the connection with "
+                       f"target {show(target)}: {reason}; reset the connection with "
                        f"code 0x101", style="red", connection_id=cid, target=show(target),
-                       error=str(result.error))
+                       error=reason)
         elif not result.ok:
             out.report("forward_failed", f"connection {cid}: forwarding ended by "
                        f"{result.outcome.replace('_', ' ')}: {result.error}", style="yellow",
