@@ -14,11 +14,15 @@ from .errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
+    InvalidKey,
+    KeyFileError,
     MigrationError,
     MigrationTimeout,
     RoamlinkError,
     VersionMismatch,
 )
+from .keys import KeyPair
 
 __version__ = "0.1.0"
 
@@ -30,6 +34,10 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "ConnectionStats",
+    "HandshakeFailed",
+    "InvalidKey",
+    "KeyFileError",
+    "KeyPair",
     "Listener",
     "MigrationError",
     "MigrationTimeout",
