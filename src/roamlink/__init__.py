@@ -6,7 +6,7 @@
 """
 
 from . import errors, forward
-from .api import Listener, Stream, connect, listen
+from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
 from .core.events import ConnectionStats, PathChanged
 from .errors import (
@@ -49,4 +49,5 @@ __all__ = [
     "errors",
     "forward",
     "listen",
+    "run_server",
 ]

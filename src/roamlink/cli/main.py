@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                  quiet=getattr(args, "quiet", False))
     try:
         config = load_config(args.config)
-        code: int = asyncio.run(args.func(args, config, out))
+        code: int
+        if getattr(args, "workers", None) is not None:  # a supervisor of worker processes
+            code = args.run_workers(args, config, out)
+        else:
+            code = asyncio.run(args.func(args, config, out))
         return code
     except KeyboardInterrupt:
         if args.debug:
