@@ -62,8 +62,8 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop,
             chunk = b""
         try:
             asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-        except RuntimeError:  # loop closed: the command is over
-            return
+        except (RuntimeError, concurrent.futures.CancelledError):
+            return  # the loop closed, or the put was cancelled: the command is over
         if not chunk:
             return
 
