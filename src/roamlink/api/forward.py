@@ -39,9 +39,12 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from ..core.connection import APPLICATION_ERROR, INTERNAL_ERROR
+from ..core.wire import CloseCode
 from ..errors import ConnectionReset, IdleTimeout, RoamlinkError
 from .stream import Stream
+
+APPLICATION_ERROR = int(CloseCode.APPLICATION_ERROR)  # 0x100: the first application code
+INTERNAL_ERROR = int(CloseCode.INTERNAL_ERROR)
 
 #: The server could not open the TCP connection to its forward target (refused, no route,
 #: timed out); the CLOSE reason says which. Sent before any byte was forwarded.

@@ -12,8 +12,8 @@ import sys
 import threading
 
 from ..api import Stream
+from ..api.forward import APPLICATION_ERROR
 from ..config import Config
-from ..core.connection import APPLICATION_ERROR
 from ..errors import RoamlinkError
 from .common import (
     EXIT_OK,
