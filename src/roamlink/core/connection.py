@@ -320,14 +320,17 @@ class Connection:
         if lost:
             self._on_lost(lost, now)
         if probe:
-            self._probe_pending = 2
+            recovery = self.recovery
+            self._probe_pending = recovery.probe_packets
             if self.state is _HANDSHAKING:
                 self._handshake_pending = True
             elif not self.send_buf.unsent:
-                # nothing new to probe with: resend the oldest unacknowledged data
-                oldest = self.recovery.oldest_unacked()
-                if oldest is not None:
-                    for offset, length, fin in oldest.stream:
+                # nothing new to probe with: a tail-loss probe repeats the newest data (its
+                # ACK then reveals what before it was lost), a PTO the oldest
+                again = (recovery.newest_unacked() if recovery.last_probe_was_tlp
+                         else recovery.oldest_unacked())
+                if again is not None:
+                    for offset, length, fin in again.stream:
                         self.send_buf.on_lost(offset, length, fin)
         if (self.is_established and self._expecting_data()
                 and now >= self._gap_probe_deadline()):
