@@ -11,7 +11,7 @@ from .errors import ConfigError
 #: The wire version this implementation speaks.
 PROTOCOL_VERSION = 1
 
-CONGESTION_CONTROLLERS = ("vegas", "newreno")
+CONGESTION_CONTROLLERS = ("vegas", "newreno", "bbr")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from .delivery import RateSample
 from .recovery import SentPacket
 from .rtt import RttEstimator
 
@@ -33,6 +34,11 @@ class CongestionController(ABC):
     def on_packet_sent(self, size: int, now: float,  # noqa: B027 - optional hook
                        bytes_in_flight: int = 0) -> None:
         """Called for every in-flight packet sent (``bytes_in_flight`` includes it)."""
+
+    def on_delivery(self, sample: RateSample,  # noqa: B027 - optional hook
+                    delivered: int) -> None:
+        """Called before :meth:`on_packets_acked` with the ACK's delivery-rate sample and
+        the path's total delivered bytes (model-based controllers use them)."""
 
     @abstractmethod
     def on_packets_acked(self, packets: list[SentPacket], rtt: RttEstimator, now: float,
@@ -104,9 +110,16 @@ def _vegas(max_datagram_size: int, initial_window_packets: int) -> CongestionCon
     return Vegas(max_datagram_size, initial_window_packets)
 
 
+def _bbr(max_datagram_size: int, initial_window_packets: int) -> CongestionController:
+    from .bbr import Bbr  # bbr imports this module for the base class
+
+    return Bbr(max_datagram_size, initial_window_packets)
+
+
 CONTROLLERS: dict[str, Callable[[int, int], CongestionController]] = {
     "vegas": _vegas,
     "newreno": NewReno,
+    "bbr": _bbr,
 }
 
 

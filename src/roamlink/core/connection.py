@@ -33,6 +33,7 @@ from . import wire
 from .buffers import RecvBuffer, SendBuffer
 from .cids import ConnectionIds
 from .congestion import create_controller
+from .delivery import DeliveryRateEstimator
 from .events import (
     Address,
     ConnectionStats,
@@ -130,6 +131,7 @@ class Connection:
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
         self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
+        self.delivery = DeliveryRateEstimator()
         self._pace_at: float | None = None  # when the pacer lets the next packet go
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
@@ -550,6 +552,7 @@ class Connection:
             self.cc.on_path_change()
             self.rtt.reset()
             self.recovery.on_new_path()
+            self.delivery.reset()
             if self.pacer is not None:
                 self._pace_at = None
         # what was in flight on the old path is resent on the new one (the receiver drops
@@ -718,7 +721,11 @@ class Connection:
             if peer_knows > _ACK_HISTORY:
                 # the peer saw an ACK up to peer_knows: stop repeating older ranges
                 self._received.shift_until(peer_knows - _ACK_HISTORY)
-            self.cc.on_packets_acked(acked, self.rtt, now, self.recovery.bytes_in_flight)
+            rtt = self.rtt
+            sample = self.delivery.on_ack(acked, now, rtt.min_rtt if rtt.has_sample else 0.0)
+            if sample is not None:
+                self.cc.on_delivery(sample, self.delivery.delivered)
+            self.cc.on_packets_acked(acked, rtt, now, self.recovery.bytes_in_flight)
         if lost:
             self._on_lost(lost, now)
 
@@ -974,6 +981,10 @@ class Connection:
                 self._probe_pending -= 1
             if not eliciting or not may_fly:
                 break
+        if not send_buf.has_data_to_send() and self._can_send_in_flight():
+            # the window has room but the application gave us nothing: rate samples until
+            # this flight is delivered measure the application, not the path
+            self.delivery.mark_app_limited(self.recovery.bytes_in_flight)
 
     def _maybe_blocked(self, parts: list[bytes], control: list[wire.Frame]) -> None:
         """Flow control stops us: tell the peer once per limit (a probe for a lost update)."""
@@ -1016,6 +1027,8 @@ class Connection:
                 and recovery.last_ack_eliciting_time is not None
                 and now - recovery.last_ack_eliciting_time > recovery.pto_interval()):
             self.cc.on_idle()  # the window is stale after an idle period: slow start again
+        if eliciting:
+            self.delivery.on_packet_sent(pkt, now, recovery.bytes_in_flight)
         recovery.on_packet_sent(pkt)
         if eliciting:
             self.cc.on_packet_sent(size, now, recovery.bytes_in_flight)
@@ -1114,6 +1127,10 @@ class Connection:
             send_buffered=self.send_buf.buffered,
             recv_buffered=self.recv_buf.buffered,
             flow_control_blocked=self.flow_blocked,
+            delivery_rate=self.delivery.latest.delivery_rate,
+            delivery_rate_app_limited=self.delivery.latest.is_app_limited,
+            pacing_rate=self.pacer.rate if self.pacer is not None else 0.0,
+            tail_loss_probes=self.recovery.tlp_fired,
         )
 
 
