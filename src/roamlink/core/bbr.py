@@ -66,6 +66,11 @@ FULL_BW_ROUNDS = 3
 PACING_MARGIN = 0.99
 #: The ACK-aggregation allowance never exceeds this many seconds at the bottleneck rate.
 MAX_EXTRA_ACKED_TIME = 0.1
+#: A round trip, for the model's filters and the gain cycle, lasts at least this long: on a
+#: sub-millisecond path (loopback, a LAN) a round holds a handful of packets, a probe at 1.25x
+#: for one such round measures nothing, and one scheduling hiccup of a busy host would expire
+#: the bandwidth estimate. (Vegas has the same floor, for the same reason.)
+MIN_ROUND = 0.005
 
 
 class WindowedMax:
@@ -124,6 +129,7 @@ class Bbr(CongestionController):
         self.cwnd_gain = HIGH_GAIN
         self.round_count = 0
         self._next_round_delivered = 0
+        self._round_stamp = float("-inf")
         self._round_start = False
         self.filled_pipe = False
         self._full_bw = 0.0
@@ -162,7 +168,7 @@ class Bbr(CongestionController):
         self._sample = None
         if rs is None:
             return
-        self._update_round(rs)
+        self._update_round(rs, now)
         self._update_bw(rs)
         self._update_extra_acked(rs, now)
         if rtt.has_sample:
@@ -174,10 +180,12 @@ class Bbr(CongestionController):
         self._check_probe_rtt(now, bytes_in_flight)
         self._set_cwnd(rs, bytes_in_flight)
 
-    def _update_round(self, rs: RateSample) -> None:
+    def _update_round(self, rs: RateSample, now: float) -> None:
         self._round_start = False
-        if rs.prior_delivered >= self._next_round_delivered:
+        if (rs.prior_delivered >= self._next_round_delivered
+                and now - self._round_stamp >= MIN_ROUND):
             self._next_round_delivered = self._delivered
+            self._round_stamp = now
             self.round_count += 1
             self._round_start = True
 
@@ -253,7 +261,7 @@ class Bbr(CongestionController):
         self.pacing_gain = PACING_GAINS[self._cycle_index]
 
     def _update_cycle(self, now: float, bytes_in_flight: int, rs: RateSample) -> None:
-        elapsed = now - self._cycle_stamp > self.min_rtt
+        elapsed = now - self._cycle_stamp > max(self.min_rtt, MIN_ROUND)
         gain = self.pacing_gain
         if gain > 1.0:
             # probe until a round has passed and the extra data is in flight

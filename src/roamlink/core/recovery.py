@@ -266,12 +266,14 @@ class Recovery:
         """RFC 8985 section 7.2: 2 x SRTT, plus the peer's ACK delay when a single packet is
         out (its ACK may be delayed), never later than the PTO."""
         rtt = self.rtt
-        interval = TLP_RTTS * rtt.smoothed if rtt.has_sample else self.pto_interval()
+        pto = self.pto_interval()
+        if not rtt.has_sample:
+            return pto
+        interval = TLP_RTTS * rtt.smoothed
         if len(self.sent) == 1:
             interval += self.max_ack_delay
         if interval < TLP_MIN:
             interval = TLP_MIN
-        pto = self.pto_interval()
         return interval if interval < pto else pto
 
     def timer(self) -> float | None:
