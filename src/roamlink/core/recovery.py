@@ -39,8 +39,7 @@ PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 5 / 4
 TIMER_GRANULARITY = 0.001
 #: Ceilings of the adapted thresholds: loss detection never waits longer than this.
-MAX_PACKET_THRESHOLD = 64
-MAX_REO_WND_MULT = 4  # reo_wnd <= min_rtt (and never more than the smoothed RTT)
+MAX_PACKET_THRESHOLD = 256
 #: The tail-loss probe waits this many smoothed RTTs after the last send (at least TLP_MIN).
 TLP_RTTS = 2.0
 TLP_MIN = 0.01
@@ -114,7 +113,8 @@ class Recovery:
 
     @property
     def reo_wnd(self) -> float:
-        """RACK's reordering window: how much later than expected a packet may still come."""
+        """RACK's reordering window: how much later than expected a packet may still come
+        (``reo_wnd_mult`` quarters of the minimum RTT, at most the smoothed RTT)."""
         rtt = self.rtt
         wnd = self.reo_wnd_mult * rtt.base / 4
         return wnd if wnd < rtt.smoothed else rtt.smoothed
@@ -163,8 +163,10 @@ class Recovery:
                 j = bisect_right(lost_pns, hi)
                 if i < j:
                     self.spurious_losses += j - i
+                    # how far it was overtaken (at most: later ones arrived since)
+                    distance = max(self.largest_acked, ack.largest) - lost_pns[i]
                     del lost_pns[i:j]
-                    self._widen_thresholds(now)
+                    self._widen_thresholds(now, distance)
                     if not lost_pns:
                         break
         rtt_updated = False
@@ -223,16 +225,19 @@ class Recovery:
         self.rack_rtt = 0.0
         self.tlp_armed = True
 
-    def _widen_thresholds(self, now: float) -> None:
-        """A loss was spurious: tolerate more reordering (RFC 8985 section 6.2: the window
-        grows by min_rtt/4 at most once per round trip; the packet threshold by half)."""
+    def _widen_thresholds(self, now: float, distance: int) -> None:
+        """A loss was spurious: tolerate more reordering. The packet threshold grows to the
+        distance the packet was overtaken by (as Linux TCP's ``tp->reordering``), and at
+        least by half; RACK's window grows by min_rtt/4 at most once per round trip (RFC 8985
+        section 6.2; it never exceeds the smoothed RTT, see ``reo_wnd``)."""
         self._losses_since_spurious = 0
+        grown = max(self.packet_threshold + max(self.packet_threshold // 2, 1), distance + 1)
+        if grown > self.packet_threshold:
+            self.packet_threshold = min(grown, MAX_PACKET_THRESHOLD)
         if now - self._last_widened < self.rtt.smoothed:
-            return  # the same reordering event: one step per round trip
+            return  # the same reordering event: one window step per round trip
         self._last_widened = now
-        self.packet_threshold = min(self.packet_threshold + max(self.packet_threshold // 2, 1),
-                                    MAX_PACKET_THRESHOLD)
-        if self.reo_wnd_mult < MAX_REO_WND_MULT:
+        if self.reo_wnd_mult * self.rtt.base / 4 < self.rtt.smoothed:
             self.reo_wnd_mult += 1
 
     def _forget_lost(self, pkt: SentPacket) -> None:
