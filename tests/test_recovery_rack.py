@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from roamlink.core import wire
-from roamlink.core.delivery import DeliveryRateEstimator
+from roamlink.core.delivery_rate import DeliveryRateEstimator
 from roamlink.core.recovery import PACKET_THRESHOLD, Recovery, SentPacket
 from roamlink.core.rtt import RttEstimator
 

@@ -128,7 +128,7 @@ def test_unpaced_connection_sends_the_window_at_once() -> None:
 
 
 def test_stats_expose_recovery_and_congestion_state() -> None:
-    cfg = Config()
+    cfg = Config(congestion_control="vegas")
     net, flow = _flow(cfg, LinkConfig(delay=0.01, loss=0.03, rate=2.5e6), seed=7)
     drive(net, [flow], net.now + 2.0)
     st = flow.sender.stats()

@@ -4,7 +4,7 @@ Vegas infers the queue from the RTT, so any delay that is not a queue — jitter
 link, a busy host's scheduling — reads as congestion and shrinks the window. BBR instead keeps
 an explicit model of the path and sends at it:
 
-* ``btl_bw``: the bottleneck bandwidth, the **maximum** delivery rate (``delivery.py``) over
+* ``btl_bw``: the bottleneck bandwidth, the **maximum** delivery rate (``delivery_rate.py``) over
   the last ``BW_WINDOW_ROUNDS`` round trips. Delay jitter does not lower it: a late ACK only
   makes one sample smaller, and the maximum ignores it.
 * ``min_rtt``: the propagation delay, the **minimum** RTT over the last ``MIN_RTT_WINDOW``
@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Literal
 
 from .congestion import CongestionController
-from .delivery import RateSample
+from .delivery_rate import RateSample
 from .recovery import SentPacket
 from .rtt import RttEstimator
 

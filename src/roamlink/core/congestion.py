@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from .delivery import RateSample
+from .delivery_rate import RateSample
 from .recovery import SentPacket
 from .rtt import RttEstimator
 

@@ -33,7 +33,7 @@ from . import wire
 from .buffers import RecvBuffer, SendBuffer
 from .cids import ConnectionIds
 from .congestion import create_controller
-from .delivery import DeliveryRateEstimator
+from .delivery_rate import DeliveryRateEstimator
 from .events import (
     Address,
     ConnectionStats,
@@ -131,7 +131,7 @@ class Connection:
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
         self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
-        self.delivery = DeliveryRateEstimator()
+        self.rate_estimator = DeliveryRateEstimator()
         self._pace_at: float | None = None  # when the pacer lets the next packet go
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
@@ -552,7 +552,7 @@ class Connection:
             self.cc.on_path_change()
             self.rtt.reset()
             self.recovery.on_new_path()
-            self.delivery.reset()
+            self.rate_estimator.reset()
             if self.pacer is not None:
                 self._pace_at = None
         # what was in flight on the old path is resent on the new one (the receiver drops
@@ -722,9 +722,9 @@ class Connection:
                 # the peer saw an ACK up to peer_knows: stop repeating older ranges
                 self._received.shift_until(peer_knows - _ACK_HISTORY)
             rtt = self.rtt
-            sample = self.delivery.on_ack(acked, now, rtt.min_rtt if rtt.has_sample else 0.0)
+            sample = self.rate_estimator.on_ack(acked, now, rtt.min_rtt if rtt.has_sample else 0.0)
             if sample is not None:
-                self.cc.on_delivery(sample, self.delivery.delivered)
+                self.cc.on_delivery(sample, self.rate_estimator.delivered)
             self.cc.on_packets_acked(acked, rtt, now, self.recovery.bytes_in_flight)
         if lost:
             self._on_lost(lost, now)
@@ -984,7 +984,7 @@ class Connection:
         if not send_buf.has_data_to_send() and self._can_send_in_flight():
             # the window has room but the application gave us nothing: rate samples until
             # this flight is delivered measure the application, not the path
-            self.delivery.mark_app_limited(self.recovery.bytes_in_flight)
+            self.rate_estimator.mark_app_limited(self.recovery.bytes_in_flight)
 
     def _maybe_blocked(self, parts: list[bytes], control: list[wire.Frame]) -> None:
         """Flow control stops us: tell the peer once per limit (a probe for a lost update)."""
@@ -1028,7 +1028,7 @@ class Connection:
                 and now - recovery.last_ack_eliciting_time > recovery.pto_interval()):
             self.cc.on_idle()  # the window is stale after an idle period: slow start again
         if eliciting:
-            self.delivery.on_packet_sent(pkt, now, recovery.bytes_in_flight)
+            self.rate_estimator.on_packet_sent(pkt, now, recovery.bytes_in_flight)
         recovery.on_packet_sent(pkt)
         if eliciting:
             self.cc.on_packet_sent(size, now, recovery.bytes_in_flight)
@@ -1127,8 +1127,8 @@ class Connection:
             send_buffered=self.send_buf.buffered,
             recv_buffered=self.recv_buf.buffered,
             flow_control_blocked=self.flow_blocked,
-            delivery_rate=self.delivery.latest.delivery_rate,
-            delivery_rate_app_limited=self.delivery.latest.is_app_limited,
+            delivery_rate=self.rate_estimator.latest.delivery_rate,
+            delivery_rate_app_limited=self.rate_estimator.latest.is_app_limited,
             pacing_rate=self.pacer.rate if self.pacer is not None else 0.0,
             tail_loss_probes=self.recovery.tlp_fired,
         )

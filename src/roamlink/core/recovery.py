@@ -70,7 +70,7 @@ class SentPacket:
         #: (-1: none); once this packet is acknowledged the peer knows it, so older ranges
         #: need not be reported again
         self.largest_acked = -1
-        # delivery-rate stamps (see delivery.py): the path's delivered count and times when
+        # delivery-rate stamps (see delivery_rate.py): the path's delivered count and times when
         # this packet left, and whether the sender was application-limited then
         self.delivered = 0
         self.delivered_time = 0.0
