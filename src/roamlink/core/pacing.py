@@ -49,20 +49,21 @@ class Pacer:
         rate = self.rate
         if rate <= 0:
             return None
-        old = self.tokens
-        tokens = old + (now - self.last) * rate
-        cap = self.burst if self.burst > old else old  # a credit granted stays until spent
+        tokens = self.tokens + (now - self.last) * rate
+        cap = self.burst
         wake_at = self.wake_at
         if wake_at >= 0.0 and now > wake_at:
-            # woken late: the time we were late by is not lost (see MAX_LATE_CREDIT)
+            # woken late: the time we were late by is not lost (see MAX_LATE_CREDIT); the
+            # credit lasts until the pacer next makes us wait. Much later than that is not a
+            # late timer but a pause (nothing to send), which earns no burst.
             late = now - wake_at
-            cap += (late if late < MAX_LATE_CREDIT else MAX_LATE_CREDIT) * rate
+            if late <= 4 * MAX_LATE_CREDIT:
+                cap += (late if late < MAX_LATE_CREDIT else MAX_LATE_CREDIT) * rate
         if tokens > cap:
             tokens = cap
         self.tokens = tokens
         self.last = now
         if tokens > self.mss - 1:  # (a byte of slack absorbs float rounding)
-            self.wake_at = -1.0
             return None
         at = now + (self.mss - tokens) / rate
         self.wake_at = at
