@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from roamlink.config import Config
-from roamlink.core.bbr import MIN_RTT_WINDOW, Bbr, WindowedMax
+from roamlink.core.congestion.bbr import MIN_RTT_WINDOW, Bbr, WindowedMax
 from roamlink.core.pacing import MAX_LATE_CREDIT, Pacer
 from roamlink.testing.bulk import drive, open_flow
 from roamlink.testing.simnet import LinkConfig, SimNetwork

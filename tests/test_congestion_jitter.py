@@ -20,8 +20,8 @@ SECONDS = 3.0
 
 @cache
 def path(controller: str, jitter: float, mode: str = "fifo", loss: float = 0.0,
-         flows: int = 1, seconds: float = SECONDS) -> BottleneckRun:
-    return run_bottleneck(controller, loss=loss, seconds=seconds, rate=RATE,
+         flows: int = 1, seconds: float = SECONDS, rate: float = RATE) -> BottleneckRun:
+    return run_bottleneck(controller, loss=loss, seconds=seconds, rate=rate,
                           one_way_delay=0.01 - jitter, jitter=2 * jitter,
                           jitter_mode="fifo" if mode == "fifo" else "reorder", flows=flows,
                           stagger=1.0 if flows > 1 else 0.0,
@@ -72,8 +72,9 @@ def test_queue_stays_short_without_jitter() -> None:
 
 
 def test_two_flows_share_the_bottleneck_fairly() -> None:
-    """The second flow starts a second later; over the second half Jain's index >= 0.95."""
-    run = path("bbr", 0.0, flows=2, seconds=5.0)
+    """The second flow starts a second later; over the second half Jain's index >= 0.95.
+    (20 Mbit/s: the shares converge within a few gain cycles; the cost is in packets.)"""
+    run = path("bbr", 0.0, flows=2, seconds=6.0, rate=20e6 / 8)
     assert run.exact
     a, b = run.goodputs
     jain = (a + b) ** 2 / (2 * (a * a + b * b))

@@ -5,7 +5,7 @@
 """
 
 from . import errors
-from .api import Listener, Stream, connect, listen
+from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
 from .core.events import ConnectionStats, PathChanged
 from .errors import (
@@ -13,11 +13,15 @@ from .errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
+    InvalidKey,
+    KeyFileError,
     MigrationError,
     MigrationTimeout,
     RoamlinkError,
     VersionMismatch,
 )
+from .keys import KeyPair
 
 __version__ = "0.1.0"
 
@@ -29,6 +33,10 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "ConnectionStats",
+    "HandshakeFailed",
+    "InvalidKey",
+    "KeyFileError",
+    "KeyPair",
     "Listener",
     "MigrationError",
     "MigrationTimeout",
@@ -39,4 +47,5 @@ __all__ = [
     "connect",
     "errors",
     "listen",
+    "run_server",
 ]

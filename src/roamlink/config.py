@@ -6,12 +6,11 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .core.congestion import CONTROLLERS
 from .errors import ConfigError
 
 #: The wire version this implementation speaks.
 PROTOCOL_VERSION = 1
-
-CONGESTION_CONTROLLERS = ("vegas", "newreno", "bbr")
 
 
 @dataclass(frozen=True)
@@ -25,6 +24,11 @@ class Config:
     max_datagram_size: int = 1200
     #: Length of the connection IDs this endpoint issues (>= 8 resists guessing).
     cid_length: int = 8
+    #: This server's id, carried in every CID it issues (QUIC-LB plaintext style) so a load
+    #: balancer in front of several servers can route by CID; None: no server id in CIDs.
+    server_id: int | None = None
+    #: Bytes of the server id in a CID (1..6).
+    server_id_length: int = 1
     #: Protocol versions offered (client) or accepted (server), most preferred first.
     versions: tuple[int, ...] = (PROTOCOL_VERSION,)
     #: Give up a handshake after this long.
@@ -79,6 +83,14 @@ class Config:
         _check(self.max_datagram_size >= 1200 and self.max_datagram_size <= 65507,
                "max_datagram_size", "must be between 1200 and 65507")
         _check(8 <= self.cid_length <= 20, "cid_length", "must be between 8 and 20")
+        _check(1 <= self.server_id_length <= 6, "server_id_length", "must be between 1 and 6")
+        _check(self.server_id is None or (
+            isinstance(self.server_id, int) and not isinstance(self.server_id, bool)
+            and 0 <= self.server_id < 256 ** self.server_id_length),
+            "server_id", "must be None or an integer that fits in server_id_length bytes")
+        _check(self.server_id is None or self.cid_length >= self.server_id_length + 6,
+               "cid_length", "must leave the first octet, the worker byte and a 4-byte nonce "
+               "beside the server id (cid_length >= server_id_length + 6)")
         _check(isinstance(self.versions, tuple) and len(self.versions) > 0
                and all(isinstance(v, int) and 0 < v < 2**32 for v in self.versions),
                "versions", "must be a non-empty tuple of 32-bit non-zero integers")
@@ -92,8 +104,8 @@ class Config:
         _check(self.max_rto >= self.min_rto, "max_rto", "must be >= min_rto")
         _check(self.receive_window >= 16384, "receive_window", "must be >= 16384")
         _check(self.send_buffer_size >= 1, "send_buffer_size", "must be >= 1")
-        _check(self.congestion_control in CONGESTION_CONTROLLERS, "congestion_control",
-               f"must be one of {', '.join(CONGESTION_CONTROLLERS)}")
+        _check(self.congestion_control in CONTROLLERS, "congestion_control",
+               f"must be one of {', '.join(CONTROLLERS)}")
         _check(self.initial_window_packets >= 2, "initial_window_packets", "must be >= 2")
         _check(1 <= self.max_candidate_paths <= 16, "max_candidate_paths",
                "must be between 1 and 16")
@@ -149,6 +161,3 @@ def _positive(cfg: Config, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and value > 0, name, "must be > 0")
-
-
-DEFAULT_CONFIG = Config()

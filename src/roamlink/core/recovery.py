@@ -28,11 +28,9 @@ packets.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
-from typing import Any
 
 from .rtt import RttEstimator
-from .wire import AckFrame
+from .wire import AckFrame, Frame
 
 PACKET_THRESHOLD = 3
 #: Loss delay in units of the RTT with the default reordering window (RTT + min_rtt / 4).
@@ -52,12 +50,11 @@ class SentPacket:
     """What we must know about a packet until it is acknowledged or declared lost."""
 
     __slots__ = ("number", "time_sent", "size", "ack_eliciting", "in_flight", "stream",
-                 "control", "path_id", "largest_acked", "delivered", "delivered_time",
+                 "control", "largest_acked", "delivered", "delivered_time",
                  "first_sent_time", "is_app_limited")
 
     def __init__(self, number: int, time_sent: float, size: int, ack_eliciting: bool,
-                 stream: list[tuple[int, int, bool]], control: list[Any],
-                 path_id: int = 0) -> None:
+                 stream: list[tuple[int, int, bool]], control: list[Frame]) -> None:
         self.number = number
         self.time_sent = time_sent
         self.size = size
@@ -65,7 +62,6 @@ class SentPacket:
         self.in_flight = ack_eliciting
         self.stream = stream  # (offset, length, fin) ranges carried
         self.control = control  # frames to send again if this packet is lost
-        self.path_id = path_id
         #: largest packet number of the peer's that the ACK frame in this packet reported
         #: (-1: none); once this packet is acknowledged the peer knows it, so older ranges
         #: need not be reported again
@@ -261,11 +257,16 @@ class Recovery:
             del lost_pns[:len(lost_pns) - _REMEMBER_LOST // 2]
 
     # -- timers -------------------------------------------------------------------------------
-    def pto_interval(self) -> float:
+    def rto(self) -> float:
+        """The retransmission timeout, without backoff: smoothed RTT + 4 x variance + the
+        peer's ACK delay, within ``[min_rto, max_rto]``. Path challenges retry at this pace."""
         rtt = self.rtt
         base = rtt.smoothed + max(4 * rtt.variance, TIMER_GRANULARITY) + self.max_ack_delay
-        base = min(max(base, self.min_rto), self.max_rto)
-        return min(base * (1 << min(self.pto_count, 16)), self.max_rto * 4)
+        return min(max(base, self.min_rto), self.max_rto)
+
+    def pto_interval(self) -> float:
+        """The probe timeout: the RTO doubled per unanswered probe (capped)."""
+        return min(self.rto() * (1 << min(self.pto_count, 16)), self.max_rto * 4)
 
     def tlp_interval(self) -> float:
         """RFC 8985 section 7.2: 2 x SRTT, plus the peer's ACK delay when a single packet is
@@ -340,11 +341,6 @@ class Recovery:
         self.bytes_in_flight = 0
         self.loss_time = None
         return lost
-
-    def discard(self, packets: Iterable[SentPacket]) -> None:
-        for pkt in packets:
-            if self.sent.pop(pkt.number, None) is not None and pkt.in_flight:
-                self.bytes_in_flight -= pkt.size
 
 
 def _number(p: SentPacket) -> int:

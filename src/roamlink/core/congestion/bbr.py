@@ -4,9 +4,9 @@ Vegas infers the queue from the RTT, so any delay that is not a queue — jitter
 link, a busy host's scheduling — reads as congestion and shrinks the window. BBR instead keeps
 an explicit model of the path and sends at it:
 
-* ``btl_bw``: the bottleneck bandwidth, the **maximum** delivery rate (``delivery_rate.py``) over
-  the last ``BW_WINDOW_ROUNDS`` round trips. Delay jitter does not lower it: a late ACK only
-  makes one sample smaller, and the maximum ignores it.
+* ``btl_bw``: the bottleneck bandwidth, the **maximum** delivery rate
+  (``core/delivery_rate.py``) over the last ``BW_WINDOW_ROUNDS`` round trips. Delay jitter
+  does not lower it: a late ACK only makes one sample smaller, and the maximum ignores it.
 * ``min_rtt``: the propagation delay, the **minimum** RTT over the last ``MIN_RTT_WINDOW``
   seconds (not the connection's lifetime: a route that lengthens is noticed within that time).
   Jitter only ever adds delay, so the minimum still finds the empty-path RTT.
@@ -30,19 +30,19 @@ Phases (the BBR draft, draft-cardwell-iccrg-bbr-congestion-control, and Linux ``
 
 Loss does not change the model: random loss on a radio link is not congestion (the first
 principle of this project), and a loss from a queue that overflowed shows up as a delivery
-rate that stopped growing. Recovery (``recovery.py``, RACK-TLP) repairs it.
+rate that stopped growing. Recovery (``core/recovery.py``, RACK-TLP) repairs it.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from .congestion import CongestionController
-from .delivery_rate import RateSample
-from .recovery import SentPacket
-from .rtt import RttEstimator
+from ..delivery_rate import RateSample
+from ..recovery import SentPacket
+from ..rtt import RttEstimator
+from .base import CongestionController
 
-Phase = Literal["startup", "drain", "probe_bw", "probe_rtt"]
+BbrPhase = Literal["startup", "drain", "probe_bw", "probe_rtt"]
 
 #: Start-up gain: the smallest that doubles the delivery rate each round trip (2/ln 2).
 HIGH_GAIN = 2.885
@@ -119,7 +119,7 @@ class Bbr(CongestionController):
         self._reset_model()
 
     def _reset_model(self) -> None:
-        self.phase: Phase = "startup"
+        self.phase: BbrPhase = "startup"
         self._bw.reset()
         self._extra.reset()
         self.btl_bw = 0.0
@@ -147,7 +147,7 @@ class Bbr(CongestionController):
         self._delivered = 0
 
     @property
-    def state(self) -> str:
+    def state(self) -> BbrPhase:
         return self.phase
 
     # -- the model ----------------------------------------------------------------------------
