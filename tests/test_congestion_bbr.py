@@ -105,3 +105,20 @@ def test_pacer_late_wakeup_keeps_its_credit() -> None:
         pacer.on_sent(MSS)
         sent += 1
     assert sent == 2
+
+
+def test_pacer_reports_falling_behind_only_beyond_its_credit() -> None:
+    """A wake-up later than MAX_LATE_CREDIT means the host, not the path, held the sender
+    back: the pacer says so (the packet builder then marks the samples app-limited)."""
+    pacer = Pacer(MSS)
+    pacer.set_rate(1_200_000.0)
+    while pacer.next_send_time(10.0) is None:
+        pacer.on_sent(MSS)
+    at = pacer.next_send_time(10.0)
+    assert at is not None
+    assert pacer.next_send_time(at + MAX_LATE_CREDIT / 2) is None and not pacer.fell_behind
+    while pacer.next_send_time(at + MAX_LATE_CREDIT / 2) is None:
+        pacer.on_sent(MSS)
+    at = pacer.next_send_time(at + MAX_LATE_CREDIT / 2)
+    assert at is not None
+    assert pacer.next_send_time(at + 2 * MAX_LATE_CREDIT) is None and pacer.fell_behind

@@ -24,7 +24,7 @@ MAX_LATE_CREDIT = 0.008
 class Pacer:
     """Token bucket: ``next_send_time`` says when the next packet of ``size`` may leave."""
 
-    __slots__ = ("mss", "rate", "burst", "tokens", "last", "wake_at")
+    __slots__ = ("mss", "rate", "burst", "tokens", "last", "wake_at", "fell_behind")
 
     def __init__(self, max_datagram_size: int) -> None:
         self.mss = max_datagram_size
@@ -33,6 +33,9 @@ class Pacer:
         self.tokens = self.burst
         self.last = 0.0
         self.wake_at = -1.0  # when the pacer last said the next packet may leave (-1: none)
+        #: set when a wake-up came later than the credit covers: the sender, not the path,
+        #: limited what left (the owner marks rate samples app-limited and clears this)
+        self.fell_behind = False
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
@@ -59,6 +62,8 @@ class Pacer:
             late = now - wake_at
             if late <= 4 * MAX_LATE_CREDIT:
                 cap += (late if late < MAX_LATE_CREDIT else MAX_LATE_CREDIT) * rate
+            if late > MAX_LATE_CREDIT:
+                self.fell_behind = True
         if tokens > cap:
             tokens = cap
         self.tokens = tokens

@@ -185,10 +185,20 @@ class PacketBuilder:
                 self.probe_pending -= 1
             if not eliciting or not may_fly:
                 break
+        if pacer is not None and self.pace_at is None:
+            pacer.wake_at = -1.0  # not waiting for the pacer (the window or the data stops us)
         if not send_buf.has_data_to_send() and recovery.bytes_in_flight + mtu <= self.cc.cwnd:
             # the window has room but the application gave us nothing: rate samples until
             # this flight is delivered measure the application, not the path
             self.rate_estimator.mark_app_limited(recovery.bytes_in_flight)
+        elif pacer is not None and pacer.fell_behind:
+            # a wake-up came so late that what the pacer allowed could not all leave: the
+            # host (a busy event loop), not the path, limited this flight, so its samples
+            # must not pull the bandwidth model down. (Not during start-up, which ends when
+            # the delivery rate stops growing, whatever limits it.)
+            pacer.fell_behind = False
+            if self.cc.state != "startup":
+                self.rate_estimator.mark_app_limited(recovery.bytes_in_flight)
 
     def _ack(self, now: float) -> bytes:
         """The ACK frame owed, remembering which packet of the peer's it reports."""

@@ -193,12 +193,12 @@ class Bbr(CongestionController):
         rate = rs.delivery_rate
         if rate <= 0.0:
             return
-        # an app-limited sample measures the application: use it only if it beats the model
+        # an app-limited sample measures the application: use it only if it beats the model,
+        # and let it not age the model either (as Linux BBR: the filter moves only on samples
+        # that say something about the path)
         if not rs.is_app_limited or rate >= self._bw.best:
             self._bw.update(rate, self.round_count)
-        else:
-            self._bw.expire(self.round_count)
-        self.btl_bw = self._bw.best
+            self.btl_bw = self._bw.best
 
     def _update_extra_acked(self, rs: RateSample, now: float) -> None:
         """How much more than the model predicts arrived in the current burst of ACKs."""
