@@ -132,3 +132,15 @@ def test_delivery_rate_measures_the_sending_rate_of_an_acked_flight() -> None:
     rs = est.on_ack([pkt], 0.22, 0.02)
     assert rs is not None and rs.is_app_limited
     assert est.app_limited == 0  # cleared once that flight was delivered
+
+
+def test_reordering_window_jumps_to_how_late_a_spurious_loss_came() -> None:
+    """A packet that came 12 ms after RACK gave up on it (min_rtt 20 ms): the window covers
+    that at once (3 quarters of min_rtt), not one quarter per round trip."""
+    rec = _recovery()
+    for pn in range(10):
+        _send(rec, pn, 0.0)
+    _, lost, _ = rec.on_ack(wire.AckFrame(((5, 9),), 0), 0.02)
+    assert lost
+    rec.on_ack(wire.AckFrame(((0, 9),), 0), 0.032)
+    assert rec.reo_wnd_mult == 3 and rec.reo_wnd == pytest.approx(3 * 0.02 / 4)

@@ -90,6 +90,7 @@ class Recovery:
         self.loss_time: float | None = None
         self.last_ack_eliciting_time: float | None = None
         self._lost_pns: list[int] = []  # sorted; recently declared lost
+        self._lost_times: dict[int, float] = {}  # their send times
         self.packet_threshold = PACKET_THRESHOLD
         self.reo_wnd_mult = 1
         self._last_widened = float("-inf")
@@ -159,10 +160,17 @@ class Recovery:
                 j = bisect_right(lost_pns, hi)
                 if i < j:
                     self.spurious_losses += j - i
-                    # how far it was overtaken (at most: later ones arrived since)
+                    # how far it was overtaken (at most: later ones arrived since), and how
+                    # much later than RACK expected it came
                     distance = max(self.largest_acked, ack.largest) - lost_pns[i]
+                    times = self._lost_times
+                    late = 0.0
+                    for pn in lost_pns[i:j]:
+                        sent_at = times.pop(pn, now)
+                        if now - sent_at - self.rack_rtt > late:
+                            late = now - sent_at - self.rack_rtt
                     del lost_pns[i:j]
-                    self._widen_thresholds(now, distance)
+                    self._widen_thresholds(now, distance, late)
                     if not lost_pns:
                         break
         rtt_updated = False
@@ -221,11 +229,14 @@ class Recovery:
         self.rack_rtt = 0.0
         self.tlp_armed = True
 
-    def _widen_thresholds(self, now: float, distance: int) -> None:
+    def _widen_thresholds(self, now: float, distance: int, late: float) -> None:
         """A loss was spurious: tolerate more reordering. The packet threshold grows to the
         distance the packet was overtaken by (as Linux TCP's ``tp->reordering``), and at
         least by half; RACK's window grows by min_rtt/4 at most once per round trip (RFC 8985
-        section 6.2; it never exceeds the smoothed RTT, see ``reo_wnd``)."""
+        section 6.2), or at once to how late the packet came (``late``: a jittery link shows
+        its reordering within the first round trips, and a short transfer should not pay a
+        spurious retransmission per round trip until the window has caught up). It never
+        exceeds the smoothed RTT (see ``reo_wnd``)."""
         self._losses_since_spurious = 0
         grown = max(self.packet_threshold + max(self.packet_threshold // 2, 1), distance + 1)
         if grown > self.packet_threshold:
@@ -233,8 +244,12 @@ class Recovery:
         if now - self._last_widened < self.rtt.smoothed:
             return  # the same reordering event: one window step per round trip
         self._last_widened = now
-        if self.reo_wnd_mult * self.rtt.base / 4 < self.rtt.smoothed:
-            self.reo_wnd_mult += 1
+        quarter = self.rtt.base / 4
+        if quarter <= 0.0:
+            return
+        wanted = max(self.reo_wnd_mult + 1, int(late / quarter) + 1)
+        ceiling = int(self.rtt.smoothed / quarter) + 1  # beyond it, reo_wnd is the SRTT
+        self.reo_wnd_mult = max(self.reo_wnd_mult, min(wanted, ceiling))
 
     def _forget_lost(self, pkt: SentPacket) -> None:
         del self.sent[pkt.number]
@@ -253,8 +268,13 @@ class Recovery:
             lost_pns.append(pkt.number)
         else:
             lost_pns.insert(bisect_left(lost_pns, pkt.number), pkt.number)
+        self._lost_times[pkt.number] = pkt.time_sent
         if len(lost_pns) > _REMEMBER_LOST:
-            del lost_pns[:len(lost_pns) - _REMEMBER_LOST // 2]
+            cut = len(lost_pns) - _REMEMBER_LOST // 2
+            times = self._lost_times
+            for pn in lost_pns[:cut]:
+                times.pop(pn, None)
+            del lost_pns[:cut]
 
     # -- timers -------------------------------------------------------------------------------
     def rto(self) -> float:
@@ -337,6 +357,8 @@ class Recovery:
         if lost:
             gone = {p.number for p in lost}
             self._lost_pns = [pn for pn in self._lost_pns if pn not in gone]
+            for pn in gone:
+                self._lost_times.pop(pn, None)
         self.sent.clear()
         self.bytes_in_flight = 0
         self.loss_time = None
