@@ -186,8 +186,10 @@ def test_twenty_two_passive_rebindings_in_a_row() -> None:
     assert s.remote_addr == ("10.0.0.2", 30021)
     # every rebinding is validated, unless its PATH_CHALLENGE or RESPONSE is dropped by the
     # 20-packet queue and the retry comes after the next rebinding (150 ms later), which then
-    # replaces it: at most one such fold with this seed
-    assert 21 <= s.stats().path_changes <= 22
+    # replaces it. The queue is shallower than the path's BDP (33 packets), so the default BBR
+    # (which does not back off on loss) loses a few percent of packets there: two such folds
+    # with this seed (Vegas, which keeps the queue short: none)
+    assert 20 <= s.stats().path_changes <= 22
 
 
 def test_1000_transfers_sharing_server_sockets_with_random_rebindings() -> None:
