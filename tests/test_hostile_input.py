@@ -63,6 +63,8 @@ def test_connection_survives_random_datagrams_in_every_state(
         net, server, client, c, s = _established(seed)
         _bring_to(state, net, c, s)
         targets = [c, s]
+    before = [(conn.state, conn.remote_addr, conn.paths.local, conn.peer_cid)
+              for conn in targets]
     for conn in targets:
         cid = conn.local_cid
         valid = wire.encode_short_header(cid, 10**6) + wire.encode_frame(wire.PingFrame())
@@ -71,6 +73,28 @@ def test_connection_survives_random_datagrams_in_every_state(
             conn.datagrams_to_send(net.now)
             conn.handle_timer(net.now + 0.001)
         conn.stats()
+    # garbage from an address that never answers changes nothing that matters
+    for conn, (state0, addr0, local0, peer_cid0) in zip(targets, before, strict=True):
+        assert conn.remote_addr == addr0 and conn.paths.local == local0
+        assert conn.peer_cid == peer_cid0
+        if state0 is State.HANDSHAKING:
+            assert conn.state is State.HANDSHAKING
+        elif state0 is State.ESTABLISHED:
+            # a mutated packet with a valid CID may start a validation of the attacker's
+            # address (it never answers), but the connection stays up on its path
+            assert conn.is_established and conn.error is None
+        else:
+            assert conn.is_terminated
+    if state == "established":
+        for node in net.nodes.values():
+            net.flush(node)  # re-arm the timers the direct calls above bypassed
+        payload = rng.randbytes(200_000)
+        pump = Pump(net, c, client, s, server, payload)
+        back = Pump(net, s, server, c, client, payload[::-1])
+        assert run_pumps(net, [pump, back], 60)
+        assert pump.exact() and back.exact()
+        assert c.remote_addr == before[0][1] and s.remote_addr == before[1][1]
+        assert c.paths.path_changes == 0 and s.paths.path_changes == 0
 
 
 def test_bad_input_for_one_connection_never_disturbs_another() -> None:
