@@ -85,7 +85,10 @@ class Listener:
         self._endpoint.dispatcher.accept_new = False
         now = self._endpoint.now()
         for conn in self._endpoint.live_connections:
-            conn.close(now)
+            if conn.is_established:
+                conn.close(now)
+            else:  # half-open: nobody accepted it, nothing to deliver; do not wait for it
+                conn.abort(now, 0, "listener closed")
             self._endpoint.mark(conn)
         while not self._ready.empty():
             stream = self._ready.get_nowait()
