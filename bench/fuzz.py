@@ -303,7 +303,7 @@ def _run_chunk(state: str, count: int, chunk_seed: int, rng: random.Random,
     if state == "handshake":
         net.link(SERVER[0], TARGET[0]).drop_if = lambda data, src, dst: data[:1] == b"\x02"
     by_state = (b.state, sb.state)
-    by_dropped = (b.dropped_packets, sb.dropped_packets)
+    by_dropped = (b.stats().dropped_packets, sb.stats().dropped_packets)
     payload = rng.randbytes(150_000)
     pumps = [Pump(net, b, by_node, sb, server, payload, eof=False),
              Pump(net, sb, server, b, by_node, payload[::-1], eof=False)]
@@ -342,7 +342,7 @@ def _run_chunk(state: str, count: int, chunk_seed: int, rng: random.Random,
         result.failures.append("bystander transfer incomplete or not hash-exact")
     if (b.state, sb.state) != by_state:
         result.failures.append(f"bystander state moved: {by_state} -> {(b.state, sb.state)}")
-    if (b.dropped_packets, sb.dropped_packets) != by_dropped:
+    if (b.stats().dropped_packets, sb.stats().dropped_packets) != by_dropped:
         result.failures.append("the bystander saw hostile datagrams")
     result.target_end_state = "/".join(t.state.value for t in targets)
 

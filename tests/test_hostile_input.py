@@ -63,7 +63,7 @@ def test_connection_survives_random_datagrams_in_every_state(
         net, server, client, c, s = _established(seed)
         _bring_to(state, net, c, s)
         targets = [c, s]
-    before = [(conn.state, conn.remote_addr, conn.paths.local, conn.peer_cid)
+    before = [(conn.state, conn.remote_addr, conn.paths.socket_id, conn.peer_cid)
               for conn in targets]
     for conn in targets:
         cid = conn.local_cid
@@ -75,7 +75,7 @@ def test_connection_survives_random_datagrams_in_every_state(
         conn.stats()
     # garbage from an address that never answers changes nothing that matters
     for conn, (state0, addr0, local0, peer_cid0) in zip(targets, before, strict=True):
-        assert conn.remote_addr == addr0 and conn.paths.local == local0
+        assert conn.remote_addr == addr0 and conn.paths.socket_id == local0
         assert conn.peer_cid == peer_cid0
         if state0 is State.HANDSHAKING:
             assert conn.state is State.HANDSHAKING
