@@ -144,6 +144,7 @@ class Connection:
         self._last_received = now
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._keepalive_queued = 0.0  # when the keepalive timer last queued a PING
         self._drain_deadline: float | None = None
         self._close_deadline: float | None = None
         self._close_frame: wire.CloseFrame | None = None

@@ -100,7 +100,7 @@ def connection_timers(conn: Connection) -> TimerTable:
         Timer.PATH_VALIDATION: (conn.paths.timer, lambda now: _expire_paths(conn, now)),
         Timer.LOSS_DETECTION: (conn.recovery.timer, lambda now: _loss_timeout(conn, now)),
         Timer.GAP_PROBE: (lambda: _gap_probe_deadline(conn), lambda now: _gap_probe(conn, now)),
-        Timer.KEEPALIVE: (lambda: _keepalive_deadline(conn), lambda now: _keepalive(conn)),
+        Timer.KEEPALIVE: (lambda: _keepalive_deadline(conn), lambda now: _keepalive(conn, now)),
         Timer.PACING: (lambda: packets.pace_at, lambda now: False),
         Timer.DRAIN: (lambda: conn._drain_deadline, lambda now: _drained(conn)),
     })
@@ -189,14 +189,21 @@ def _gap_probe(conn: Connection, now: float) -> bool:
 
 
 def _keepalive_deadline(conn: Connection) -> float | None:
+    """One interval after the last packet sent, or after the last keepalive PING queued: a
+    connection blocked by its congestion window (e.g. towards a dead peer) cannot send the
+    PING at once, and a deadline counted from the last send alone would stay in the past and
+    fire again and again (a spinning timer queueing PINGs without end)."""
     interval = conn.config.keepalive_interval
     if not interval or not conn.is_established:
         return None
-    return conn.packets.last_sent + interval
+    return max(conn.packets.last_sent, conn._keepalive_queued) + interval
 
 
-def _keepalive(conn: Connection) -> bool:
-    conn.packets.control.append(wire.PingFrame())
+def _keepalive(conn: Connection, now: float) -> bool:
+    conn._keepalive_queued = now
+    control = conn.packets.control
+    if not any(type(frame) is wire.PingFrame for frame in control):
+        control.append(wire.PingFrame())  # one PING waiting is enough
     return False
 
 
