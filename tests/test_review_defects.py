@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from roamlink import Config
+from roamlink.core import wire
 from roamlink.core.connection import Connection
 from roamlink.core.states import State
 from roamlink.testing.scenarios import establish
 from roamlink.testing.simnet import LinkConfig, SimNetwork, SimNode
 
 
-def _pair(config: Config, seed: int = 1, delay: float = 0.01
+def _pair(config: Config, seed: int = 1, delay: float = 0.01, rate: float | None = None
           ) -> tuple[SimNetwork, SimNode, SimNode, Connection, Connection]:
-    net = SimNetwork(seed=seed, default_link=LinkConfig(delay=delay))
+    net = SimNetwork(seed=seed, default_link=LinkConfig(delay=delay, rate=rate,
+                                                        queue_packets=1000))
     server = net.add_node(("10.0.0.1", 4433), config, listen=True)
     client = net.add_node(("10.0.0.2", 50000), config)
     c, s = establish(net, client, server)
@@ -53,3 +55,74 @@ def test_keepalive_does_not_spin_when_the_window_is_full() -> None:
         # loss detection backs off, keepalives come once per interval: a few dozen calls
         assert calls[0] < 200, f"handle_timer ran {calls[0]} times in 5 simulated seconds"
         assert len(c.packets.control) <= 2
+
+
+def test_migration_requeue_is_not_counted_as_loss() -> None:
+    """Packets in flight when the path changes are resent on the new path; they were not
+    judged lost, so they must neither count in ``packets_lost`` nor move the loss-detection
+    thresholds (a migration looked like a burst of loss)."""
+    from roamlink.testing.scenarios import Pump, run_pumps
+
+    net, server, client, c, s = _pair(Config(), seed=3, delay=0.02, rate=2e6)
+    payload = bytes(range(256)) * 16_000  # 4 MB at 2 MB/s: the client moves half-way
+    pump = Pump(net, s, server, c, client, payload)
+    assert not run_pumps(net, [pump], 1.0)  # well into the transfer, a window in flight
+    in_flight = s.recovery.bytes_in_flight
+    assert in_flight > 20_000
+    threshold = (s.recovery.packet_threshold, s.recovery.time_threshold,
+                 s.recovery._losses_since_spurious)
+    net.rebind(client, ("10.0.0.2", 50001))  # NAT rebinding: the server must follow
+    assert run_pumps(net, [pump], 60) and pump.exact()
+    stats = s.stats()
+    assert stats.path_changes == 1
+    assert stats.packets_lost == 0, f"{stats.packets_lost} packets counted lost"
+    assert (s.recovery.packet_threshold, s.recovery.time_threshold,
+            s.recovery._losses_since_spurious) == threshold
+    assert s.recovery.packets_requeued > 0  # they were resent, and counted as such
+
+
+def test_closing_end_that_receives_a_close_drains() -> None:
+    """The state table says CLOSING + peer CLOSE -> DRAINING; packets in CLOSING used to
+    return before their frames were read, so that transition never happened and both ends
+    of a simultaneous abort kept answering each other's CLOSE."""
+    net, server, client, c, s = _pair(Config(draining_period=5.0))
+    c.abort(net.now, 0x100, "client gives up")
+    s.abort(net.now, 0x101, "server gives up")
+    assert c.state is State.CLOSING and s.state is State.CLOSING
+    net.flush(client)
+    net.flush(server)
+    net.run(until=net.now + 1.0)
+    assert c.state is State.DRAINING and s.state is State.DRAINING
+    # draining ends send nothing more, whatever still arrives (no CLOSE answering CLOSE)
+    sent = (c.stats().packets_sent, s.stats().packets_sent)
+    for conn, node, peer in ((c, client, server), (s, server, client)):
+        for pn in range(1000, 1003):
+            net.send(peer.addr, node.addr, wire.encode_short_header(conn.local_cid, pn)
+                     + wire.encode_frame(wire.CloseFrame(0x100, "again")))
+    net.run(until=net.now + 1.0)
+    assert (c.stats().packets_sent, s.stats().packets_sent) == sent
+    net.run(until=net.now + 5.0)
+    assert c.state is State.CLOSED and s.state is State.CLOSED
+
+
+def test_every_transition_in_the_table_happens() -> None:
+    """The state table lists only transitions the code can take (this one was dead)."""
+    from roamlink.core import states
+
+    seen: set[tuple[State, states.Trigger]] = set()
+    original = states.next_state
+
+    def recording(state: State, trigger: states.Trigger) -> State:
+        new = original(state, trigger)
+        if new is not state:
+            seen.add((state, trigger))
+        return new
+
+    import roamlink.core.connection as connection_module
+    connection_module.next_state = recording  # type: ignore[assignment]
+    try:
+        test_closing_end_that_receives_a_close_drains()
+    finally:
+        connection_module.next_state = original
+    assert (State.CLOSING, states.Trigger.PEER_CLOSE) in seen
+    assert states.TRANSITIONS[(State.CLOSING, states.Trigger.PEER_CLOSE)] is State.DRAINING

@@ -348,6 +348,11 @@ class Connection:
         if self.state is _DRAINING and not self._graceful_drain:
             return
         if self.state is _CLOSING:
+            if any(type(f) is wire.CloseFrame for f in frames):
+                # both ends closed at once: the peer's CLOSE tells us ours is known or moot,
+                # so stop answering and just drain (RFC 9000 section 10.2.2)
+                self._set_state(Trigger.PEER_CLOSE)
+                return
             self._close_resend_due = self._close_resends < _MAX_CLOSE_RESENDS
             return
         counters = self.counters
