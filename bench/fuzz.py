@@ -246,8 +246,8 @@ def _open_target(state: str, net: SimNetwork, server: SimNode, node: SimNode,
         queue = server.dispatcher.accept_queue
         queue.clear()
         c = node.connect(SERVER, config=config)
-        net.run_until(lambda: bool(queue), 2)
-        targets = [c, *queue]
+        net.run_until(lambda: any(s.peer_cid == c.local_cid for s in queue), 2)
+        targets = [c, *(s for s in queue if s.peer_cid == c.local_cid)]
         queue.clear()
         return targets
     c, s = _establish(net, node, server, config)
