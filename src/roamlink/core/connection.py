@@ -141,6 +141,13 @@ class Connection:
         self._events: deque[Event] = deque()
         self.error: RoamlinkError | None = None
         self._created = now
+        #: how long an unfinished handshake lives; a listener under SYN pressure shortens it
+        #: for new half-open handshakes (see ``limit_half_open``)
+        self.handshake_lifetime = config.connect_timeout
+        #: when an unfinished handshake is given up (a retransmitted SYN renews it)
+        self.handshake_deadline = now + self.handshake_lifetime
+        #: the handshake completed once (a listener remembers such a client's SYN)
+        self.was_established = False
         self._last_received = now
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
@@ -262,6 +269,13 @@ class Connection:
         cancelled); the connection stays on its path. Does nothing once it was validated."""
         migration.cancel(self, cand)
 
+    def limit_half_open(self, lifetime: float, now: float) -> None:
+        """A listener under SYN pressure keeps this half-open handshake only ``lifetime``
+        seconds (each retransmitted SYN renews it), instead of ``connect_timeout``: forged
+        SYNs then hold its memory briefly, while a genuine client keeps it alive."""
+        self.handshake_lifetime = lifetime
+        self.handshake_deadline = now + lifetime
+
     def routed_cids(self) -> list[bytes]:
         """Every CID of ours the peer may use: the socket layer routes them all here."""
         return list(self.cids.local.values())
@@ -337,6 +351,10 @@ class Connection:
             if verdict is _SERVER_HELLO:
                 self.peer_cid = hdr.scid
                 self._complete_handshake()
+            elif not self.is_client and self.state is _HANDSHAKING:
+                # a retransmitted SYN: the client is alive, keep the half-open state a while
+                self.handshake_deadline = max(self.handshake_deadline,
+                                              now + self.handshake_lifetime)
             pn, offset = hdr.packet_number, hdr.payload_offset
         else:
             raise wire.MalformedPacket("unknown packet type")
@@ -429,6 +447,7 @@ class Connection:
             if self.is_client:
                 self.cids.set_handshake_peer_cid(self.peer_cid)
             migration.issue_cids(self)
+            self.was_established = True
             self._set_state(Trigger.HANDSHAKE_DONE)
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")

@@ -109,13 +109,16 @@ def connection_timers(conn: Connection) -> TimerTable:
 def _connect_deadline(conn: Connection) -> float | None:
     if conn.state is not State.HANDSHAKING:
         return None
-    return conn._created + conn.config.connect_timeout
+    return conn.handshake_deadline
 
 
 def _connect_timeout(conn: Connection) -> bool:
-    conn._terminate(ConnectTimeout(
-        f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s"),
-        Trigger.TIMEOUT)
+    if conn.is_client:
+        err = ConnectTimeout(
+            f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s")
+    else:
+        err = ConnectTimeout(f"half-open handshake from {conn.remote_addr} expired")
+    conn._terminate(err, Trigger.TIMEOUT)
     return True
 
 

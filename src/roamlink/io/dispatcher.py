@@ -25,6 +25,7 @@ from ..config import Config
 from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
+from ..core.states import State
 
 logger = logging.getLogger("roamlink.dispatcher")
 
@@ -49,6 +50,14 @@ class DispatcherStats:
     dropped_late_handshake: int = 0
     version_negotiations_sent: int = 0
     connections_accepted: int = 0
+    #: SYNs dropped because ``Config.max_half_open`` handshakes were already pending
+    dropped_half_open_full: int = 0
+    #: SYNs dropped because their source IP had ``Config.max_half_open_per_source`` pending
+    dropped_per_source: int = 0
+    #: SYNs refused because ``Config.max_connections`` connections were live
+    refused_max_connections: int = 0
+    #: half-open handshakes that expired (``Config.half_open_timeout``) or failed
+    half_open_expired: int = 0
 
 
 class Dispatcher:
@@ -71,6 +80,11 @@ class Dispatcher:
         self.held = 0
         #: handshake keys of ended connections: a late or replayed SYN must not reopen them
         self._ended: OrderedDict[tuple[Address, bytes], None] = OrderedDict()
+        #: server connections still handshaking, by source IP: they have their own bounds
+        #: (``Config.max_half_open`` in all, ``max_half_open_per_source`` per IP) and do not
+        #: count against the application's accept backlog
+        self.half_open: dict[Connection, str] = {}
+        self._half_open_by_host: dict[str, int] = {}
 
     # ------------------------------------------------------------------ connections
     def new_cid(self) -> bytes:
@@ -105,6 +119,8 @@ class Dispatcher:
             for old, new in conn.addr_changes:
                 self.update_addr(conn, old, new)
             conn.addr_changes.clear()
+        if self.half_open and conn in self.half_open and conn.state is not State.HANDSHAKING:
+            self._half_open_done(conn)
         if conn.is_closed:
             self.forget(conn)
             return
@@ -120,15 +136,40 @@ class Dispatcher:
         self._owned_cids[conn] = wanted
         self._synced[conn] = conn.cid_version
 
+    def _half_open_done(self, conn: Connection) -> None:
+        """``conn`` left the handshake (established, failed or expired)."""
+        host = self.half_open.pop(conn)
+        left = self._half_open_by_host[host] - 1
+        if left:
+            self._half_open_by_host[host] = left
+        else:
+            del self._half_open_by_host[host]
+        if not conn.is_established:
+            self.stats.half_open_expired += 1
+
+    def half_open_pressure(self) -> int:
+        """Half-open handshakes beyond which new ones live only ``half_open_timeout``
+        (under a flood, forged SYNs must not hold memory for ``connect_timeout``; without
+        one, a client on a slow, lossy path keeps the time it needs)."""
+        return max(self.config.max_half_open // 4, 1)
+
+    def pending_established(self) -> int:
+        """Established connections the application has not accepted yet (the backlog)."""
+        return self.held + sum(1 for c in self.accept_queue if c.is_established)
+
     def forget(self, conn: Connection) -> None:
         """Stop routing ``conn`` here (it closed, or migrated to another socket)."""
+        if conn in self.half_open:
+            self._half_open_done(conn)
         self._synced.pop(conn, None)
         for cid in self._owned_cids.pop(conn, set()):
             if self.connections.get(cid) is conn:
                 del self.connections[cid]
         for key in [k for k, v in self.addr_map.items() if v == conn.local_cid]:
             del self.addr_map[key]
-            if conn.is_closed:
+            # a connection that never completed its handshake delivered nothing: a later
+            # SYN from that client may open it afresh (its half-open state merely expired)
+            if conn.is_closed and conn.was_established:
                 self._ended[key] = None
                 if len(self._ended) > _ENDED_KEYS:
                     self._ended.popitem(last=False)
@@ -209,15 +250,30 @@ class Dispatcher:
             return None
         if len(data) < 1200 or not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
             raise wire.MalformedPacket("SYN too small or with a bad CID")
-        if len(self.accept_queue) + self.held >= self.config.backlog:
+        config = self.config
+        if self.pending_established() >= config.backlog:
             self.stats.dropped_backlog_full += 1
+            return None
+        if config.max_connections and len(self._owned_cids) >= config.max_connections:
+            self.stats.refused_max_connections += 1
+            return None
+        if len(self.half_open) >= config.max_half_open:
+            self.stats.dropped_half_open_full += 1
+            return None
+        host = addr[0]
+        if self._half_open_by_host.get(host, 0) >= config.max_half_open_per_source:
+            self.stats.dropped_per_source += 1
             return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
                           random_bytes=self.random_bytes, socket_id=local,
                           cid_taken=self.connections.__contains__)
         self._track(conn)
+        if len(self.half_open) >= self.half_open_pressure():
+            conn.limit_half_open(config.half_open_timeout, now)
         self.addr_map[key] = conn.local_cid
+        self.half_open[conn] = host
+        self._half_open_by_host[host] = self._half_open_by_host.get(host, 0) + 1
         self.accept_queue.append(conn)
         self.stats.connections_accepted += 1
         return conn

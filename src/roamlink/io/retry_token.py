@@ -103,4 +103,4 @@ class RetryTokens:
             return False
         (minted_ms,) = _TIME.unpack(plain)
         age = now - minted_ms / 1000
-        return -1.0 <= age <= self.lifetime
+        return bool(-1.0 <= age <= self.lifetime)
