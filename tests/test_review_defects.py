@@ -126,3 +126,24 @@ def test_every_transition_in_the_table_happens() -> None:
         connection_module.next_state = original
     assert (State.CLOSING, states.Trigger.PEER_CLOSE) in seen
     assert states.TRANSITIONS[(State.CLOSING, states.Trigger.PEER_CLOSE)] is State.DRAINING
+
+
+def test_icmp_port_unreachable_fails_the_handshake_fast() -> None:
+    """A client whose SYNs draw ICMP port unreachable fails with ConnectionRefused after
+    a few tries (about a second), not after connect_timeout (10 s)."""
+    from roamlink.errors import ConnectionRefused
+
+    net = SimNetwork(seed=2, default_link=LinkConfig(delay=0.01))
+    net.refusing_hosts.add("10.0.0.1")  # a host with nothing on port 4433
+    client = net.add_node(("10.0.0.2", 50000))
+    c = client.connect(("10.0.0.1", 4433))
+    assert net.run_until(lambda: c.is_terminated or c.is_closed, 10)
+    assert isinstance(c.error, ConnectionRefused)
+    assert 0.5 <= net.now <= 1.5, f"refused after {net.now:.2f} s"
+
+
+def test_icmp_is_ignored_once_established() -> None:
+    net, server, client, c, s = _pair(Config())
+    for _ in range(10):
+        client.dispatcher.unreachable(server.addr, net.now)
+    assert c.is_established and c.refusals == 0

@@ -33,6 +33,7 @@ from ..config import Config
 from ..errors import (
     ConnectionAborted,
     ConnectionClosed,
+    ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
     ProtocolViolation,
@@ -69,6 +70,9 @@ CloseCode = wire.CloseCode
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
 MAX_SEGMENTS = 8192
 _MAX_CLOSE_RESENDS = 8
+#: ICMP port-unreachable answers to our SYNs after which a client gives up (the SYN and two
+#: retransmissions: about a second with the default initial RTT, not ``connect_timeout``).
+REFUSALS_TO_FAIL = 3
 
 RandomBytes = Callable[[int], bytes]
 
@@ -148,6 +152,8 @@ class Connection:
         self.handshake_deadline = now + self.handshake_lifetime
         #: the handshake completed once (a listener remembers such a client's SYN)
         self.was_established = False
+        #: ICMP port-unreachable reports while handshaking (see ``on_unreachable``)
+        self.refusals = 0
         self._last_received = now
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
@@ -268,6 +274,23 @@ class Connection:
         """Give up an active migration still being validated (e.g. ``migrate()`` was
         cancelled); the connection stays on its path. Does nothing once it was validated."""
         migration.cancel(self, cand)
+
+    def on_unreachable(self, now: float) -> None:
+        """The socket layer reports ICMP port unreachable from our peer's address.
+
+        ICMP is not authenticated and an established connection may be roaming through
+        NATs whose stale mappings draw such errors, so it is ignored except while a client
+        waits for its SYN-ACK: then, after ``REFUSALS_TO_FAIL`` refusals (the SYN and its
+        retransmissions, about a second), nothing listens there and the connection fails
+        with :class:`ConnectionRefused` instead of waiting out ``connect_timeout``.
+        """
+        if not self.is_client or self.state is not _HANDSHAKING:
+            return
+        self.refusals += 1
+        if self.refusals >= REFUSALS_TO_FAIL:
+            self._terminate(ConnectionRefused(
+                f"{self.remote_addr} refused the connection (ICMP port unreachable "
+                f"{self.refusals} times: nothing listens there)"), Trigger.TIMEOUT)
 
     def limit_half_open(self, lifetime: float, now: float) -> None:
         """A listener under SYN pressure keeps this half-open handshake only ``lifetime``

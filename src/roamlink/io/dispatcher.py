@@ -181,6 +181,18 @@ class Dispatcher:
             del self.addr_map[key_old]
         self.addr_map[(new, conn.peer_cid)] = conn.local_cid
 
+    def unreachable(self, addr: Address, now: float) -> list[Connection]:
+        """ICMP port unreachable from ``addr`` reached this socket: tell the connections to
+        that address (only a client still handshaking acts on it). Returns them."""
+        told = []
+        for conn in self._owned_cids:
+            if conn.remote_addr == addr and conn.is_client:
+                conn.on_unreachable(now)
+                told.append(conn)
+        for conn in told:
+            self.sync_routes(conn)
+        return told
+
     # ------------------------------------------------------------------ receiving
     def datagram_received(self, data: bytes, addr: Address, now: float,
                           local: int | None = None) -> Connection | None:
