@@ -5,7 +5,7 @@
 """
 
 from . import errors
-from .api import Listener, Stream, connect, listen
+from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
 from .core.events import ConnectionStats, PathChanged
 from .errors import (
@@ -15,13 +15,17 @@ from .errors import (
     ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
     IdleTimeout,
     IncompleteRead,
+    InvalidKey,
+    KeyFileError,
     MigrationError,
     MigrationTimeout,
     RoamlinkError,
     VersionMismatch,
 )
+from .keys import KeyPair
 
 __version__ = "0.1.0"
 
@@ -35,8 +39,12 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionReset",
     "ConnectionStats",
+    "HandshakeFailed",
     "IdleTimeout",
     "IncompleteRead",
+    "InvalidKey",
+    "KeyFileError",
+    "KeyPair",
     "Listener",
     "MigrationError",
     "MigrationTimeout",
@@ -47,4 +55,5 @@ __all__ = [
     "connect",
     "errors",
     "listen",
+    "run_server",
 ]

@@ -51,6 +51,28 @@ class VersionMismatch(ConnectError):
         self.supported = supported
 
 
+class HandshakeFailed(ConnectError):
+    """The secure handshake was refused or did not authenticate; nothing was delivered.
+
+    Raised on the client as soon as the answer shows it, not after a timeout. ``reason`` says
+    why, so that a caller (the CLI's ``known_hosts`` check, for one) can react to a changed
+    server key differently from a refused client:
+
+    - ``"server_key_mismatch"``: the server did not prove the key the client pinned
+      (``connect(server_key=...)``) — a changed key or someone in the middle;
+    - ``"client_not_authorized"``: the server does not accept this client's static key;
+    - ``"plaintext_mismatch"``: one side runs ``Config(insecure_plaintext=True)``, the other
+      does not; neither falls back to the other's mode;
+    - ``"invalid"`` (the default): any other handshake that does not verify.
+
+    The message never contains key material beyond public keys.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConnectionClosed(RoamlinkError, ConnectionError):
     """The connection is closed; no more data can be written (or read)."""
 
@@ -84,6 +106,28 @@ class IncompleteRead(RoamlinkError, asyncio.IncompleteReadError):
         asyncio.IncompleteReadError.__init__(self, partial, expected)
 
 
+class InvalidKey(RoamlinkError, ValueError):
+    """A key is not a 32-byte X25519 key (raw, or base64 of it in WireGuard's style).
+
+    The message says what was expected; it never repeats the rejected text, which might be a
+    private key pasted in the wrong place.
+    """
+
+
+class KeyFileError(RoamlinkError):
+    """A key file cannot be used: missing, unreadable, malformed, or readable by others.
+
+    ``path`` names the file. Like ssh, roamlink refuses a private-key file that group or
+    others may read (``insecure`` is then true): a key that others could have copied no longer
+    authenticates its owner, and refusing is how the owner learns of it.
+    """
+
+    def __init__(self, path: str, message: str, *, insecure: bool = False) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.insecure = insecure
+
+
 class MigrationError(RoamlinkError):
     """A path could not be validated; the connection stays on its old path."""
 
@@ -100,8 +144,11 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionRefused",
     "ConnectionReset",
+    "HandshakeFailed",
     "IdleTimeout",
     "IncompleteRead",
+    "InvalidKey",
+    "KeyFileError",
     "MigrationError",
     "MigrationTimeout",
     "ProtocolViolation",

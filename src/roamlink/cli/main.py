@@ -41,7 +41,7 @@ def _common_flags(suppress: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import connect_cmd, demo_cmd, perf, relay_cmd, send, serve
+    from . import connect_cmd, demo_cmd, keygen, perf, relay_cmd, send, serve
 
     parser = argparse.ArgumentParser(
         prog="roamlink", parents=[_common_flags(False)],
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_parser(sub, parents)
     perf.add_parser(sub, parents)
     relay_cmd.add_parser(sub, parents)
+    keygen.add_parser(sub, parents)
     return parser
 
 
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(json_mode=args.json, plain=args.plain, data_on_stdout=data_on_stdout)
     try:
         config = load_config(args.config)
-        code: int = asyncio.run(args.func(args, config, out))
+        code: int
+        if getattr(args, "workers", None) is not None:  # a supervisor of worker processes
+            code = args.run_workers(args, config, out)
+        else:
+            code = asyncio.run(args.func(args, config, out))
         return code
     except KeyboardInterrupt:
         if args.debug:

@@ -221,8 +221,8 @@ class SimNetwork:
             if dst[0] in self.refusing_hosts:
                 sender = self.nodes.get(src)
                 if sender is not None:
-                    for conn in sender.dispatcher.unreachable(dst, self.now):
-                        self._flush_conn(sender, conn)
+                    for refused in sender.dispatcher.unreachable(dst, self.now):
+                        self._flush_conn(sender, refused)
             return
         if node.record:
             node.received.append((data, src))
