@@ -159,3 +159,26 @@ def test_listener_close_does_not_wait_for_half_open_handshakes() -> None:
         assert time.monotonic() - start < 2.0
 
     run(main(), 30)
+
+
+def test_connect_to_a_closed_port_is_refused_fast() -> None:
+    """ICMP port unreachable (ECONNREFUSED) fails connect() in about a second with
+    ConnectionRefused, not after connect_timeout."""
+    import socket
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("IP_RECVERR is Linux only; elsewhere connect() times out")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+
+    async def main() -> None:
+        start = time.monotonic()
+        with pytest.raises(roamlink.ConnectionRefused):
+            await roamlink.connect("127.0.0.1", port, config=Config(connect_timeout=10.0))
+        assert time.monotonic() - start < 3.0
+
+    run(main(), 20)

@@ -68,6 +68,10 @@ _MAX_READS_PER_WAKEUP = 128
 _MAX_BACKLOG = 8192
 #: Shortest timer armed: event loops cannot sleep for less (see _arm_timer).
 _MIN_TIMER_DELAY = 0.001
+#: Linux socket options that queue ICMP errors for an unconnected UDP socket (the socket
+#: module does not name them).
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
 _SEGMENT_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
@@ -146,6 +150,7 @@ class Endpoint:
         self.io = IoStats()
         self.socket_errors = 0
         self.owns_lifetime = False  # close the socket when the last connection ends
+        self._recverr = False  # the kernel reports ICMP errors (see report_unreachable)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -299,10 +304,56 @@ class Endpoint:
         elif disp.stateless_out:
             self._schedule_flush()
 
+    def report_unreachable(self) -> None:
+        """Ask the kernel to report ICMP errors for datagrams this (unconnected) socket sent
+        (``IP_RECVERR``), so a client whose SYN finds no listener fails at once
+        (``ConnectionRefused``) instead of after ``connect_timeout``. Linux only; elsewhere
+        the handshake simply times out."""
+        sock = self.sock
+        if sock is None or not sys.platform.startswith("linux") or self._transport is not None:
+            return
+        level, option = ((socket.IPPROTO_IPV6, _IPV6_RECVERR) if sock.family == socket.AF_INET6
+                         else (socket.IPPROTO_IP, _IP_RECVERR))
+        try:
+            sock.setsockopt(level, option, 1)
+        except OSError:
+            return
+        self._recverr = True
+
     def error_received(self, exc: Exception) -> None:
-        """ICMP errors (e.g. port unreachable from a stale NAT mapping) never close anything."""
+        """ICMP errors (e.g. port unreachable from a stale NAT mapping) never close an
+        established connection; only a client still waiting for its SYN-ACK is told (after
+        a few of them it fails with ``ConnectionRefused``)."""
         self.socket_errors += 1
-        logger.debug("socket error ignored: %s", exc)
+        logger.debug("socket error: %s", exc)
+        if not isinstance(exc, ConnectionRefusedError):
+            return
+        now = self.now()
+        addrs = self._unreachable_addresses()
+        if addrs is None:  # the kernel did not say which address: our clients' peers
+            addrs = {c.remote_addr for c in self.observers if c.is_client}
+        for addr in addrs:
+            for conn in self.dispatcher.unreachable(addr, now):
+                self._dirty[conn] = None
+        if self._dirty:
+            self._schedule_flush()
+
+    def _unreachable_addresses(self) -> set[Address] | None:
+        """Destinations of the datagrams the kernel's error queue reports (IP_RECVERR)."""
+        sock = self.sock
+        if not self._recverr or sock is None:
+            return None
+        found: set[Address] = set()
+        for _ in range(64):
+            try:
+                _, _, _, addr = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if addr:
+                found.add(addr)
+        return found
 
     # ------------------------------------------------------------------ connections
     def _take_new_connections(self) -> None:
