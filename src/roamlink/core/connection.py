@@ -405,8 +405,9 @@ class Connection:
             if any(_ack_eliciting(f) for f in frames):
                 acks.pending = True  # our ACK may have been lost
             return
-        if (self.recv_buf.segment_count >= MAX_SEGMENTS
-                and any(isinstance(f, wire.PushFrame) for f in frames)):
+        if (self.recv_buf.segment_count + len(frames) > MAX_SEGMENTS
+                and self.recv_buf.segment_count + sum(
+                    type(f) is wire.PushFrame for f in frames) > MAX_SEGMENTS):
             counters.dropped_packets += 1  # not acknowledged: the peer will send it again
             return
 
