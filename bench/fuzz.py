@@ -190,7 +190,8 @@ def make_datagram(rng: random.Random, corpus: Corpus) -> bytes:
         frames = b"".join(_random_frame(rng) for _ in range(rng.randint(0, 5)))
         return wire.encode_short_header(cid, pn) + frames
     # long headers with random fields
-    ptype = rng.choice((wire.SYN, wire.SYN_ACK, wire.VERSION_NEGOTIATION))
+    ptype = rng.choice((wire.SYN, wire.SYN_ACK, wire.RETRY, wire.REJECT,
+                        wire.VERSION_NEGOTIATION))
     version = rng.choice((1, 0, 2, 0xFFFFFFFF, rng.randrange(1 << 32)))
     dcid = rng.choice((b"", cid, rng.randbytes(rng.randrange(21))))
     scid = rng.randbytes(rng.choice((0, 4, 8, 20)))

@@ -89,6 +89,10 @@ class Config:
     #: new half-open handshake (each retransmitted SYN renews it): ten initial RTTs, not
     #: ``connect_timeout``, so forged SYNs cannot hold its memory for long.
     half_open_timeout: float = 1.0
+    #: With this many half-open handshakes pending, a listener answers a SYN that carries no
+    #: token with a stateless RETRY (the client repeats its SYN with the token: one more
+    #: round trip) instead of keeping state for it. 0: always; None: never.
+    retry_threshold: int | None = 64
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -127,6 +131,10 @@ class Config:
         _check(self.max_half_open >= 1, "max_half_open", "must be >= 1")
         _check(self.max_half_open_per_source >= 1, "max_half_open_per_source", "must be >= 1")
         _positive(self, "half_open_timeout")
+        _check(self.retry_threshold is None or (isinstance(self.retry_threshold, int)
+                                                and not isinstance(self.retry_threshold, bool)
+                                                and self.retry_threshold >= 0),
+               "retry_threshold", "must be None (never) or an integer >= 0 (0: always)")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated)."""

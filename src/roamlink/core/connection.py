@@ -368,6 +368,12 @@ class Connection:
             if first == wire.VERSION_NEGOTIATION:
                 self._on_version_negotiation(hdr, data)
                 return
+            if first == wire.RETRY:
+                self._on_retry(hdr)
+                return
+            if first == wire.REJECT:
+                self._on_reject(hdr, data)
+                return
             verdict = self.handshake.accept_long_header(hdr, self.local_cid, self.peer_cid,
                                                         self.state is _HANDSHAKING)
             if verdict is _DROP:
@@ -467,6 +473,31 @@ class Connection:
         elif verdict is VersionVerdict.FAIL:
             self._terminate(VersionMismatch(tuple(self.config.versions), supported),
                             Trigger.TIMEOUT)
+
+    def _on_retry(self, hdr: wire.LongHeader) -> None:
+        if not self.handshake.on_retry(hdr, self.local_cid, self.state is _HANDSHAKING):
+            self.counters.dropped_packets += 1
+            return
+        self.counters.handshake_retries += 1  # one extra round trip
+        self.log.info("listener under load asked for a retry: repeating the SYN with its token")
+        # the first SYN will never be acknowledged: what it carried (0-RTT data) goes again
+        for pkt in self.recovery.take_all_in_flight():
+            delivery.requeue(self, pkt)
+
+    def _on_reject(self, hdr: wire.LongHeader, data: bytes) -> None:
+        """A listener refused our SYN. Unauthenticated, so it only ends a handshake in
+        progress (never an established connection)."""
+        body = data[hdr.payload_offset:]
+        if (not self.is_client or self.state is not _HANDSHAKING or hdr.dcid != self.local_cid
+                or len(body) < 1):
+            self.counters.dropped_packets += 1
+            return
+        if body[0] == wire.REJECT_BUSY:
+            self._terminate(ConnectionRefused(
+                f"{self.remote_addr} refused the connection: the listener is full "
+                "(max_connections)"), Trigger.TIMEOUT)
+        else:
+            self.counters.dropped_packets += 1
 
     def _complete_handshake(self) -> None:
         if self.state is _HANDSHAKING:
@@ -598,8 +629,8 @@ class Connection:
         if state is _HANDSHAKING and not self.peer_cid:
             if handshake.pending:
                 handshake.pending = False
-                out.append((packets.build_handshake(wire.SYN, handshake.version, b"",
-                                                    self.local_cid, [], now),
+                out.append((packets.build_handshake(wire.SYN, handshake.version,
+                                                    handshake.token, self.local_cid, [], now),
                             self.remote_addr))
             return out
         if handshake.pending and not self.is_client:

@@ -26,6 +26,7 @@ from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
 from ..core.states import State
+from .retry_token import RetryTokens
 from .steering import CidLayout
 
 logger = logging.getLogger("roamlink.dispatcher")
@@ -37,6 +38,8 @@ _LOCAL_IDS = itertools.count(1)
 def next_local_id() -> int:
     return next(_LOCAL_IDS)
 
+#: Stateless answers (RETRY, REJECT, version negotiation) queued per batch of datagrams.
+_MAX_STATELESS = 256
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
 _ENDED_KEYS = 65536
 
@@ -60,6 +63,12 @@ class DispatcherStats:
     refused_max_connections: int = 0
     #: half-open handshakes that expired (``Config.half_open_timeout``) or failed
     half_open_expired: int = 0
+    #: SYNs answered with RETRY (no state kept) because ``retry_threshold`` was reached
+    retries_sent: int = 0
+    #: repeated SYNs whose token checked out (the client's address is proven)
+    retry_tokens_valid: int = 0
+    #: SYNs with a token that was forged, expired, or for another address or handshake
+    retry_tokens_invalid: int = 0
 
 
 class Dispatcher:
@@ -94,6 +103,7 @@ class Dispatcher:
         #: (``Config.max_half_open`` in all, ``max_half_open_per_source`` per IP) and do not
         #: count against the application's accept backlog
         self.half_open: dict[Connection, str] = {}
+        self._retry_tokens: RetryTokens | None = None
         self._half_open_by_host: dict[str, int] = {}
 
     # ------------------------------------------------------------------ connections
@@ -277,11 +287,30 @@ class Dispatcher:
         if len(data) < 1200 or not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
             raise wire.MalformedPacket("SYN too small or with a bad CID")
         config = self.config
-        if self.pending_established() >= config.backlog:
-            self.stats.dropped_backlog_full += 1
-            return None
+        stats = self.stats
         if config.max_connections and len(self._owned_cids) >= config.max_connections:
-            self.stats.refused_max_connections += 1
+            # a clear answer, so the client fails at once instead of timing out (it is tiny
+            # and answers a full-size SYN: no amplification)
+            stats.refused_max_connections += 1
+            self._answer(wire.encode_reject(hdr.version, hdr.scid, wire.REJECT_BUSY), addr)
+            return None
+        validated = False
+        if hdr.dcid:
+            # a SYN repeated after our RETRY: its destination CID is the token, checked
+            # before anything is created
+            if not self.retry_tokens().check(hdr.dcid, addr, hdr.scid, now):
+                stats.retry_tokens_invalid += 1
+                return None
+            stats.retry_tokens_valid += 1
+            validated = True
+        if self.pending_established() >= config.backlog:
+            stats.dropped_backlog_full += 1
+            return None
+        if not validated and self.retry_due():
+            # under load: no state for an address that has not proven itself, just a token
+            stats.retries_sent += 1
+            self._answer(wire.encode_retry(hdr.version, hdr.scid,
+                                           self.retry_tokens().mint(addr, hdr.scid, now)), addr)
             return None
         if len(self.half_open) >= config.max_half_open:
             self.stats.dropped_half_open_full += 1
@@ -304,6 +333,25 @@ class Dispatcher:
         self.accept_queue.append(conn)
         self.stats.connections_accepted += 1
         return conn
+
+    def retry_due(self) -> bool:
+        """Whether a SYN without a token gets a RETRY instead of a half-open connection:
+        ``Config.retry_threshold`` half-open handshakes are pending (0: always)."""
+        threshold = self.config.retry_threshold
+        return threshold is not None and len(self.half_open) >= threshold
+
+    def retry_tokens(self) -> RetryTokens:
+        """This listener's token minter (made on first use; its secret lives in memory only,
+        so a restart invalidates outstanding tokens, which live seconds anyway)."""
+        tokens = self._retry_tokens
+        if tokens is None:
+            tokens = self._retry_tokens = RetryTokens(random_bytes=os.urandom)
+        return tokens
+
+    def _answer(self, datagram: bytes, addr: Address) -> None:
+        """A stateless answer (RETRY, REJECT), bounded per batch of datagrams read."""
+        if len(self.stateless_out) < _MAX_STATELESS:
+            self.stateless_out.append((datagram, addr))
 
     # ------------------------------------------------------------------ sending
     def take_stateless(self) -> list[tuple[bytes, Address]]:

@@ -6,35 +6,40 @@ token, and the listener checks it before it creates anything. A flood of forged 
 addresses then costs the listener one AEAD seal per SYN and no memory (TCP's SYN cookies,
 QUIC's Retry, WireGuard's cookie reply under load).
 
-A token is sealed with ChaCha20-Poly1305 under a listener secret:
+The token travels where the client's repeated SYN would otherwise carry an empty destination
+CID (as QUIC's Retry hands the client a new destination CID), so it needs no new field in the
+SYN: the client copies the RETRY's source CID, 20 bytes, into its SYN's destination CID. With
+encryption the Noise prologue binds that header, so the token cannot be swapped in flight.
 
 =========  ====  ==========================================================================
 field      size  meaning
 =========  ====  ==========================================================================
 key id     1     which secret sealed it (the secret is rotated; the previous one still opens)
-nonce      12    random, never reused (a reused nonce would let an attacker forge tags)
-sealed     8+16  the minting time in milliseconds, then the Poly1305 tag
+time       5     when it was minted, in milliseconds of the listener's clock
+salt       4     random: with the time, a nonce that never repeats under one secret
+tag        10    ChaCha20-Poly1305 tag over the associated data, truncated to 80 bits
 =========  ====  ==========================================================================
 
-The associated data binds the token to the client's IP address and port and to the
-connection IDs of the SYN it answers, so a token is good for that client, that address and
-that handshake only, for ``lifetime`` seconds. Opening is constant-time in the tag (the AEAD
-checks it); a token that fails for any reason is simply not valid, and nothing says why.
+The associated data binds the token to the client's IP address and port and to its SYN's
+source CID, so a token is good for that client, that address and that handshake only, for
+``lifetime`` seconds. The tag is recomputed and compared in constant time
+(``hmac.compare_digest``); a token that fails for any reason is simply not valid.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import struct
 from collections.abc import Callable
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..core.events import Address
 
-TOKEN_LENGTH = 1 + 12 + 8 + 16
+TOKEN_LENGTH = 20  # fits a CID field (at most 20 bytes)
+_TAG_LENGTH = 10
 _TIME = struct.Struct("!Q")
 _PORT = struct.Struct("!H")
 
@@ -47,9 +52,8 @@ def _address_bytes(addr: Address) -> bytes:
     return ip.packed + _PORT.pack(addr[1])
 
 
-def _aad(addr: Address, scid: bytes, dcid: bytes) -> bytes:
-    return b"".join((b"roamlink retry", _address_bytes(addr), bytes((len(scid),)), scid,
-                     bytes((len(dcid),)), dcid))
+def _aad(addr: Address, scid: bytes) -> bytes:
+    return b"".join((b"roamlink retry", _address_bytes(addr), bytes((len(scid),)), scid))
 
 
 class RetryTokens:
@@ -80,16 +84,22 @@ class RetryTokens:
         self._keys = {previous: self._keys[previous],
                       self._key_id: ChaCha20Poly1305(self._random(32))}
 
-    def mint(self, addr: Address, scid: bytes, dcid: bytes, now: float) -> bytes:
-        """A token for the client at ``addr`` whose SYN carried these connection IDs."""
-        self._maybe_rotate(now)
-        nonce = self._random(12)
-        sealed = self._keys[self._key_id].encrypt(
-            nonce, _TIME.pack(max(int(now * 1000), 0)), _aad(addr, scid, dcid))
-        return bytes((self._key_id,)) + nonce + sealed
+    @staticmethod
+    def _tag(aead: ChaCha20Poly1305, stamp: bytes, aad: bytes) -> bytes:
+        # nothing to encrypt: the AEAD authenticates the associated data, and its tag (the
+        # whole output for an empty plaintext) is what the token keeps, truncated
+        return aead.encrypt(b"\0\0\0" + stamp, b"", aad)[:_TAG_LENGTH]
 
-    def check(self, token: bytes, addr: Address, scid: bytes, dcid: bytes, now: float) -> bool:
-        """Whether ``token`` was minted by us, for this address and these CIDs, within its
+    def mint(self, addr: Address, scid: bytes, now: float) -> bytes:
+        """A token for the client at ``addr`` whose SYN carried source CID ``scid``."""
+        self._maybe_rotate(now)
+        stamp = _TIME.pack(max(int(now * 1000), 0))[3:] + self._random(4)
+        key_id = bytes((self._key_id,))
+        return key_id + stamp + self._tag(self._keys[self._key_id], stamp,
+                                          key_id + _aad(addr, scid))
+
+    def check(self, token: bytes, addr: Address, scid: bytes, now: float) -> bool:
+        """Whether ``token`` was minted by us, for this address and this SYN, within its
         lifetime."""
         self._maybe_rotate(now)
         if len(token) != TOKEN_LENGTH:
@@ -97,10 +107,10 @@ class RetryTokens:
         aead = self._keys.get(token[0])
         if aead is None:
             return False
-        try:
-            plain = aead.decrypt(token[1:13], token[13:], _aad(addr, scid, dcid))
-        except InvalidTag:
+        stamp = token[1:10]
+        expected = self._tag(aead, stamp, token[:1] + _aad(addr, scid))
+        if not hmac.compare_digest(expected, token[10:]):
             return False
-        (minted_ms,) = _TIME.unpack(plain)
+        (minted_ms,) = _TIME.unpack(b"\0\0\0" + stamp[:5])
         age = now - minted_ms / 1000
         return bool(-1.0 <= age <= self.lifetime)
