@@ -83,11 +83,13 @@ class Config:
     #: Handshakes a listener keeps half-open at once (a SYN flood fills this, never the
     #: backlog); SYNs beyond it are dropped (or answered with RETRY, see retry_threshold).
     max_half_open: int = 1024
-    #: Half-open handshakes from one source IP address at once.
+    #: Half-open handshakes from one source IP address at once (SYNs whose address a
+    #: RETRY token proved are not limited per source, only by max_half_open).
     max_half_open_per_source: int = 64
-    #: How long a listener under SYN pressure (a quarter of max_half_open pending) keeps a
-    #: new half-open handshake (each retransmitted SYN renews it): ten initial RTTs, not
-    #: ``connect_timeout``, so forged SYNs cannot hold its memory for long.
+    #: How long a listener under SYN pressure (half of retry_threshold, or a quarter of
+    #: max_half_open, pending) keeps a half-open handshake (each retransmitted SYN renews
+    #: it): ten initial RTTs, not ``connect_timeout``, so forged SYNs cannot hold its
+    #: memory for long.
     half_open_timeout: float = 1.0
     #: With this many half-open handshakes pending, a listener answers a SYN that carries no
     #: token with a stateless RETRY (the client repeats its SYN with the token: one more

@@ -299,7 +299,7 @@ class Connection:
         seconds (each retransmitted SYN renews it), instead of ``connect_timeout``: forged
         SYNs then hold its memory briefly, while a genuine client keeps it alive."""
         self.handshake_lifetime = lifetime
-        self.handshake_deadline = now + lifetime
+        self.handshake_deadline = min(self.handshake_deadline, now + lifetime)
 
     def routed_cids(self) -> list[bytes]:
         """Every CID of ours the peer may use: the socket layer routes them all here."""

@@ -104,6 +104,7 @@ class Dispatcher:
         #: count against the application's accept backlog
         self.half_open: dict[Connection, str] = {}
         self._retry_tokens: RetryTokens | None = None
+        self._under_pressure = False  # half-open handshakes above half_open_pressure()
         self._half_open_by_host: dict[str, int] = {}
 
     # ------------------------------------------------------------------ connections
@@ -169,10 +170,15 @@ class Dispatcher:
             self.stats.half_open_expired += 1
 
     def half_open_pressure(self) -> int:
-        """Half-open handshakes beyond which new ones live only ``half_open_timeout``
-        (under a flood, forged SYNs must not hold memory for ``connect_timeout``; without
-        one, a client on a slow, lossy path keeps the time it needs)."""
-        return max(self.config.max_half_open // 4, 1)
+        """Half-open handshakes beyond which they live only ``half_open_timeout`` (under a
+        flood, forged SYNs must not hold memory for ``connect_timeout``; without one, a
+        client on a slow, lossy path keeps the time it needs): a quarter of the table, or
+        half the RETRY threshold, whichever comes first."""
+        config = self.config
+        limit = config.max_half_open // 4
+        if config.retry_threshold is not None:
+            limit = min(limit, config.retry_threshold // 2)
+        return max(limit, 1)
 
     def pending_established(self) -> int:
         """Established connections the application has not accepted yet (the backlog)."""
@@ -315,8 +321,12 @@ class Dispatcher:
         if len(self.half_open) >= config.max_half_open:
             self.stats.dropped_half_open_full += 1
             return None
-        host = addr[0]
-        if self._half_open_by_host.get(host, 0) >= config.max_half_open_per_source:
+        # the per-source limit is for addresses that have not proven themselves: a SYN
+        # with a valid token did (and counts only against max_half_open), so forged SYNs
+        # from a client's own IP (a shared NAT, or loopback) cannot lock that client out
+        host = "" if validated else addr[0]
+        if (not validated
+                and self._half_open_by_host.get(host, 0) >= config.max_half_open_per_source):
             self.stats.dropped_per_source += 1
             return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
@@ -326,7 +336,15 @@ class Dispatcher:
                           cid_source=self.cid_source)
         self._track(conn)
         if len(self.half_open) >= self.half_open_pressure():
+            if not self._under_pressure:
+                # a flood began: every half-open handshake, old and new, now lives only
+                # half_open_timeout (a genuine client's retransmitted SYN renews it)
+                self._under_pressure = True
+                for other in self.half_open:
+                    other.limit_half_open(config.half_open_timeout, now)
             conn.limit_half_open(config.half_open_timeout, now)
+        else:
+            self._under_pressure = False
         self.addr_map[key] = conn.local_cid
         self.half_open[conn] = host
         self._half_open_by_host[host] = self._half_open_by_host.get(host, 0) + 1
