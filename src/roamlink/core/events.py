@@ -83,3 +83,9 @@ class ConnectionStats:
     handshake_retries: int = 0
     #: packets in flight on a path the connection left, resent on the new one (not lost)
     packets_requeued: int = 0
+    #: latest delivery-rate sample (bytes/s) and whether the application limited it
+    delivery_rate: float = 0.0
+    delivery_rate_app_limited: bool = False
+    #: rate the pacer is set to (bytes/s; 0 when pacing is off)
+    pacing_rate: float = 0.0
+    tail_loss_probes: int = 0

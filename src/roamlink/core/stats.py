@@ -68,4 +68,8 @@ def snapshot(conn: Connection) -> ConnectionStats:
         flow_control_blocked=conn.flow.blocked_count,
         handshake_retries=counters.handshake_retries,
         packets_requeued=recovery.packets_requeued,
+        delivery_rate=conn.rate_estimator.latest.delivery_rate,
+        delivery_rate_app_limited=conn.rate_estimator.latest.is_app_limited,
+        pacing_rate=conn.pacer.rate if conn.pacer is not None else 0.0,
+        tail_loss_probes=recovery.tlp_fired,
     )
