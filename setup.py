@@ -23,7 +23,7 @@ SRC = HERE / "src" / "roamlink"
 #: the packet protection and the CID-routing half of the socket layer. Measured: these carry the
 #: per-packet work; the asyncio glue in ``io/endpoint.py`` and ``api/`` gains little.
 COMPILED_DIRS = ("core", "crypto")
-COMPILED_FILES = ("io/dispatcher.py", "io/steering.py")
+COMPILED_FILES = ("io/dispatcher.py", "io/steering.py", "io/driver.py", "io/timer_heap.py")
 #: Modules that cannot be compiled, with the reason.
 EXCLUDED: dict[str, str] = {}
 
