@@ -45,7 +45,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(workers: int, *args: str) -> Iterator[Server]:
+def serve(workers: int, *args: str, stop: int = signal.SIGINT) -> Iterator[Server]:
     env = dict(os.environ)
     src = PACKAGE_PARENT
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
@@ -57,7 +57,7 @@ def serve(workers: int, *args: str) -> Iterator[Server]:
         assert ready, "server did not start"
         info = json.loads(proc.stdout.readline())
         yield Server(proc, info["port"], info["kernel_steering"])
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=15) == 0  # every worker stopped cleanly
     finally:
         if proc.poll() is None:
@@ -76,6 +76,21 @@ async def read_json(stream: roamlink.Stream) -> dict[str, Any]:
     return result
 
 
+async def _migrate(stream: roamlink.Stream) -> tuple[Any, ...]:
+    """Move to a fresh local port. Moves follow each other as fast as paths validate, so the
+    peer's replacement connection ID may still be on its way: then wait for it (the error
+    says "yet"), as an application that moves this often would."""
+    for _ in range(100):
+        try:
+            local, _ = await stream.migrate(local_addr=0)
+            return tuple(local)
+        except roamlink.MigrationError as exc:
+            if "yet" not in str(exc):
+                raise
+            await asyncio.sleep(0.01)
+    raise AssertionError("no spare connection ID within a second")
+
+
 async def moving_transfer(port: int, moves: int, size: int) -> tuple[dict[str, Any],
                                                                       dict[str, Any], bytes]:
     """Send ``size`` bytes, moving to a fresh local port ``moves`` times on the way."""
@@ -88,7 +103,7 @@ async def moving_transfer(port: int, moves: int, size: int) -> tuple[dict[str, A
         stream.write(payload[i * step:(i + 1) * step if i < moves else size])
         await stream.drain()
         if i < moves:
-            local, _ = await stream.migrate(local_addr=0)
+            local = await _migrate(stream)
             ports.add(local[1])
     assert len(ports) == moves + 1  # every move a new local port (a new 4-tuple)
     stream.write_eof()
@@ -164,7 +179,7 @@ def test_killed_worker_is_restarted_and_other_connections_survive() -> None:
         result = await _finish(stream, data)
         assert result["sha256"] == hashlib.sha256(data).hexdigest()
 
-    with serve(2) as server:
+    with serve(2, stop=signal.SIGTERM) as server:
         run(main(server.port), 90)
 
 

@@ -2,9 +2,10 @@
 
 >>> listener = await roamlink.listen("127.0.0.1", 4433)
 >>> stream = await roamlink.connect("127.0.0.1", 4433)
+>>> await roamlink.forward.bridge(stream, tcp_reader, tcp_writer)  # carry a TCP connection
 """
 
-from . import errors
+from . import errors, forward
 from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
 from .core import connection as _core_connection
@@ -52,6 +53,7 @@ __all__ = [
     "connect",
     "compiled",
     "errors",
+    "forward",
     "listen",
     "run_server",
 ]

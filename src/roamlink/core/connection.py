@@ -44,6 +44,7 @@ from .ack_state import MAX_PACKET_NUMBER_JUMP, AckState
 from .buffers import RecvBuffer, SendBuffer
 from .cids import ConnectionIds
 from .congestion import create_controller
+from .delivery_rate import DeliveryRateEstimator
 from .events import (
     Address,
     ConnectionStats,
@@ -129,6 +130,7 @@ class Connection:
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
         self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
+        self.rate_estimator = DeliveryRateEstimator()
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
         self.flow = FlowControl(config.receive_window)
@@ -136,6 +138,7 @@ class Connection:
         self.counters = Counters()
         self.packets = PacketBuilder(config, send_buf=self.send_buf, recovery=self.recovery,
                                      cc=self.cc, rtt=self.rtt, pacer=self.pacer,
+                                     rate_estimator=self.rate_estimator,
                                      acks=self.acks, flow=self.flow, counters=self.counters,
                                      now=now)
 
@@ -145,7 +148,7 @@ class Connection:
         self._created = now
         self._last_received = now
         self._gap_probe_sent = 0.0
-        self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._gap_probes = 0  # receiver probes since data last arrived (backoff)
         self._drain_deadline: float | None = None
         self._close_deadline: float | None = None
         self._close_frame: wire.CloseFrame | None = None
@@ -372,7 +375,6 @@ class Connection:
         on_path = self.paths.is_current(socket_id, addr) or self.state is _HANDSHAKING
         if on_path:
             self._last_received = now
-            self._gap_probes = 0
             acks.record(pn, now, is_newest)
         else:
             # an unvalidated path: its frames are processed (they are idempotent), but its
@@ -391,6 +393,12 @@ class Connection:
             if type(frame) is push_frame:  # the common case, without the generic dispatch
                 eliciting = True
                 acks.data_unacked = True
+                if on_path:
+                    # data flows again: a later silence gets its receiver probes afresh. Only
+                    # data: if any packet did this, the two sides' probes (ACKs) would keep
+                    # resetting each other's backoff, and an idle connection would exchange a
+                    # packet every two PTOs forever instead of a keepalive every 15 s
+                    self._gap_probes = 0
                 self._on_push(frame)
                 continue
             if _ack_eliciting(frame):
