@@ -148,14 +148,12 @@ def test_address_map_stays_one_entry_per_connection_across_rebindings() -> None:
     assert len(server.dispatcher.addr_map) == 1
 
 
-def test_ended_handshake_memory_is_bounded(monkeypatch: object) -> None:
-    import pytest
-
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
-    monkeypatch.setattr(dispatcher_module, "_ENDED_KEYS", 5)
+def test_ended_handshake_memory_is_bounded() -> None:
+    assert dispatcher_module.ENDED_KEYS == 65536
     config = Config(draining_period=0.1)
     net = SimNetwork(seed=3, default_link=LinkConfig(delay=0.005))
     server = net.add_node(("10.0.0.1", 4433), config, listen=True)
+    server.dispatcher.ended_keys_limit = 5
     for i in range(12):
         node = net.add_node((f"10.0.1.{i}", 50000), config)
         c, s = establish(net, node, server)

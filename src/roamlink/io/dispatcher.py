@@ -33,7 +33,7 @@ logger = logging.getLogger("roamlink.dispatcher")
 #: Stateless answers (RETRY, REJECT, version negotiation) queued per batch of datagrams.
 _MAX_STATELESS = 256
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
-_ENDED_KEYS = 65536
+ENDED_KEYS = 65536
 
 
 @dataclass
@@ -94,6 +94,7 @@ class Dispatcher:
         self.held = 0
         #: handshake keys of ended connections: a late or replayed SYN must not reopen them
         self._ended: OrderedDict[tuple[Address, bytes], None] = OrderedDict()
+        self.ended_keys_limit = ENDED_KEYS
         #: server connections still handshaking, by source IP: they have their own bounds
         #: (``Config.max_half_open`` in all, ``max_half_open_per_source`` per IP) and do not
         #: count against the application's accept backlog
@@ -193,7 +194,7 @@ class Dispatcher:
             # SYN from that client may open it afresh (its half-open state merely expired)
             if conn.is_closed and conn.was_established:
                 self._ended[key] = None
-                if len(self._ended) > _ENDED_KEYS:
+                if len(self._ended) > self.ended_keys_limit:
                     self._ended.popitem(last=False)
 
     def update_addr(self, conn: Connection, old: Address, new: Address) -> None:
