@@ -39,6 +39,8 @@ atexit.register(shutil.rmtree, _CONFIG_DIR, ignore_errors=True)
 #: ``sim``, ``loopback`` in it), or from its fixtures (a netns topology), else ``unit``.
 TIERS: dict[str, str] = {
     "test_buffers.py": "unit",
+    "test_idle_sessions.py": "sim",
+    "test_forward_bridge.py": "loopback",
     "test_config.py": "unit",
     "test_congestion_vegas.py": "unit",
     "test_recovery_rack.py": "unit",
@@ -78,7 +80,7 @@ TIERS: dict[str, str] = {
     "test_cli.py": "cli",
     "test_cli_keys.py": "cli",
     "test_forward_cli.py": "cli",
-    "test_forward_real_clients.py": "netns",  # and 50 clients on loopback: slow either way
+    "test_forward_netns.py": "netns",  # and 50 clients on loopback: slow either way
     "test_migration_netns.py": "netns",
     "test_netns_bottleneck_smoke.py": "netns",
     "test_netns_fixture.py": "netns",
@@ -105,6 +107,8 @@ SLOW: set[str] = {
     "test_recovery_timers.py::test_slow_start_again_after_idle",
     "test_sim_transfer.py::test_many_connections_on_one_server_socket",
     "test_workers.py",  # worker processes: a server process per test
+    "test_forward_bridge.py::test_slow_tcp_reader_bounds_the_buffers_of_both_sides",
+    "test_forward_bridge.py::test_vanished_client_releases_the_target_after_the_idle_timeout",
 }
 _SLOW_TIERS = frozenset({"cli", "netns"})
 

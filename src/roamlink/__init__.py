@@ -8,13 +8,18 @@
 from . import errors, forward
 from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
+from .core import connection as _core_connection
 from .core.events import ConnectionStats, PathChanged
 from .errors import (
     ConfigError,
+    ConnectionAborted,
     ConnectionClosed,
+    ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
     HandshakeFailed,
+    IdleTimeout,
+    IncompleteRead,
     InvalidKey,
     KeyFileError,
     MigrationError,
@@ -26,15 +31,23 @@ from .keys import KeyPair
 
 __version__ = "0.1.0"
 
+#: True when the protocol core runs as mypyc-compiled C extensions (``pip install .`` with a C
+#: compiler), False for the pure-Python fallback (``ROAMLINK_PURE=1``, editable installs).
+compiled: bool = not str(_core_connection.__file__).endswith(".py")
+
 __all__ = [
     "PROTOCOL_VERSION",
     "Config",
     "ConfigError",
     "ConnectTimeout",
+    "ConnectionAborted",
     "ConnectionClosed",
+    "ConnectionRefused",
     "ConnectionReset",
     "ConnectionStats",
     "HandshakeFailed",
+    "IdleTimeout",
+    "IncompleteRead",
     "InvalidKey",
     "KeyFileError",
     "KeyPair",
@@ -46,6 +59,7 @@ __all__ = [
     "Stream",
     "VersionMismatch",
     "connect",
+    "compiled",
     "errors",
     "forward",
     "listen",
