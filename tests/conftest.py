@@ -116,6 +116,11 @@ SLOW: set[str] = {
     "test_sim_transfer.py::test_many_connections_on_one_server_socket",
     "test_workers.py",  # worker processes: a server process per test
     "test_flood.py",  # seconds of forged SYNs by design
+    "test_migration_sim_adversarial.py::test_twenty_two_passive_rebindings_in_a_row",
+    "test_migration_sim_adversarial.py::"
+    "test_genuine_rebinding_during_a_spoofing_flood_still_migrates",
+    "test_recovery_timers.py::test_stats_expose_recovery_and_congestion_state",
+    "test_resource_bounds.py::test_address_map_stays_one_entry_per_connection_across_rebindings",
     "test_forward_bridge.py::test_slow_tcp_reader_bounds_the_buffers_of_both_sides",
     "test_forward_bridge.py::test_vanished_client_releases_the_target_after_the_idle_timeout",
 }
