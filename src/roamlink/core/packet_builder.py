@@ -92,13 +92,6 @@ class PacketBuilder:
             self.pace_at = at
         return False
 
-    def _forget_pacing_wait(self) -> None:
-        # A method, not ``self.pace_at = None`` inline: mypy narrows the attribute to None
-        # after such an assignment and keeps that through later calls (``_pacer_allows`` may
-        # set it); mypyc trusts the narrowed type, so reading the attribute later in
-        # ``build_data_packets`` raised "None object expected; got float" when compiled.
-        self.pace_at = None
-
     def build_data_packets(self, now: float, dcid: bytes, addr: Address,
                            out: list[tuple[bytes, Address]]) -> None:
         """Append to ``out`` every data packet that may leave now."""
@@ -109,7 +102,7 @@ class PacketBuilder:
         flow = self.flow
         control_queue = self.control
         recovery = self.recovery
-        self._forget_pacing_wait()
+        self.pace_at = None
         pacer = self.pacer
         if pacer is not None:
             pacer.set_rate(self.cc.pacing_rate(self.rtt))
