@@ -24,9 +24,9 @@ import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path[:0] = [os.path.join(ROOT, "src"), ROOT]  # ROOT: tests/support/ is test tooling
 
-from roamlink.testing.netns import NatTopology, ensure_tools  # noqa: E402
+from tests.support.netns import NatTopology, ensure_tools  # noqa: E402
 
 PEER = os.path.join(ROOT, "src", "roamlink", "testing", "netpeer.py")
 

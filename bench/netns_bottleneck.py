@@ -7,8 +7,8 @@ everything above it is the tbf queue. A loss-based controller fills that queue (
 of 1200 bytes at 50 Mbit/s is ~19 ms); Vegas should stay near the base RTT.
 
 Needs root (CI is root); prints a reason and exits 0 elsewhere. The namespaces come from
-``roamlink.testing.netns.BottleneckTopology``; only addresses inside them are used, and they
-are removed at the end.
+``BottleneckTopology`` in ``tests/support/netns.py`` (test tooling, not in the package); only
+addresses inside them are used, and they are removed at the end.
 
 Usage: sudo PYTHONPATH=src python3 bench/netns_bottleneck.py [--mib 32] [--rate-mbit 50]
        [--queue-packets 100] [--controllers vegas newreno]
@@ -37,7 +37,7 @@ class Topology:
     """client ns --> router ns (tbf on its egress toward the server) --> server ns."""
 
     def __init__(self, rate_mbit: float, queue_packets: int) -> None:
-        from roamlink.testing.netns import BottleneckTopology
+        from tests.support.netns import BottleneckTopology
 
         self.topo = BottleneckTopology(rate=f"{rate_mbit}mbit", limit_packets=queue_packets)
         self.client_ns, self.server_ns = self.topo.a_ns, self.topo.b_ns
@@ -162,8 +162,8 @@ def main() -> None:
     if args.child == "client":
         asyncio.run(client_main(args.cc, args.mib, args.server_ip))
         return
-    sys.path.insert(0, SRC)
-    from roamlink.testing.netns import ensure_tools
+    sys.path[:0] = [SRC, ROOT]  # ROOT: tests.support.netns is test tooling, not in the package
+    from tests.support.netns import ensure_tools
 
     ok, reason = ensure_tools()
     if not ok:

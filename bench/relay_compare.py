@@ -27,15 +27,15 @@ from _common import make_self_signed_cert
 
 import roamlink
 from roamlink import Config
-from roamlink.relay import Impairment, Relay
-from roamlink.relay import start_relay as project_start_relay
+from roamlink.tools.relay import Impairment, Relay
+from roamlink.tools.relay import start_relay as project_start_relay
 
 MiB = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------- relay
 class _Relay:
-    """The project's impairment relay (roamlink.relay), as the benchmark uses it."""
+    """The project's impairment relay (roamlink.tools.relay), as the benchmark uses it."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay

@@ -1,4 +1,4 @@
-"""Throughput of roamlink.relay with no impairment, on 127.0.0.1.
+"""Throughput of roamlink.tools.relay with no impairment, on 127.0.0.1.
 
 The relay runs in its own process (its own core); a bare asyncio UDP sender and receiver run in
 this process.  The receiver reports its datagram count back (through the relay) every 16
@@ -41,7 +41,7 @@ def _install_loop(use_uvloop: bool) -> str:
 # ------------------------------------------------------------------------ relay process
 def _relay_main(conn: multiprocessing.connection.Connection, target: tuple[str, int],
                 use_uvloop: bool) -> None:
-    from roamlink.relay import start_relay
+    from roamlink.tools.relay import start_relay
 
     _install_loop(use_uvloop)
 

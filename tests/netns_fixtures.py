@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from roamlink.testing.netns import BottleneckTopology, NatTopology, cleanup_stale, ensure_tools
+from tests.support.netns import BottleneckTopology, NatTopology, cleanup_stale, ensure_tools
 
 
 def _require_netns() -> None:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from roamlink.testing.netns import NatTopology
 from roamlink.testing.netpeer import expected_sha256
+from tests.support.netns import NatTopology
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(os.path.dirname(HERE), "src", "roamlink", "testing", "netpeer.py")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from roamlink.testing import netns
+from tests.support import netns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

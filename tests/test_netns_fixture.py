@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import roamlink.testing.netns as netns
-from roamlink.testing.netns import (
+import tests.support.netns as netns
+from tests.support.netns import (
     BottleneckTopology,
     NatTopology,
     cleanup_stale,
@@ -233,7 +233,7 @@ def test_cleanup_stale_removes_leftovers_of_killed_process() -> None:
         pytest.skip(f"netns unavailable: {reason}")
     code = (
         "import time\n"
-        "from roamlink.testing.netns import NatTopology\n"
+        "from tests.support.netns import NatTopology\n"
         "t = NatTopology()\n"
         "print(' '.join(t.namespaces), flush=True)\n"
         "time.sleep(60)\n"

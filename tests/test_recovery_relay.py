@@ -8,7 +8,7 @@ import hashlib
 import random
 
 import roamlink
-from roamlink.relay import Impairment, start_relay
+from roamlink.tools.relay import Impairment, start_relay
 
 from .conftest import run
 

@@ -1,4 +1,4 @@
-"""roamlink.relay: parsers, the pure impairment model, and a few real loopback checks."""
+"""roamlink.tools.relay: parsers, the pure impairment model, and a few real loopback checks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roamlink.relay import (
+from roamlink.tools.relay import (
     Impairment,
     ImpairmentModel,
     Relay,

@@ -1,4 +1,4 @@
-"""``roamlink demo``: the README's first command (see roamlink.demo)."""
+"""``roamlink demo``: the README's first command (see cli/demo.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
-    from ..demo import run_demo
+    from .demo import run_demo
 
     if args.size_mib < 1:
         raise CliError("--size-mib must be >= 1", EXIT_USAGE)

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import relay
 from ..config import Config
+from ..tools import relay
 from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, listen_address, remote_address, show
 from .output import HAVE_RICH, Output, format_bytes
 

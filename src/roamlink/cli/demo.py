@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .api import Stream, connect, listen
-from .config import Config
-from .core.events import Address, PathChanged
+from ..api import Stream, connect, listen
+from ..config import Config
+from ..core.events import Address, PathChanged
 
 #: emit(event, text, **fields): ``text`` is the timeline line, ``fields`` the same as data.
 Emit = Callable[..., None]
