@@ -149,3 +149,12 @@ def test_rekey_matches_spec_definition() -> None:
     expected = noise.encrypt(key, noise.MAX_NONCE, b"", bytes(32))[:32]
     assert noise.rekey(key) == expected
     assert noise.rekey(key) != key
+
+
+def test_hmac_hash_matches_stdlib() -> None:
+    import hashlib
+    import hmac
+
+    for key in (b"", b"k", bytes(32), bytes(range(64)), bytes(range(100))):
+        for data in (b"", b"\x01", bytes(range(200))):
+            assert noise.hmac_hash(key, data) == hmac.new(key, data, hashlib.blake2s).digest()

@@ -46,6 +46,28 @@ class VersionMismatch(ConnectError):
         self.supported = supported
 
 
+class HandshakeFailed(ConnectError):
+    """The secure handshake was refused or did not authenticate; nothing was delivered.
+
+    Raised on the client as soon as the answer shows it, not after a timeout. ``reason`` says
+    why, so that a caller (the CLI's ``known_hosts`` check, for one) can react to a changed
+    server key differently from a refused client:
+
+    - ``"server_key_mismatch"``: the server did not prove the key the client pinned
+      (``connect(server_key=...)``) — a changed key or someone in the middle;
+    - ``"client_not_authorized"``: the server does not accept this client's static key;
+    - ``"plaintext_mismatch"``: one side runs ``Config(insecure_plaintext=True)``, the other
+      does not; neither falls back to the other's mode;
+    - ``"invalid"`` (the default): any other handshake that does not verify.
+
+    The message never contains key material beyond public keys.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConnectionClosed(RoamlinkError, ConnectionError):
     """The connection is closed; no more data can be written (or read)."""
 
@@ -94,6 +116,7 @@ __all__ = [
     "ConnectionAborted",
     "ConnectionClosed",
     "ConnectionReset",
+    "HandshakeFailed",
     "IdleTimeout",
     "IncompleteRead",
     "MigrationError",

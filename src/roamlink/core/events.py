@@ -79,3 +79,10 @@ class ConnectionStats:
     send_buffered: int
     recv_buffered: int
     flow_control_blocked: int
+    #: packets dropped because they did not authenticate (never parsed)
+    auth_failures: int = 0
+    #: our sending key's generation (key updates done) and the peer's
+    key_updates_sent: int = 0
+    key_updates_received: int = 0
+    #: whether packets are sealed (False only with ``insecure_plaintext``)
+    encrypted: bool = True

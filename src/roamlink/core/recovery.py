@@ -222,6 +222,19 @@ class Recovery:
                 return pkt
         return None
 
+    def take_handshake_packets(self) -> list[SentPacket]:
+        """The handshake completed: every SYN (or SYN-ACK) copy still tracked is done.
+
+        They carry no packet number on the wire, so no ACK names them; neither acknowledged
+        nor lost, they are simply no longer in flight (and the handshake proved the peer
+        alive, so the probe backoff restarts)."""
+        done = list(self.sent.values())
+        self.sent.clear()
+        self.bytes_in_flight = 0
+        self.loss_time = None
+        self.pto_count = 0
+        return done
+
     def take_all_in_flight(self) -> list[SentPacket]:
         """Declare everything in flight lost (e.g. its path is gone); for retransmission.
 

@@ -19,7 +19,7 @@ class Counters:
 
     __slots__ = ("bytes_sent", "bytes_received", "packets_sent", "packets_received",
                  "duplicate_packets", "dropped_packets", "retransmissions",
-                 "unvalidated_packets")
+                 "unvalidated_packets", "auth_failures")
 
     def __init__(self) -> None:
         self.bytes_sent = 0
@@ -30,6 +30,7 @@ class Counters:
         self.dropped_packets = 0  # malformed, unroutable or over a limit
         self.retransmissions = 0  # packets that carried retransmitted stream data
         self.unvalidated_packets = 0  # processed from a path not (yet) validated
+        self.auth_failures = 0  # did not authenticate: dropped unparsed
 
 
 def snapshot(conn: Connection) -> ConnectionStats:
@@ -38,6 +39,7 @@ def snapshot(conn: Connection) -> ConnectionStats:
     rtt = conn.rtt
     recovery = conn.recovery
     cc = conn.cc
+    protection = conn.packets.protection
     return ConnectionStats(
         state=conn.state.value,
         bytes_sent=counters.bytes_sent,
@@ -65,4 +67,8 @@ def snapshot(conn: Connection) -> ConnectionStats:
         send_buffered=conn.send_buf.buffered,
         recv_buffered=conn.recv_buf.buffered,
         flow_control_blocked=conn.flow.blocked_count,
+        auth_failures=counters.auth_failures,
+        key_updates_sent=protection.send_generation if protection is not None else 0,
+        key_updates_received=protection.recv_generation if protection is not None else 0,
+        encrypted=not conn.config.insecure_plaintext,
     )

@@ -160,7 +160,10 @@ class ClientHandshake:
             raise HandshakeError("no server key to seal a SYN for")
         state = noise.HandshakeState(initiator=True, s=self.static, rs=self._server_key,
                                      prologue=PROLOGUE_LABEL + header, psk=self.psk)
-        message = state.write_message(payload)
+        try:
+            message = state.write_message(payload)
+        except noise.NoiseError:
+            raise HandshakeError("the server key is not a valid X25519 public key") from None
         self._state = state
         self.ephemeral = message[:32]
         return mac1_mod.append_mac1(self._mac1_key, header + message)

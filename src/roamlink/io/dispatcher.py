@@ -8,7 +8,14 @@ layer (:mod:`.endpoint`) and the simulated network share it.
   changed (that is what migration is about).
 * A SYN carries no CID of ours yet, so it is routed by ``(peer address, peer's CID)``: a
   retransmitted SYN finds the half-open connection instead of opening a second one.
-* A SYN with a version we do not speak is answered with VERSION_NEGOTIATION (stateless).
+* A SYN with a version we do not speak is answered with VERSION_NEGOTIATION (stateless); so is
+  a SYN of version 1, in version 1's layout.
+* A listener checks a new SYN's ``mac1`` and opens its Noise message *before* a connection
+  exists (:mod:`roamlink.crypto.handshake`); what it cannot take is answered with a small,
+  rate-limited REJECT or dropped, and counted.
+* A short-header packet for a CID a listener does not know gets a stateless reset (smaller
+  than the packet, rate-limited); a client that receives a datagram ending in a reset token of
+  one of its connections fails that connection at once.
 * Anything else that matches no connection is dropped and counted; nothing raises.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +33,10 @@ from ..config import Config
 from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
+from ..crypto import handshake as crypto_handshake
+from ..crypto.handshake import HandshakeError, OpenedSyn, ServerCrypto
+from ..crypto.replay import ReplayVerdict
+from ..crypto.reset import ResetRateLimiter, build_stateless_reset, matches_reset
 
 logger = logging.getLogger("roamlink.dispatcher")
 
@@ -49,14 +61,28 @@ class DispatcherStats:
     dropped_late_handshake: int = 0
     version_negotiations_sent: int = 0
     connections_accepted: int = 0
+    #: SYNs refused before any connection existed (mac1, authentication, mode, client key)
+    handshakes_rejected: int = 0
+    #: SYNs whose ephemeral key was seen before (0-RTT replay): dropped
+    replays_dropped: int = 0
+    stateless_resets_sent: int = 0
+    stateless_resets_received: int = 0
 
 
 class Dispatcher:
     """Routes datagrams of one socket to the connections that live on it."""
 
     def __init__(self, config: Config, *, accept_new: bool = False,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 server_crypto: ServerCrypto | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``server_crypto``: a listener's key, mac1 key, replay cache and reset key
+        (required to accept secure connections)."""
         self.config = config
+        self.server_crypto = server_crypto
+        self.wall_clock = wall_clock
+        #: bounds REJECT and stateless-reset answers (anyone can trigger them)
+        self.answer_limiter = ResetRateLimiter()
         self.accept_new = accept_new
         self.random_bytes = random_bytes
         self.connections: dict[bytes, Connection] = {}  # main map: CID -> connection
@@ -80,12 +106,15 @@ class Dispatcher:
                 return cid
 
     def connect(self, remote_addr: Address, now: float, *, early_data: bytes = b"",
-                config: Config | None = None, local: int | None = None) -> Connection:
+                config: Config | None = None, local: int | None = None,
+                client_handshake: crypto_handshake.ClientHandshake | None = None
+                ) -> Connection:
         conn = Connection(config or self.config, is_client=True, local_cid=self.new_cid(),
                           remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
                           early_data=early_data,
                           socket_id=self.local_id if local is None else local,
-                          cid_taken=self.connections.__contains__)
+                          cid_taken=self.connections.__contains__,
+                          client_handshake=client_handshake)
         self._track(conn)
         return conn
 
@@ -155,18 +184,21 @@ class Dispatcher:
             return None
         first = data[0]
         try:
-            if first == wire.SHORT:
+            if first & 0xC0 == 0x40:  # short header
                 cid_len = self.config.cid_length
-                if len(data) < 1 + cid_len + 8:
-                    raise wire.MalformedPacket("short datagram")
                 conn = self.connections.get(data[1:1 + cid_len])
                 if conn is None:
-                    self.stats.dropped_unknown_cid += 1
+                    self._unknown_short(data, addr, now)
                     return None
-            elif first in wire.LONG_TYPES:
+                if len(data) < 1 + cid_len + 8:
+                    raise wire.MalformedPacket("short datagram")
+            elif first & wire.LONG_FORM:
                 conn = self._route_long(data, addr, now, local)
                 if conn is None:
                     return None
+            elif first == wire.LEGACY_SYN:
+                self._legacy_syn(data, addr)
+                return None
             else:
                 raise wire.MalformedPacket(f"unknown packet type 0x{first:02x}")
         except wire.MalformedPacket as exc:
@@ -181,10 +213,108 @@ class Dispatcher:
         self.sync_routes(conn)
         return conn
 
+    def _unknown_short(self, data: bytes, addr: Address, now: float) -> None:
+        """A short-header datagram for no CID of ours: a stateless reset for one of our
+        connections (client side), or a packet of a connection we lost (listener side: answer
+        with a stateless reset, so the peer fails at once instead of timing out)."""
+        self.stats.dropped_unknown_cid += 1
+        crypto = self.server_crypto
+        if crypto is None:
+            conns = {id(c): c for c in self.connections.values()}
+            if len(conns) <= 64:
+                for conn in conns.values():
+                    tokens = conn.peer_reset_tokens()
+                    if tokens and matches_reset(data, tokens):
+                        self.stats.stateless_resets_received += 1
+                        conn.on_stateless_reset(now)
+                        self.sync_routes(conn)
+                        return
+            return
+        cid_len = self.config.cid_length
+        if len(data) < 1 + cid_len + 8 or not self.answer_limiter.allow(now):
+            return
+        reset = build_stateless_reset(crypto.reset_token(data[1:1 + cid_len]), len(data))
+        if reset is not None and len(self.stateless_out) < 64:
+            self.stateless_out.append((reset, addr))
+            self.stats.stateless_resets_sent += 1
+
+    def _legacy_syn(self, data: bytes, addr: Address) -> None:
+        """A version-1 SYN (type 0x01, version, DCID, SCID): answer in version 1's layout."""
+        if not self.accept_new or len(data) < 1200 or len(data) < 7:
+            return
+        dlen = data[5]
+        if 6 + dlen >= len(data):
+            return
+        slen = data[6 + dlen]
+        scid = data[7 + dlen:7 + dlen + slen]
+        if len(scid) != slen or len(self.stateless_out) >= 64:
+            return
+        self.stateless_out.append(
+            (wire.encode_legacy_version_negotiation(scid, self.config.versions), addr))
+        self.stats.version_negotiations_sent += 1
+
+    def _answer(self, datagram: bytes, addr: Address, now: float) -> None:
+        """A stateless answer to a handshake packet (always smaller than a SYN)."""
+        self.stats.handshakes_rejected += 1
+        if len(self.stateless_out) < 64 and self.answer_limiter.allow(now):
+            self.stateless_out.append((datagram, addr))
+
+    def _reject(self, hdr: wire.LongHeader, reason: int, addr: Address, now: float) -> None:
+        crypto = self.server_crypto
+        key = crypto.public_key if crypto is not None and not self.config.insecure_plaintext \
+            else b""
+        header = wire.encode_long_header(wire.REJECT, hdr.version, hdr.scid, b"")
+        self._answer(header + crypto_handshake.encode_reject(reason, key), addr, now)
+
+    def _open_syn(self, data: bytes, hdr: wire.LongHeader, addr: Address, now: float
+                  ) -> OpenedSyn | None:
+        """Check and open a new SYN; None (after answering, or not) when it is refused."""
+        kind = hdr.packet_type
+        crypto = self.server_crypto
+        if self.config.insecure_plaintext:
+            if kind != wire.PLAIN_SYN:
+                self._reject(hdr, crypto_handshake.REJECT_PLAINTEXT_ONLY, addr, now)
+                return None
+            try:
+                return crypto_handshake.open_plain_syn(data, hdr.payload_offset)
+            except HandshakeError as exc:
+                raise wire.MalformedPacket(str(exc)) from None
+        if crypto is None:
+            self.stats.dropped_not_listening += 1
+            return None
+        if kind == wire.PLAIN_SYN:
+            self._reject(hdr, crypto_handshake.REJECT_NEED_ENCRYPTION, addr, now)
+            return None
+        if kind == wire.KEY_REQUEST:
+            self._reject(hdr, crypto_handshake.REJECT_KEY_ANSWER, addr, now)
+            return None
+        if not crypto.check_mac1(data):  # before any Diffie-Hellman work
+            self._reject(hdr, crypto_handshake.REJECT_UNKNOWN_KEY, addr, now)
+            return None
+        try:
+            opened = crypto.open_syn(data, hdr.payload_offset, self.wall_clock())
+        except HandshakeError:
+            self._reject(hdr, crypto_handshake.REJECT_HANDSHAKE_FAILED, addr, now)
+            return None
+        if opened.verdict is ReplayVerdict.REPLAY:
+            self.stats.replays_dropped += 1
+            return None
+        if not crypto.is_authorized(opened.client_key):
+            # a genuine (authenticated) refusal, so the client can trust it and say why
+            header = wire.encode_long_header(wire.SYN_ACK, hdr.version, hdr.scid, b"")
+            refusal = crypto_handshake.ServerHandshake(opened).seal_syn_ack(
+                header, crypto_handshake.encode_syn_ack_payload(
+                    crypto_handshake.CLIENT_REFUSED, b"", bytes(wire.RESET_TOKEN_LENGTH), b""))
+            logger.info("refused a client whose key is not authorised (from %s)", addr)
+            self._answer(refusal, addr, now)
+            return None
+        return opened
+
     def _route_long(self, data: bytes, addr: Address, now: float, local: int
                     ) -> Connection | None:
         hdr = wire.decode_long_header(data)
-        if hdr.packet_type != wire.SYN:
+        kind = hdr.packet_type
+        if kind not in (wire.SYN, wire.PLAIN_SYN, wire.KEY_REQUEST):
             conn = self.connections.get(hdr.dcid)
             if conn is None:
                 self.stats.dropped_unknown_cid += 1
@@ -212,10 +342,14 @@ class Dispatcher:
         if len(self.accept_queue) + self.held >= self.config.backlog:
             self.stats.dropped_backlog_full += 1
             return None
+        opened = self._open_syn(data, hdr, addr, now)
+        if opened is None:
+            return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
                           random_bytes=self.random_bytes, socket_id=local,
-                          cid_taken=self.connections.__contains__)
+                          cid_taken=self.connections.__contains__, opened_syn=opened,
+                          server_crypto=self.server_crypto)
         self._track(conn)
         self.addr_map[key] = conn.local_cid
         self.accept_queue.append(conn)

@@ -39,6 +39,7 @@ from typing import Protocol
 from ..config import Config
 from ..core.connection import Connection
 from ..core.events import Address
+from ..crypto.handshake import ClientHandshake, ServerCrypto
 from .dispatcher import Dispatcher, next_local_id
 
 logger = logging.getLogger("roamlink.endpoint")
@@ -111,10 +112,12 @@ class Endpoint:
     """One UDP socket and the connections routed through it."""
 
     def __init__(self, config: Config, *, accept_new: bool = False,
-                 dispatcher: Dispatcher | None = None) -> None:
+                 dispatcher: Dispatcher | None = None,
+                 server_crypto: ServerCrypto | None = None) -> None:
         self.config = config
         if dispatcher is None:
-            self.dispatcher = Dispatcher(config, accept_new=accept_new)
+            self.dispatcher = Dispatcher(config, accept_new=accept_new,
+                                         server_crypto=server_crypto)
             self.local_id = self.dispatcher.local_id
         else:  # another socket of the same endpoint (e.g. a listener on several addresses)
             self.dispatcher = dispatcher
@@ -150,14 +153,16 @@ class Endpoint:
     # ------------------------------------------------------------------ creation
     @classmethod
     async def create(cls, config: Config, local_addr: Address, *, accept_new: bool = False,
-                     family: int = 0, dispatcher: Dispatcher | None = None) -> Endpoint:
+                     family: int = 0, dispatcher: Dispatcher | None = None,
+                     server_crypto: ServerCrypto | None = None) -> Endpoint:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(local_addr[0], local_addr[1], family=family,
                                        type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
         if not infos:
             raise OSError(f"cannot resolve {local_addr!r}")
         fam, _, proto, _, sockaddr = infos[0]
-        endpoint = cls(config, accept_new=accept_new, dispatcher=dispatcher)
+        endpoint = cls(config, accept_new=accept_new, dispatcher=dispatcher,
+                       server_crypto=server_crypto)
         sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
         try:
             sock.setblocking(False)
@@ -300,9 +305,11 @@ class Endpoint:
             self._dirty[conn] = None
 
     def connect(self, remote_addr: Address, *, early_data: bytes = b"",
-                config: Config | None = None) -> Connection:
+                config: Config | None = None,
+                client_handshake: ClientHandshake | None = None) -> Connection:
         conn = self.dispatcher.connect(remote_addr, self.now(), early_data=early_data,
-                                       config=config, local=self.local_id)
+                                       config=config, local=self.local_id,
+                                       client_handshake=client_handshake)
         self.mark(conn)
         return conn
 
