@@ -120,7 +120,8 @@ class Handshake:
             if kind != (wire.PLAIN_SYN_ACK if self.plaintext else wire.SYN_ACK):
                 return LongHeaderVerdict.DROP
             if handshaking:
-                if not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
+                # an empty CID: a refusal (checked, authenticated, in on_server_hello)
+                if hdr.scid and not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
                     raise wire.MalformedPacket("bad server CID")
                 return LongHeaderVerdict.SERVER_HELLO
             return LongHeaderVerdict.ACCEPT
@@ -239,7 +240,7 @@ def on_server_hello(conn: Connection, hdr: wire.LongHeader, data: bytes, now: fl
             raise HandshakeFailed(
                 f"the server does not authorise this client's key "
                 f"{encode_key(client.static_public)}", reason="client_not_authorized")
-    if payload.server_cid != hdr.scid:
+    if payload.server_cid != hdr.scid or len(hdr.scid) < 8:
         raise HandshakeFailed("the SYN-ACK's clear CID differs from its authenticated one")
     if client is not None:
         send, recv = client.traffic_keys()
