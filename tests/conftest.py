@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# The CLI keeps its server key and known_hosts in ROAMLINK_CONFIG_DIR. Point every test, and
+# every `roamlink` subprocess (they inherit the environment), at a private directory, so that
+# no test reads or writes the real ~/.config/roamlink of whoever runs the suite.
+_CONFIG_DIR = tempfile.mkdtemp(prefix="roamlink-test-config-")
+os.environ["ROAMLINK_CONFIG_DIR"] = _CONFIG_DIR
+atexit.register(shutil.rmtree, _CONFIG_DIR, ignore_errors=True)
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

@@ -13,11 +13,15 @@ from .errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
+    InvalidKey,
+    KeyFileError,
     MigrationError,
     MigrationTimeout,
     RoamlinkError,
     VersionMismatch,
 )
+from .keys import KeyPair
 
 __version__ = "0.1.0"
 
@@ -29,6 +33,10 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "ConnectionStats",
+    "HandshakeFailed",
+    "InvalidKey",
+    "KeyFileError",
+    "KeyPair",
     "Listener",
     "MigrationError",
     "MigrationTimeout",

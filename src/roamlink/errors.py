@@ -101,6 +101,28 @@ class IncompleteRead(RoamlinkError, asyncio.IncompleteReadError):
         asyncio.IncompleteReadError.__init__(self, partial, expected)
 
 
+class InvalidKey(RoamlinkError, ValueError):
+    """A key is not a 32-byte X25519 key (raw, or base64 of it in WireGuard's style).
+
+    The message says what was expected; it never repeats the rejected text, which might be a
+    private key pasted in the wrong place.
+    """
+
+
+class KeyFileError(RoamlinkError):
+    """A key file cannot be used: missing, unreadable, malformed, or readable by others.
+
+    ``path`` names the file. Like ssh, roamlink refuses a private-key file that group or
+    others may read (``insecure`` is then true): a key that others could have copied no longer
+    authenticates its owner, and refusing is how the owner learns of it.
+    """
+
+    def __init__(self, path: str, message: str, *, insecure: bool = False) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.insecure = insecure
+
+
 class MigrationError(RoamlinkError):
     """A path could not be validated; the connection stays on its old path."""
 
@@ -119,6 +141,8 @@ __all__ = [
     "HandshakeFailed",
     "IdleTimeout",
     "IncompleteRead",
+    "InvalidKey",
+    "KeyFileError",
     "MigrationError",
     "MigrationTimeout",
     "ProtocolViolation",

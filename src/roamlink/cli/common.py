@@ -20,6 +20,8 @@ from ..errors import (
     ConnectTimeout,
     IdleTimeout,
     IncompleteRead,
+    InvalidKey,
+    KeyFileError,
     MigrationError,
     RoamlinkError,
     VersionMismatch,
@@ -169,6 +171,10 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
         return f"migration failed: {exc}", EXIT_CONNECTION
     if isinstance(exc, ConfigError):
         return f"invalid configuration: {exc}", EXIT_USAGE
+    if isinstance(exc, KeyFileError):
+        return f"key file {exc}", EXIT_ERROR
+    if isinstance(exc, InvalidKey):
+        return str(exc), EXIT_USAGE
     if isinstance(exc, RoamlinkError):
         return str(exc), EXIT_CONNECTION
     if isinstance(exc, OSError):

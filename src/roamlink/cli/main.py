@@ -41,7 +41,7 @@ def _common_flags(suppress: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import connect_cmd, demo_cmd, perf, relay_cmd, send, serve
+    from . import connect_cmd, demo_cmd, keygen, perf, relay_cmd, send, serve
 
     parser = argparse.ArgumentParser(
         prog="roamlink", parents=[_common_flags(False)],
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_parser(sub, parents)
     perf.add_parser(sub, parents)
     relay_cmd.add_parser(sub, parents)
+    keygen.add_parser(sub, parents)
     return parser
 
 
