@@ -293,6 +293,14 @@ class TcpStream:
 Handler = Callable[[ByteStream], Awaitable[None]]
 
 
+def _roamlink_config(kind: str) -> Any:
+    """"roamlink" is the default (encrypted); "roamlink_plain" runs insecure_plaintext on
+    both ends, to measure what encryption costs in the same run."""
+    import roamlink
+
+    return roamlink.Config(insecure_plaintext=kind == "roamlink_plain")
+
+
 async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], Awaitable[None]]]:
     """Listen on 127.0.0.1 with roamlink or TCP; run ``handler`` per connection.
 
@@ -305,10 +313,10 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    if kind == "roamlink":
+    if kind in ("roamlink", "roamlink_plain"):
         import roamlink
 
-        listener = await roamlink.listen("127.0.0.1", 0)
+        listener = await roamlink.listen("127.0.0.1", 0, config=_roamlink_config(kind))
 
         async def accept_loop() -> None:
             async for stream in listener:
@@ -342,10 +350,10 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
 
 
 async def stream_connect(kind: str, port: int) -> ByteStream:
-    if kind == "roamlink":
+    if kind in ("roamlink", "roamlink_plain"):
         import roamlink
 
-        return await roamlink.connect("127.0.0.1", port)
+        return await roamlink.connect("127.0.0.1", port, config=_roamlink_config(kind))
     if kind == "tcp":
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return TcpStream(reader, writer)
