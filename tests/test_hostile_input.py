@@ -11,6 +11,7 @@ from roamlink import Config
 from roamlink.core import wire
 from roamlink.core.connection import Connection
 from roamlink.core.states import State
+from roamlink.testing.packets import seal_as
 from roamlink.testing.scenarios import Pump, establish, run_pumps
 from roamlink.testing.simnet import LinkConfig, SimNetwork, SimNode
 
@@ -103,8 +104,8 @@ def test_bad_input_for_one_connection_never_disturbs_another() -> None:
 
 def test_flow_control_violation_closes_only_the_offender() -> None:
     net, server, client, c, s = _established(1)
-    bogus = (wire.encode_short_header(s.local_cid, s.stats().packets_received + 10)
-             + wire.encode_frame(wire.PushFrame(10**8, b"x")))
+    # the client itself (it holds the keys) sends far beyond its credit
+    bogus = seal_as(c, [wire.PushFrame(10**8, b"x")])
     net.send(client.addr, server.addr, bogus)
     net.run(until=net.now + 1)
     assert s.is_terminated and c.is_terminated  # a protocol violation is reported to the peer
@@ -112,11 +113,14 @@ def test_flow_control_violation_closes_only_the_offender() -> None:
 
 
 def test_syn_floods_are_bounded_by_the_backlog() -> None:
+    # plaintext SYNs need no key, so they reach the backlog (a secure listener refuses SYNs
+    # without a valid mac1 before any state: see the end of this test)
     net = SimNetwork(seed=8)
-    server = net.add_node(("10.0.0.1", 4433), Config(backlog=16), listen=True)
+    server = net.add_node(("10.0.0.1", 4433), Config(backlog=16, insecure_plaintext=True),
+                          listen=True)
     rng = random.Random(1)
     for i in range(100):
-        syn = wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0)
+        syn = wire.encode_long_header(wire.PLAIN_SYN, 2, b"", rng.randbytes(8))
         syn += bytes(1200 - len(syn))
         net.send((f"10.7.{i // 250}.{i % 250}", 1000 + i), server.addr, syn)
     net.run(until=net.now + 0.5)
@@ -124,14 +128,24 @@ def test_syn_floods_are_bounded_by_the_backlog() -> None:
     assert stats.connections_accepted == 16 and stats.dropped_backlog_full == 84
     # short SYNs are refused: an unpadded SYN could be used to amplify
     net.send(("10.8.0.1", 1), server.addr,
-             wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0))
+             wire.encode_long_header(wire.PLAIN_SYN, 2, b"", rng.randbytes(8)))
     net.run(until=net.now + 0.5)
     assert stats.dropped_malformed == 1
+    # a secure listener: SYNs without a valid mac1 open nothing and cost no key exchange
+    secure = net.add_node(("10.0.0.9", 4433), Config(backlog=16), listen=True)
+    for i in range(100):
+        syn = wire.encode_long_header(wire.SYN, 2, b"", rng.randbytes(8))
+        syn += bytes(1200 - len(syn))
+        net.send((f"10.7.{i // 250}.{i % 250}", 1000 + i), secure.addr, syn)
+    net.run(until=net.now + 0.5)
+    assert secure.dispatcher.stats.connections_accepted == 0
+    assert secure.dispatcher.stats.handshakes_rejected == 100
 
 
 def test_forged_far_packet_number_is_dropped() -> None:
     net, server, client, c, s = _established(2)
-    forged = wire.encode_short_header(s.local_cid, 2**63) + wire.encode_frame(wire.PingFrame())
+    # even an authenticated packet (sealed with the client's keys) this far ahead is dropped
+    forged = seal_as(c, [wire.PingFrame()], pn=2**63)
     s.receive_datagram(forged, client.addr, net.now)
     assert s.stats().dropped_packets == 1 and s.is_established
     pump = Pump(net, c, client, s, server, b"still fine" * 1000)

@@ -13,7 +13,6 @@ from ..core.connection import Connection
 from ..core.events import Address
 from ..crypto.handshake import ServerCrypto
 from ..crypto.noise import private_key
-from ..errors import ConfigError
 from ..io.endpoint import Endpoint
 from .keyarg import encode_public, private_key_bytes, public_key_bytes
 from .stream import Stream
@@ -162,7 +161,8 @@ async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *, key: obj
             logger.info("no server key given: using the ephemeral public key %s",
                         encode_public(crypto.public_key))
     elif key is not None or authorized_clients is not None:
-        raise ConfigError("key", "insecure_plaintext=True takes no key")
+        logger.warning("insecure_plaintext=True: the key and authorized_clients are ignored; "
+                       "connections are NOT encrypted or authenticated")
     endpoint = await Endpoint.create(config, (hosts[0], port), accept_new=True,
                                      server_crypto=crypto)
     extra = []

@@ -273,7 +273,7 @@ def on_reject(conn: Connection, data: bytes, hdr: wire.LongHeader) -> HandshakeF
         handshake.peer_key = key
         handshake.packet = None
         handshake.pending = True
-        conn.recovery.take_all_in_flight()  # the KEY_REQUEST is answered
+        conn.recovery.take_handshake_packets()  # the KEY_REQUEST is answered
         return None
     if key != client.server_key and (handshake.pinned or reason == hs.REJECT_UNKNOWN_KEY):
         return HandshakeFailed(
