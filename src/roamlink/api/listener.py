@@ -129,6 +129,29 @@ class Listener:
         return f"<roamlink.Listener {self.local_addr}>"
 
 
+def make_server_crypto(config: Config, key: object = None,
+                       authorized_clients: Iterable[object] | None = None
+                       ) -> ServerCrypto | None:
+    """A listener's secrets from ``listen``'s arguments (None with ``insecure_plaintext``).
+
+    Without ``key`` an ephemeral key pair is made and its public key logged."""
+    if config.insecure_plaintext:
+        if key is not None or authorized_clients is not None:
+            logger.warning("insecure_plaintext=True: the key and authorized_clients are "
+                           "ignored; connections are NOT encrypted or authenticated")
+        return None
+    raw = os.urandom(32) if key is None else private_key_bytes(key)
+    authorized = (frozenset(public_key_bytes(k, "authorized_clients")
+                            for k in authorized_clients)
+                  if authorized_clients is not None else None)
+    crypto = ServerCrypto(private_key(raw), authorized=authorized, psk=config.psk,
+                          replay_window=config.zero_rtt_window)
+    if key is None:
+        logger.info("no server key given: using the ephemeral public key %s",
+                    encode_public(crypto.public_key))
+    return crypto
+
+
 async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *, key: object = None,
                  authorized_clients: Iterable[object] | None = None,
                  config: Config | None = None) -> Listener:
@@ -148,21 +171,7 @@ async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *, key: obj
     hosts = [host] if isinstance(host, str) else list(host)
     if not hosts:
         raise ValueError("listen() needs at least one host")
-    crypto: ServerCrypto | None = None
-    if not config.insecure_plaintext:
-        ephemeral = key is None
-        raw = os.urandom(32) if key is None else private_key_bytes(key)
-        authorized = (frozenset(public_key_bytes(k, "authorized_clients")
-                                for k in authorized_clients)
-                      if authorized_clients is not None else None)
-        crypto = ServerCrypto(private_key(raw), authorized=authorized, psk=config.psk,
-                              replay_window=config.zero_rtt_window)
-        if ephemeral:
-            logger.info("no server key given: using the ephemeral public key %s",
-                        encode_public(crypto.public_key))
-    elif key is not None or authorized_clients is not None:
-        logger.warning("insecure_plaintext=True: the key and authorized_clients are ignored; "
-                       "connections are NOT encrypted or authenticated")
+    crypto = make_server_crypto(config, key, authorized_clients)
     endpoint = await Endpoint.create(config, (hosts[0], port), accept_new=True,
                                      server_crypto=crypto)
     extra = []

@@ -122,6 +122,7 @@ class Connection:
         client_handshake: crypto_handshake.ClientHandshake | None = None,
         opened_syn: crypto_handshake.OpenedSyn | None = None,
         server_crypto: crypto_handshake.ServerCrypto | None = None,
+        cid_source: RandomBytes | None = None,
     ) -> None:
         """``client_handshake``: the client's keys (its static key, the pinned server key);
         without one a secure client makes a fresh static key and learns the server's key on
@@ -145,7 +146,7 @@ class Connection:
                                  validation_timeout=config.path_validation_timeout,
                                  datagram_size=config.max_datagram_size)
         self.cids = ConnectionIds(local_cid, peer_cid, spare=config.spare_cids,
-                                  random_bytes=random_bytes, is_taken=cid_taken,
+                                  random_bytes=cid_source or random_bytes, is_taken=cid_taken,
                                   reset_token=(server_crypto.reset_token
                                                if server_crypto is not None else None))
         #: bumped whenever the set of our CIDs changes, so every socket layer re-syncs routes

@@ -37,6 +37,7 @@ from ..crypto import handshake as crypto_handshake
 from ..crypto.handshake import HandshakeError, OpenedSyn, ServerCrypto
 from ..crypto.replay import ReplayVerdict
 from ..crypto.reset import ResetRateLimiter, build_stateless_reset, matches_reset
+from .steering import CidLayout
 
 logger = logging.getLogger("roamlink.dispatcher")
 
@@ -67,6 +68,7 @@ class DispatcherStats:
     replays_dropped: int = 0
     stateless_resets_sent: int = 0
     stateless_resets_received: int = 0
+    handed_over: int = 0  # short headers passed to the worker their CID names
 
 
 class Dispatcher:
@@ -85,6 +87,14 @@ class Dispatcher:
         self.answer_limiter = ResetRateLimiter()
         self.accept_new = accept_new
         self.random_bytes = random_bytes
+        #: makes every CID this socket issues (handshake and NEW_CONNECTION_ID); a worker of
+        #: a multi-process server uses one that names its worker (see io/steering.py)
+        self.cid_source: Callable[[int], bytes] = random_bytes
+        if config.server_id is not None:  # a load balancer routes by our server id
+            self.cid_source = CidLayout.from_config(config).generator(0, random_bytes)
+        #: offered each short-header datagram whose CID is not ours, before it is dropped:
+        #: a worker hands it to the worker its CID names and returns True (roamlink.server)
+        self.foreign_cid: Callable[[bytes, Address], bool] | None = None
         self.connections: dict[bytes, Connection] = {}  # main map: CID -> connection
         self.addr_map: dict[tuple[Address, bytes], bytes] = {}  # (addr, peer CID) -> our CID
         self.accept_queue: deque[Connection] = deque()
@@ -101,7 +111,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ connections
     def new_cid(self) -> bytes:
         while True:
-            cid = self.random_bytes(self.config.cid_length)
+            cid = self.cid_source(self.config.cid_length)
             if cid not in self.connections:
                 return cid
 
@@ -114,7 +124,7 @@ class Dispatcher:
                           early_data=early_data,
                           socket_id=self.local_id if local is None else local,
                           cid_taken=self.connections.__contains__,
-                          client_handshake=client_handshake)
+                          client_handshake=client_handshake, cid_source=self.cid_source)
         self._track(conn)
         return conn
 
@@ -188,7 +198,10 @@ class Dispatcher:
                 cid_len = self.config.cid_length
                 conn = self.connections.get(data[1:1 + cid_len])
                 if conn is None:
-                    self._unknown_short(data, addr, now)
+                    if self.foreign_cid is not None and self.foreign_cid(data, addr):
+                        self.stats.handed_over += 1  # another worker's connection
+                    else:
+                        self._unknown_short(data, addr, now)
                     return None
                 if len(data) < 1 + cid_len + 8:
                     raise wire.MalformedPacket("short datagram")
@@ -349,7 +362,7 @@ class Dispatcher:
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
                           random_bytes=self.random_bytes, socket_id=local,
                           cid_taken=self.connections.__contains__, opened_syn=opened,
-                          server_crypto=self.server_crypto)
+                          server_crypto=self.server_crypto, cid_source=self.cid_source)
         self._track(conn)
         self.addr_map[key] = conn.local_cid
         self.accept_queue.append(conn)
