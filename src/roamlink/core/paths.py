@@ -299,6 +299,8 @@ class PathManager:
 
     # ------------------------------------------------------------------ timers
     def timer(self) -> float | None:
+        if not self.candidates:
+            return None
         times = [min(c.next_send, c.deadline) for c in self.candidates.values()
                  if c.budget() >= self.datagram_size]
         times += [c.deadline for c in self.candidates.values()]

@@ -11,10 +11,9 @@ resent as such: their frames are handed back to be sent in new packets.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Any
 
 from .rtt import RttEstimator
-from .wire import AckFrame
+from .wire import AckFrame, Frame
 
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
@@ -34,7 +33,7 @@ class SentPacket:
                  "control", "largest_acked")
 
     def __init__(self, number: int, time_sent: float, size: int, ack_eliciting: bool,
-                 stream: list[tuple[int, int, bool]], control: list[Any]) -> None:
+                 stream: list[tuple[int, int, bool]], control: list[Frame]) -> None:
         self.number = number
         self.time_sent = time_sent
         self.size = size

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import IntEnum
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import ConnectionClosed, ConnectTimeout, IdleTimeout
@@ -93,17 +94,21 @@ def connection_timers(conn: Connection) -> TimerTable:
     """Each timer's deadline (None: not armed) and what firing it does, for ``conn``."""
     packets, acks = conn.packets, conn.acks
     return TimerTable({
-        Timer.CONNECT: (lambda: _connect_deadline(conn), lambda now: _connect_timeout(conn)),
-        Timer.IDLE: (lambda: _idle_deadline(conn), lambda now: _idle_timeout(conn)),
-        Timer.CLOSE: (lambda: conn._close_deadline, lambda now: _close_timeout(conn, now)),
-        Timer.ACK: (lambda: acks.deadline, lambda now: _ack_due(conn, now)),
-        Timer.PATH_VALIDATION: (conn.paths.timer, lambda now: _expire_paths(conn, now)),
-        Timer.LOSS_DETECTION: (conn.recovery.timer, lambda now: _loss_timeout(conn, now)),
-        Timer.GAP_PROBE: (lambda: _gap_probe_deadline(conn), lambda now: _gap_probe(conn, now)),
-        Timer.KEEPALIVE: (lambda: _keepalive_deadline(conn), lambda now: _keepalive(conn)),
-        Timer.PACING: (lambda: packets.pace_at, lambda now: False),
-        Timer.DRAIN: (lambda: conn._drain_deadline, lambda now: _drained(conn)),
+        Timer.CONNECT: (partial(_connect_deadline, conn), partial(_connect_timeout, conn)),
+        Timer.IDLE: (partial(_idle_deadline, conn), partial(_idle_timeout, conn)),
+        Timer.CLOSE: (lambda: conn._close_deadline, partial(_close_timeout, conn)),
+        Timer.ACK: (lambda: acks.deadline, partial(_ack_due, conn)),
+        Timer.PATH_VALIDATION: (conn.paths.timer, partial(_expire_paths, conn)),
+        Timer.LOSS_DETECTION: (conn.recovery.timer, partial(_loss_timeout, conn)),
+        Timer.GAP_PROBE: (partial(_gap_probe_deadline, conn), partial(_gap_probe, conn)),
+        Timer.KEEPALIVE: (partial(_keepalive_deadline, conn), partial(_keepalive, conn)),
+        Timer.PACING: (lambda: packets.pace_at, _nothing_to_do),
+        Timer.DRAIN: (lambda: conn._drain_deadline, partial(_drained, conn)),
     })
+
+
+def _nothing_to_do(now: float) -> bool:
+    return False
 
 
 def _connect_deadline(conn: Connection) -> float | None:
@@ -112,7 +117,7 @@ def _connect_deadline(conn: Connection) -> float | None:
     return conn._created + conn.config.connect_timeout
 
 
-def _connect_timeout(conn: Connection) -> bool:
+def _connect_timeout(conn: Connection, now: float) -> bool:
     conn._terminate(ConnectTimeout(
         f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s"),
         Trigger.TIMEOUT)
@@ -124,7 +129,7 @@ def _idle_deadline(conn: Connection) -> float | None:
     return conn._last_received + idle if idle else None
 
 
-def _idle_timeout(conn: Connection) -> bool:
+def _idle_timeout(conn: Connection, now: float) -> bool:
     conn._terminate(IdleTimeout(
         f"nothing heard from the peer for {conn.config.idle_timeout} s"), Trigger.TIMEOUT)
     return True
@@ -195,11 +200,11 @@ def _keepalive_deadline(conn: Connection) -> float | None:
     return conn.packets.last_sent + interval
 
 
-def _keepalive(conn: Connection) -> bool:
+def _keepalive(conn: Connection, now: float) -> bool:
     conn.packets.control.append(wire.PingFrame())
     return False
 
 
-def _drained(conn: Connection) -> bool:
+def _drained(conn: Connection, now: float) -> bool:
     conn._set_state(Trigger.DRAIN_DONE)
     return True
