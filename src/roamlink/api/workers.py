@@ -161,9 +161,6 @@ def run_server(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
     if count > 1 and not hasattr(os, "fork"):
         raise ValueError("several workers need os.fork (use workers=1 on this platform)")
     CidLayout.from_config(config, count)  # reject a layout that cannot carry the worker
-    if key is not None:  # (this build has no packet protection yet: say so, never pretend)
-        logger.warning("a server key was given, but this version does not encrypt: "
-                       "connections are in plain text")
     socks = _bind_group(host, port, count)
     try:
         steered = False
