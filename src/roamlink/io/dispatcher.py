@@ -34,6 +34,7 @@ from ..core.connection import Connection
 from ..core.events import Address
 from ..crypto import handshake as crypto_handshake
 from ..crypto.handshake import HandshakeError, OpenedSyn, ServerCrypto
+from ..crypto.noise import private_key
 from ..crypto.replay import ReplayVerdict
 from ..crypto.reset import ResetRateLimiter, build_stateless_reset, matches_reset
 from .steering import CidLayout
@@ -70,9 +71,13 @@ class Dispatcher:
                  random_bytes: Callable[[int], bytes] = os.urandom, socket_id: int = 1,
                  server_crypto: ServerCrypto | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
-        """``server_crypto``: a listener's key, mac1 key, replay cache and reset key
-        (required to accept secure connections)."""
+        """``server_crypto``: a listener's key, mac1 key, replay cache and reset key; a
+        listening dispatcher without one gets an ephemeral key (clients learn it on first
+        use)."""
         self.config = config
+        if server_crypto is None and accept_new and not config.insecure_plaintext:
+            server_crypto = ServerCrypto(private_key(os.urandom(32)), psk=config.psk,
+                                         replay_window=config.zero_rtt_window)
         self.server_crypto = server_crypto
         self.wall_clock = wall_clock
         #: bounds REJECT and stateless-reset answers (anyone can trigger them)
