@@ -86,6 +86,8 @@ def test_wrong_key_unauthorised_and_plaintext_fail_fast() -> None:
 _SERVER = """
 import asyncio, sys
 import roamlink
+print("loaded", flush=True)
+sys.stdin.readline()  # bind only when told: the restart itself then takes milliseconds
 async def main():
     key = roamlink.KeyPair.load(sys.argv[1])
     async with await roamlink.listen("127.0.0.1", int(sys.argv[2]), key=key) as listener:
@@ -106,12 +108,20 @@ def _free_udp_port() -> int:
         return port
 
 
-def _start_server(key_file: Path, port: int) -> subprocess.Popen[str]:
+def _spawn_server(key_file: Path, port: int) -> subprocess.Popen[str]:
+    """A server process with roamlink imported, waiting for a line on stdin to listen."""
     env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(key_file), str(port)],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "loaded"
     return proc
+
+
+def _go(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "ready"
 
 
 def test_server_restart_mid_transfer_resets_the_client_within_one_second(
@@ -120,11 +130,11 @@ def test_server_restart_mid_transfer_resets_the_client_within_one_second(
     key_file = tmp_path / "server.key"
     key.save(key_file)
     port = _free_udp_port()
-    first = _start_server(key_file, port)
-    second: subprocess.Popen[str] | None = None
+    first = _spawn_server(key_file, port)
+    _go(first)
+    second = _spawn_server(key_file, port)  # the restarted process, ready to bind
     try:
         async def main() -> float:
-            nonlocal second
             stream = await roamlink.connect("127.0.0.1", port, server_key=key.public)
             chunk = os.urandom(64 * 1024)
             for _ in range(16):
@@ -132,7 +142,7 @@ def test_server_restart_mid_transfer_resets_the_client_within_one_second(
                 await stream.drain()
             first.kill()
             first.wait()
-            second = await asyncio.to_thread(_start_server, key_file, port)
+            await asyncio.to_thread(_go, second)
             start = time.monotonic()
             with pytest.raises(roamlink.ConnectionReset):
                 for _ in range(1000):
@@ -144,6 +154,5 @@ def test_server_restart_mid_transfer_resets_the_client_within_one_second(
         assert elapsed < 1.0
     finally:
         for proc in (first, second):
-            if proc is not None:
-                proc.kill()
-                proc.wait()
+            proc.kill()
+            proc.wait()
