@@ -293,14 +293,6 @@ class TcpStream:
 Handler = Callable[[ByteStream], Awaitable[None]]
 
 
-def _roamlink_config(kind: str) -> Any:
-    """"roamlink" is the default (encrypted); "roamlink_plain" runs insecure_plaintext on
-    both ends, to measure what encryption costs in the same run."""
-    import roamlink
-
-    return roamlink.Config(insecure_plaintext=kind == "roamlink_plain")
-
-
 async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], Awaitable[None]]]:
     """Listen on 127.0.0.1 with roamlink or TCP; run ``handler`` per connection.
 
@@ -313,10 +305,10 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    if kind in ("roamlink", "roamlink_plain"):
+    if kind == "roamlink" or kind.startswith("roamlink-"):
         import roamlink
 
-        listener = await roamlink.listen("127.0.0.1", 0, config=_roamlink_config(kind))
+        listener = await roamlink.listen("127.0.0.1", 0, config=roamlink_config(kind))
 
         async def accept_loop() -> None:
             async for stream in listener:
@@ -349,11 +341,25 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
     raise ValueError(f"unknown stream transport {kind!r}")
 
 
+def roamlink_config(kind: str) -> Any:
+    """``roamlink`` uses the defaults (encrypted); ``roamlink-plain`` runs
+    ``insecure_plaintext`` on both ends (what encryption costs, in the same run);
+    ``roamlink-<controller>`` (e.g. ``roamlink-newreno``) selects a congestion controller, so
+    controllers can be compared in one run."""
+    import roamlink
+
+    if kind == "roamlink-plain":
+        return roamlink.Config(insecure_plaintext=True)
+    if kind.startswith("roamlink-"):
+        return roamlink.Config(congestion_control=kind.split("-", 1)[1])
+    return roamlink.Config()
+
+
 async def stream_connect(kind: str, port: int) -> ByteStream:
-    if kind in ("roamlink", "roamlink_plain"):
+    if kind == "roamlink" or kind.startswith("roamlink-"):
         import roamlink
 
-        return await roamlink.connect("127.0.0.1", port, config=_roamlink_config(kind))
+        return await roamlink.connect("127.0.0.1", port, config=roamlink_config(kind))
     if kind == "tcp":
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return TcpStream(reader, writer)

@@ -86,3 +86,9 @@ class ConnectionStats:
     key_updates_received: int = 0
     #: whether packets are sealed (False only with ``insecure_plaintext``)
     encrypted: bool = True
+    #: latest delivery-rate sample (bytes/s) and whether the application limited it
+    delivery_rate: float = 0.0
+    delivery_rate_app_limited: bool = False
+    #: rate the pacer is set to (bytes/s; 0 when pacing is off)
+    pacing_rate: float = 0.0
+    tail_loss_probes: int = 0

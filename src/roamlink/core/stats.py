@@ -71,4 +71,8 @@ def snapshot(conn: Connection) -> ConnectionStats:
         key_updates_sent=protection.send_generation if protection is not None else 0,
         key_updates_received=protection.recv_generation if protection is not None else 0,
         encrypted=not conn.config.insecure_plaintext,
+        delivery_rate=conn.rate_estimator.latest.delivery_rate,
+        delivery_rate_app_limited=conn.rate_estimator.latest.is_app_limited,
+        pacing_rate=conn.pacer.rate if conn.pacer is not None else 0.0,
+        tail_loss_probes=recovery.tlp_fired,
     )
