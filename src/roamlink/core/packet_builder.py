@@ -98,6 +98,13 @@ class PacketBuilder:
         """Stream data, control frames or a credit update wait to go."""
         return bool(self.send_buf.has_data_to_send() or self.control or self.flow.send_max_data)
 
+    def _pacer_waiting(self) -> bool:
+        """Whether a pacer deadline was set during this pass. (A method, not an inline test:
+        mypy narrows ``self.pace_at`` to None after the reset at the top of
+        ``build_data_packets`` and misses the calls that set it, and mypyc compiles that
+        narrowing into a type check that fails at run time.)"""
+        return self.pace_at is not None
+
     def _pacer_allows(self, now: float) -> bool:
         """Whether the pacer lets an in-flight packet go now; if not, arm its timer."""
         pacer = self.pacer
@@ -203,7 +210,7 @@ class PacketBuilder:
                 self.probe_pending -= 1
             if not eliciting or not may_fly:
                 break
-        if pacer is not None and self.pace_at is None:
+        if pacer is not None and not self._pacer_waiting():
             pacer.wake_at = -1.0  # not waiting for the pacer (the window or the data stops us)
         if not send_buf.has_data_to_send() and recovery.bytes_in_flight + mtu <= self.cc.cwnd:
             # the window has room but the application gave us nothing: rate samples until
