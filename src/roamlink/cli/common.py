@@ -18,6 +18,7 @@ from ..errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
     IdleTimeout,
     IncompleteRead,
     InvalidKey,
@@ -26,6 +27,7 @@ from ..errors import (
     RoamlinkError,
     VersionMismatch,
 )
+from ..keys import KeyPair
 
 # Exit codes (documented in the README): scripts can tell "could not reach it" from "the
 # data did not check out".
@@ -117,10 +119,11 @@ def load_config(path: str | None) -> Config:
 
 
 # ---------------------------------------------------------------------------- sockets
-async def open_listener(addr: tuple[str, int], config: Config) -> Listener:
+async def open_listener(addr: tuple[str, int], config: Config, *,
+                        key: KeyPair | None = None) -> Listener:
     host, port = addr
     try:
-        return await listen(host, port, config=config)
+        return await listen(host, port, key=key, config=config)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise CliError(f"cannot listen on udp {show(addr)}: address already in use "
@@ -133,10 +136,15 @@ async def open_listener(addr: tuple[str, int], config: Config) -> Listener:
         raise CliError(f"cannot listen on udp {show(addr)}: {_os_reason(exc)}") from exc
 
 
-async def open_stream(addr: tuple[str, int], config: Config) -> Stream:
+async def open_stream(addr: tuple[str, int], config: Config, *,
+                      server_key: bytes | None = None,
+                      client_key: KeyPair | None = None) -> Stream:
+    """Connect, with one-line errors. This does not decide whom to trust: client commands
+    call :func:`roamlink.cli.trust.open_trusted_stream`, which pins keys and then calls this."""
     host, port = addr
     try:
-        return await connect(host, port, config=config)
+        return await connect(host, port, server_key=server_key, client_key=client_key,
+                             config=config)
     except ConnectTimeout as exc:
         raise CliError(f"cannot connect to {show(addr)}: no answer within "
                        f"{config.connect_timeout:g} s (is a roamlink server running there?)",
@@ -145,6 +153,9 @@ async def open_stream(addr: tuple[str, int], config: Config) -> Stream:
         raise CliError(f"cannot connect to {show(addr)}: protocol version mismatch: "
                        f"we speak {list(exc.offered)}, the server speaks "
                        f"{list(exc.supported)}", EXIT_CONNECTION) from exc
+    except HandshakeFailed as exc:
+        raise CliError(f"cannot connect to {show(addr)}: handshake failed: {exc}",
+                       EXIT_CONNECTION) from exc
     except socket.gaierror as exc:
         raise CliError(f"cannot resolve {host!r}: {exc.strerror}", EXIT_CONNECTION) from exc
     except RoamlinkError as exc:

@@ -12,9 +12,10 @@ import threading
 from ..api import Stream
 from ..config import Config
 from ..errors import RoamlinkError
-from .common import EXIT_OK, close_quietly, open_stream, remote_address, show
+from .common import EXIT_OK, close_quietly, remote_address, show
 from .output import Output
 from .serve import watch_paths
+from .trust import add_client_key_options, open_trusted_stream
 
 _READ = 65536
 
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                     "stream and can still answer. Exits when the peer ends its side. Reports "
                     "go to stderr.")
     p.add_argument("target", metavar="HOST:PORT", type=remote_address, help="the server")
+    add_client_key_options(p)
     p.set_defaults(func=run, data_on_stdout=True)
 
 
@@ -50,7 +52,7 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop,
 
 
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
-    stream = await open_stream(args.target, config)
+    stream = await open_trusted_stream(args.target, config, out, args)
     out.report("connected", f"connected to {show(stream.remote_addr)} from "
                f"{show(stream.local_addr)} (connection {stream.connection_id})",
                remote=show(stream.remote_addr), connection_id=stream.connection_id)

@@ -24,11 +24,11 @@ from .common import (
     close_quietly,
     describe_error,
     listen_address,
-    open_listener,
     show,
 )
 from .output import Output, format_bits, format_bytes
 from .transfer import ProtocolError, Reply, read_header, unsafe_name_reason
+from .trust import add_server_key_options, open_server
 
 Handler = Callable[[Stream, str], Awaitable[bool]]
 
@@ -63,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="exit after the first connection ends (exit status tells how it went)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between rate reports with --sink (0: only a summary)")
+    add_server_key_options(p)
     p.set_defaults(func=run)
 
 
@@ -84,11 +85,13 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
         mode, handler = "sink", _sinker(out, args.interval)
     else:
         mode, handler = "printing received data to stdout", _printer
-    listener = await open_listener(args.listen, config)
+    listener, key_text, public_key = await open_server(args.listen, config,
+                                                       args.server_key_file)
     try:
         addr = listener.local_addr
-        out.report("listening", f"listening on udp {show(addr)} ({mode})",
-                   host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0])
+        out.report("listening", f"listening on udp {show(addr)} ({mode}); {key_text}",
+                   host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0],
+                   public_key=public_key)
         return await _accept_loop(listener, handler, out, once=args.once)
     finally:
         listener.close()
