@@ -150,3 +150,24 @@ def test_listening_report_carries_the_public_key(tmp_path: Path) -> None:
         _, out, _ = srv.stop()
     first = json.loads(out.decode().splitlines()[0]) if out else srv.first
     assert first["event"] == "listening"
+
+
+def test_authorized_keys_admit_only_listed_clients(tmp_path: Path) -> None:
+    admitted, other = tmp_path / "admitted.key", tmp_path / "other.key"
+    KeyPair.generate().save(admitted)
+    KeyPair.generate().save(other)
+    listed = tmp_path / "authorized"
+    listed.write_text(f"# who may connect\n{KeyPair.load(admitted).public} laptop\n")
+    env = _cfg_env(tmp_path / "client")
+    with server("serve", "127.0.0.1:0", "--echo", "--authorized-keys", str(listed),
+                env=_cfg_env(tmp_path / "server")) as srv:
+        res = roamlink("connect", srv.addr, "--key", str(admitted), stdin=b"in", env=env)
+        assert res.returncode == 0, res.stderr.decode()
+        assert res.stdout == b"in"
+        for extra in (("--key", str(other)), ()):
+            res = roamlink("connect", srv.addr, *extra, stdin=b"out", env=env)
+            assert res.returncode == 3 and res.stdout == b""
+            assert b"authoris" in res.stderr  # "does not authorise this client's key"
+    listed.write_text("# nobody\n")
+    res = roamlink("serve", "127.0.0.1:0", "--authorized-keys", str(listed), env=env)
+    assert res.returncode == 2 and b"no keys" in res.stderr

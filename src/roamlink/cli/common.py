@@ -120,10 +120,12 @@ def load_config(path: str | None) -> Config:
 
 # ---------------------------------------------------------------------------- sockets
 async def open_listener(addr: tuple[str, int], config: Config, *,
-                        key: KeyPair | None = None) -> Listener:
+                        key: KeyPair | None = None,
+                        authorized_clients: list[bytes] | None = None) -> Listener:
     host, port = addr
     try:
-        return await listen(host, port, key=key, config=config)
+        return await listen(host, port, key=key, authorized_clients=authorized_clients,
+                            config=config)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise CliError(f"cannot listen on udp {show(addr)}: address already in use "

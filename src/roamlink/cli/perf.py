@@ -84,7 +84,8 @@ def _positive(text: str) -> float:
 # ---------------------------------------------------------------------------- server
 async def run_server(args: argparse.Namespace, config: Config, out: Output) -> int:
     listener, key_text, public_key = await open_server(args.listen, config,
-                                                       args.server_key_file)
+                                                       args.server_key_file,
+                                                       args.authorized_keys)
     tasks: set[asyncio.Task[None]] = set()
     try:
         addr = listener.local_addr

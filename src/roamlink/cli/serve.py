@@ -86,7 +86,8 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
     else:
         mode, handler = "printing received data to stdout", _printer
     listener, key_text, public_key = await open_server(args.listen, config,
-                                                       args.server_key_file)
+                                                       args.server_key_file,
+                                                       args.authorized_keys)
     try:
         addr = listener.local_addr
         out.report("listening", f"listening on udp {show(addr)} ({mode}); {key_text}",

@@ -56,6 +56,9 @@ def add_server_key_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key", dest="server_key_file", metavar="FILE",
                    help="the server's private-key file (default: "
                         f"{default_server_key_path()}, created on first use)")
+    g.add_argument("--authorized-keys", metavar="FILE",
+                   help="admit only clients whose public key is listed in FILE (one base64 "
+                        "key a line, '#' comments); others are refused at the handshake")
 
 
 # ---------------------------------------------------------------------------- servers
@@ -82,19 +85,52 @@ def load_server_key(path: str | None) -> tuple[KeyPair, str]:
     return key, f"created now in {default}, mode 0600"
 
 
-async def open_server(addr: tuple[str, int], config: Config,
-                      key_file: str | None) -> tuple[Listener, str, str | None]:
+def load_authorized_keys(path: str) -> list[bytes]:
+    """The public keys of an ``--authorized-keys`` file: one a line, ``#`` comments, blank
+    lines ignored; a malformed line is an error (never skipped: a typo must not admit or lock
+    out someone silently), and so is a file without keys (it would refuse everyone)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CliError(f"{path}: cannot read: {reason.lower()}") from None
+    keys: list[bytes] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            keys.append(parse_public_key(line.split()[0]))
+        except InvalidKey:
+            raise CliError(f"{path}, line {number}: not a public key (expected base64 of 32 "
+                           "bytes, as `roamlink keygen` prints)", EXIT_USAGE) from None
+    if not keys:
+        raise CliError(f"{path}: no keys: every client would be refused", EXIT_USAGE)
+    return keys
+
+
+async def open_server(addr: tuple[str, int], config: Config, key_file: str | None,
+                      authorized_keys: str | None = None,
+                      ) -> tuple[Listener, str, str | None]:
     """A listener with the server's static key (none in plaintext mode), a phrase that says
     which key it is for the "listening" line, and the public key (None in plaintext mode).
 
     The key goes into the "listening" report rather than a report of its own, so that the
     first line a server prints is still the one that tells where it listens."""
     if config.insecure_plaintext:
+        if authorized_keys is not None:
+            raise CliError("--authorized-keys needs encryption: it cannot work with "
+                           "insecure_plaintext", EXIT_USAGE)
         listener = await open_listener(addr, config)
         return listener, "INSECURE PLAINTEXT mode: no encryption, no authentication", None
+    authorized = None if authorized_keys is None else load_authorized_keys(authorized_keys)
     key, source = load_server_key(key_file)
-    listener = await open_listener(addr, config, key=key)
-    return listener, f"server key {key.public} ({source})", key.public
+    listener = await open_listener(addr, config, key=key, authorized_clients=authorized)
+    text = f"server key {key.public} ({source})"
+    if authorized is not None:
+        text += f"; admitting {len(authorized)} client key(s) only"
+    return listener, text, key.public
 
 
 # ---------------------------------------------------------------------------- clients
