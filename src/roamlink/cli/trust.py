@@ -29,6 +29,7 @@ from ..keys import KeyPair, encode_key, parse_public_key
 from .common import EXIT_CONNECTION, EXIT_USAGE, CliError, open_listener, open_stream, show
 from .known_hosts import (
     KnownHosts,
+    KnownHostsError,
     default_server_key_path,
     ensure_config_dir,
     host_entry,
@@ -173,7 +174,15 @@ async def open_trusted_stream(addr: tuple[str, int], config: Config, out: Output
     if not known:
         stream = await open_stream(addr, config, client_key=client_key)
         learned = _peer_key(stream)
-        added = store.add(host, port, learned)
+        try:
+            added = store.add(host, port, learned)
+        except KnownHostsError as exc:  # as ssh: say so, and go on with this connection
+            out.report("server_key_learned",
+                       f"first contact with {host_entry(host, port)}: its key is "
+                       f"{encode_key(learned)}; WARNING: it could not be stored ({exc}), so "
+                       "it is not pinned", server=host_entry(host, port),
+                       public_key=encode_key(learned), known_hosts=None, error=str(exc))
+            return stream
         out.report("server_key_learned",
                    f"first contact with {host_entry(host, port)}: its key "
                    f"{encode_key(learned)} is now stored in {store.path} (line {added.line}); "
