@@ -30,6 +30,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
 
 # network-namespace fixtures (nat_topology, nat_topology_rtt20, bottleneck_topology, ...)
 from .netns_fixtures import (  # noqa: E402,F401
+    balanced_topology,
     bottleneck_topology,
     bottleneck_topology_delayed,
     nat_topology,

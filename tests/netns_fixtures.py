@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.balancer import BalancedTopology, ensure_nft
 from tests.support.netns import BottleneckTopology, NatTopology, cleanup_stale, ensure_tools
 
 
@@ -51,4 +52,15 @@ def bottleneck_topology_delayed() -> Iterator[BottleneckTopology]:
     """50 Mbit/s tbf both ways over a 10 ms one-way delay line (RTT ~20 ms, BDP ~125 kB)."""
     _require_netns()
     with BottleneckTopology(rate="50mbit", limit_packets=100, link_delay_ms=10.0) as topo:
+        yield topo
+
+
+@pytest.fixture
+def balanced_topology() -> Iterator[BalancedTopology]:
+    """client ns -> NAT router ns -> nftables CID-routing balancer ns -> server A / B ns."""
+    _require_netns()
+    ok, reason = ensure_nft()
+    if not ok:
+        pytest.skip(f"nftables unavailable: {reason}")
+    with BalancedTopology() as topo:
         yield topo

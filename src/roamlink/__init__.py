@@ -5,7 +5,7 @@
 """
 
 from . import errors
-from .api import Listener, Stream, connect, listen
+from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
 from .core.events import ConnectionStats, PathChanged
 from .errors import (
@@ -47,4 +47,5 @@ __all__ = [
     "connect",
     "errors",
     "listen",
+    "run_server",
 ]

@@ -25,6 +25,11 @@ class Config:
     max_datagram_size: int = 1200
     #: Length of the connection IDs this endpoint issues (>= 8 resists guessing).
     cid_length: int = 8
+    #: This server's id, carried in every CID it issues (QUIC-LB plaintext style) so a load
+    #: balancer in front of several servers can route by CID; None: no server id in CIDs.
+    server_id: int | None = None
+    #: Bytes of the server id in a CID (1..6).
+    server_id_length: int = 1
     #: Protocol versions offered (client) or accepted (server), most preferred first.
     versions: tuple[int, ...] = (PROTOCOL_VERSION,)
     #: Give up a handshake after this long.
@@ -78,6 +83,14 @@ class Config:
         _check(self.max_datagram_size >= 1200 and self.max_datagram_size <= 65507,
                "max_datagram_size", "must be between 1200 and 65507")
         _check(8 <= self.cid_length <= 20, "cid_length", "must be between 8 and 20")
+        _check(1 <= self.server_id_length <= 6, "server_id_length", "must be between 1 and 6")
+        _check(self.server_id is None or (
+            isinstance(self.server_id, int) and not isinstance(self.server_id, bool)
+            and 0 <= self.server_id < 256 ** self.server_id_length),
+            "server_id", "must be None or an integer that fits in server_id_length bytes")
+        _check(self.server_id is None or self.cid_length >= self.server_id_length + 6,
+               "cid_length", "must leave the first octet, the worker byte and a 4-byte nonce "
+               "beside the server id (cid_length >= server_id_length + 6)")
         _check(isinstance(self.versions, tuple) and len(self.versions) > 0
                and all(isinstance(v, int) and 0 < v < 2**32 for v in self.versions),
                "versions", "must be a non-empty tuple of 32-bit non-zero integers")

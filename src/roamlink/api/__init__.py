@@ -3,5 +3,6 @@
 from .connect import connect
 from .listener import Listener, listen
 from .stream import Stream
+from .workers import run_server
 
-__all__ = ["Listener", "Stream", "connect", "listen"]
+__all__ = ["Listener", "Stream", "connect", "listen", "run_server"]

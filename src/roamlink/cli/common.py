@@ -127,15 +127,19 @@ async def open_listener(addr: tuple[str, int], config: Config, *,
         return await listen(host, port, key=key, authorized_clients=authorized_clients,
                             config=config)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise CliError(f"cannot listen on udp {show(addr)}: address already in use "
-                           "(another server is running there?)") from exc
-        if exc.errno == errno.EACCES:
-            raise CliError(f"cannot listen on udp {show(addr)}: permission denied") from exc
-        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-            raise CliError(f"cannot listen on udp {show(addr)}: "
-                           "no such local address") from exc
-        raise CliError(f"cannot listen on udp {show(addr)}: {_os_reason(exc)}") from exc
+        raise listen_error(addr, exc) from exc
+
+
+def listen_error(addr: tuple[str, int], exc: OSError) -> CliError:
+    """The one-line error for a socket that cannot listen on ``addr``."""
+    if exc.errno == errno.EADDRINUSE:
+        return CliError(f"cannot listen on udp {show(addr)}: address already in use "
+                        "(another server is running there?)")
+    if exc.errno == errno.EACCES:
+        return CliError(f"cannot listen on udp {show(addr)}: permission denied")
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return CliError(f"cannot listen on udp {show(addr)}: no such local address")
+    return CliError(f"cannot listen on udp {show(addr)}: {_os_reason(exc)}")
 
 
 async def open_stream(addr: tuple[str, int], config: Config, *,

@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(json_mode=args.json, plain=args.plain, data_on_stdout=data_on_stdout)
     try:
         config = load_config(args.config)
-        code: int = asyncio.run(args.func(args, config, out))
+        code: int
+        if getattr(args, "workers", None) is not None:  # a supervisor of worker processes
+            code = args.run_workers(args, config, out)
+        else:
+            code = asyncio.run(args.func(args, config, out))
         return code
     except KeyboardInterrupt:
         if args.debug:

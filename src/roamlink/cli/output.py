@@ -150,6 +150,10 @@ class Output:
                  data_on_stdout: bool = False, stdout: IO[str] | None = None,
                  stderr: IO[str] | None = None) -> None:
         self.json_mode = json_mode
+        #: fields every report carries, and the text lines' prefix (a server worker sets
+        #: both to name itself: ``"worker": i``)
+        self.context: dict[str, Any] = {}
+        self.prefix = ""
         self._stdout = stdout or sys.stdout
         self._stderr = stderr or sys.stderr
         self.stream = self._stderr if data_on_stdout else self._stdout
@@ -170,13 +174,13 @@ class Output:
     def report(self, event: str, text: str, *, style: str | None = None, **fields: Any) -> None:
         """One report: ``text`` for people, ``{"event": event, **fields}`` for ``--json``."""
         if self.json_mode:
-            obj = {"event": event, "time": round(time.time(), 3), **fields}
+            obj = {"event": event, "time": round(time.time(), 3), **self.context, **fields}
             self.stream.write(json.dumps(obj, default=str) + "\n")
             self.stream.flush()
         elif self.console is not None:
-            self.console.print(text, style=style, markup=False, soft_wrap=True)
+            self.console.print(self.prefix + text, style=style, markup=False, soft_wrap=True)
         else:
-            self.stream.write(text + "\n")
+            self.stream.write(self.prefix + text + "\n")
             self.stream.flush()
 
     def error(self, message: str) -> None:

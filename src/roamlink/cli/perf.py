@@ -37,6 +37,7 @@ from .trust import (
     open_server,
     open_trusted_stream,
 )
+from .workers import add_workers_option, serve_with_workers
 
 MAGIC = b"RLPERF1\n"
 _WRITE = 64 * 1024
@@ -59,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="seconds between reports (0: only a summary)")
     add_server_key_options(server)
     server.set_defaults(func=run_server)
+    add_workers_option(server, run_workers)
     client = roles.add_parser("client", parents=parents, help="send data to a perf server",
                               description="Send as fast as the connection allows for "
                                           "--seconds and report per interval and in total.")
@@ -105,6 +107,14 @@ async def run_server(args: argparse.Namespace, config: Config, out: Output) -> i
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listener.wait_closed(), 3.0)
     return EXIT_OK  # pragma: no cover
+
+
+def run_workers(args: argparse.Namespace, config: Config, out: Output) -> int:
+    """``perf server --workers N``: tests served by N processes sharing the port."""
+    async def serve_test(stream: Stream) -> None:
+        await _serve_test(stream, out, args.interval)
+
+    return serve_with_workers(args, config, out, serve_test, "perf", "perf server")
 
 
 async def _serve_test(stream: Stream, out: Output, interval: float) -> None:

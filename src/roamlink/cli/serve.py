@@ -29,6 +29,7 @@ from .common import (
 from .output import Output, format_bits, format_bytes
 from .transfer import ProtocolError, Reply, read_header, unsafe_name_reason
 from .trust import add_server_key_options, open_server
+from .workers import add_workers_option, serve_with_workers
 
 Handler = Callable[[Stream, str], Awaitable[bool]]
 
@@ -65,9 +66,37 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="seconds between rate reports with --sink (0: only a summary)")
     add_server_key_options(p)
     p.set_defaults(func=run)
+    add_workers_option(p, run_workers)
 
 
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
+    mode, handler = _choose_mode(args, out)
+    listener, key_text, public_key = await open_server(args.listen, config,
+                                                       args.server_key_file,
+                                                       args.authorized_keys)
+    try:
+        addr = listener.local_addr
+        out.report("listening", f"listening on udp {show(addr)} ({mode}); {key_text}",
+                   host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0],
+                   public_key=public_key)
+        return await _accept_loop(listener, handler, out, once=args.once)
+    finally:
+        listener.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.wait_closed(), 3.0)
+
+
+def run_workers(args: argparse.Namespace, config: Config, out: Output) -> int:
+    """``serve --workers N``: the same modes, in N processes sharing the port."""
+    mode, handler = _choose_mode(args, out)
+
+    async def serve_one(stream: Stream) -> None:
+        await _serve_one(stream, handler, out)
+
+    return serve_with_workers(args, config, out, serve_one, mode, "server")
+
+
+def _choose_mode(args: argparse.Namespace, out: Output) -> tuple[str, Handler]:
     if args.overwrite and args.save is None:
         raise CliError("--overwrite only makes sense with --save DIR", 2)
     handler: Handler
@@ -85,19 +114,7 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
         mode, handler = "sink", _sinker(out, args.interval)
     else:
         mode, handler = "printing received data to stdout", _printer
-    listener, key_text, public_key = await open_server(args.listen, config,
-                                                       args.server_key_file,
-                                                       args.authorized_keys)
-    try:
-        addr = listener.local_addr
-        out.report("listening", f"listening on udp {show(addr)} ({mode}); {key_text}",
-                   host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0],
-                   public_key=public_key)
-        return await _accept_loop(listener, handler, out, once=args.once)
-    finally:
-        listener.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(listener.wait_closed(), 3.0)
+    return mode, handler
 
 
 async def _accept_loop(listener: Listener, handler: Handler, out: Output, *,

@@ -104,6 +104,7 @@ class Connection:
         early_data: bytes = b"",
         local: int = 0,
         cid_taken: Callable[[bytes], bool] | None = None,
+        cid_source: RandomBytes | None = None,
     ) -> None:
         self.config = config
         self.is_client = is_client
@@ -118,7 +119,8 @@ class Connection:
                                  validation_timeout=config.path_validation_timeout,
                                  datagram_size=config.max_datagram_size)
         self.cids = ConnectionIds(local_cid, peer_cid, spare=config.spare_cids,
-                                  random_bytes=random_bytes, is_taken=cid_taken)
+                                  random_bytes=cid_source or random_bytes,
+                                  is_taken=cid_taken)
         #: bumped whenever the set of our CIDs changes, so every socket layer re-syncs routes
         self.cid_version = 0
         #: peer address changes (old, new) for the socket layer's address map (UpdateAddr)

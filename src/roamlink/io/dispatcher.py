@@ -25,6 +25,7 @@ from ..config import Config
 from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
+from .steering import CidLayout
 
 logger = logging.getLogger("roamlink.dispatcher")
 
@@ -49,6 +50,7 @@ class DispatcherStats:
     dropped_late_handshake: int = 0
     version_negotiations_sent: int = 0
     connections_accepted: int = 0
+    handed_over: int = 0  # short headers passed to the worker their CID names
 
 
 class Dispatcher:
@@ -59,6 +61,14 @@ class Dispatcher:
         self.config = config
         self.accept_new = accept_new
         self.random_bytes = random_bytes
+        #: makes every CID this socket issues (handshake and NEW_CONNECTION_ID); a worker of
+        #: a multi-process server uses one that names its worker (see io/steering.py)
+        self.cid_source: Callable[[int], bytes] = random_bytes
+        if config.server_id is not None:  # a load balancer routes by our server id
+            self.cid_source = CidLayout.from_config(config).generator(0, random_bytes)
+        #: offered each short-header datagram whose CID is not ours, before it is dropped:
+        #: a worker hands it to the worker its CID names and returns True (roamlink.server)
+        self.foreign_cid: Callable[[bytes, Address], bool] | None = None
         self.connections: dict[bytes, Connection] = {}  # main map: CID -> connection
         self.addr_map: dict[tuple[Address, bytes], bytes] = {}  # (addr, peer CID) -> our CID
         self.accept_queue: deque[Connection] = deque()
@@ -75,7 +85,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ connections
     def new_cid(self) -> bytes:
         while True:
-            cid = self.random_bytes(self.config.cid_length)
+            cid = self.cid_source(self.config.cid_length)
             if cid not in self.connections:
                 return cid
 
@@ -85,7 +95,8 @@ class Dispatcher:
                           remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
                           early_data=early_data,
                           local=self.local_id if local is None else local,
-                          cid_taken=self.connections.__contains__)
+                          cid_taken=self.connections.__contains__,
+                          cid_source=self.cid_source)
         self._track(conn)
         return conn
 
@@ -161,7 +172,10 @@ class Dispatcher:
                     raise wire.MalformedPacket("short datagram")
                 conn = self.connections.get(data[1:1 + cid_len])
                 if conn is None:
-                    self.stats.dropped_unknown_cid += 1
+                    if self.foreign_cid is not None and self.foreign_cid(data, addr):
+                        self.stats.handed_over += 1
+                    else:
+                        self.stats.dropped_unknown_cid += 1
                     return None
             elif first in wire.LONG_TYPES:
                 conn = self._route_long(data, addr, now, local)
@@ -215,7 +229,8 @@ class Dispatcher:
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
                           random_bytes=self.random_bytes, local=local,
-                          cid_taken=self.connections.__contains__)
+                          cid_taken=self.connections.__contains__,
+                          cid_source=self.cid_source)
         self._track(conn)
         self.addr_map[key] = conn.local_cid
         self.accept_queue.append(conn)

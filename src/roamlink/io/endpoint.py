@@ -168,6 +168,16 @@ class Endpoint:
             raise
         return endpoint
 
+    @classmethod
+    async def from_socket(cls, config: Config, sock: socket.socket, *,
+                          accept_new: bool = False) -> Endpoint:
+        """An endpoint on a socket bound by someone else (a server worker's inherited
+        ``SO_REUSEPORT`` socket); the endpoint closes it when it closes."""
+        endpoint = cls(config, accept_new=accept_new)
+        sock.setblocking(False)
+        await endpoint._start(sock)
+        return endpoint
+
     async def _start(self, sock: socket.socket) -> None:
         self.sock = sock
         self._local_addr = sock.getsockname()
@@ -268,6 +278,12 @@ class Endpoint:
             self._take_new_connections()
         if dirty or disp.stateless_out:
             self._flush()
+
+    def receive_handed_over(self, data: bytes, addr: Address) -> None:
+        """A datagram that another worker process read for one of our CIDs: route it as if
+        this socket had read it from ``addr`` (replies leave from this socket, which shares
+        the address)."""
+        self._datagram_received(data, addr)
 
     def _datagram_received(self, data: bytes, addr: Address) -> None:
         """Fallback path: one datagram from a DatagramProtocol."""
