@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from roamlink import Config
 from roamlink.core import wire
-from roamlink.core.connection import Connection, _push_header
+from roamlink.core.connection import Connection
 from roamlink.io.dispatcher import Dispatcher
 
 A = ("10.0.0.2", 5000)
@@ -19,8 +19,9 @@ B = ("10.0.0.1", 4433)
 
 @given(st.integers(0, wire.VARINT_MAX - 70000), st.integers(0, 65000), st.booleans())
 def test_fast_push_header_is_the_codec_s(offset: int, length: int, fin: bool) -> None:
-    header = _push_header(offset, length, fin)
-    assert header == wire.encode_push_header(offset, length, fin)
+    header = wire.encode_push_header(offset, length, fin)
+    kind = wire.PUSH_FIN if fin else wire.PUSH
+    assert header == bytes((kind,)) + wire.encode_varint(offset) + wire.encode_varint(length)
     data = bytes(length)
     assert wire.decode_frames(header + data) == [wire.PushFrame(offset, data, fin)]
 
@@ -104,10 +105,10 @@ def test_replayed_packet_is_a_duplicate_but_a_late_one_is_not() -> None:
     server.datagram_received(packets[0], A, 0.02)
     server.datagram_received(packets[2], A, 0.02)  # out of order
     server.datagram_received(packets[1], A, 0.02)  # late, never seen: accepted
-    assert peer.duplicate_packets == 0
+    assert peer.stats().duplicate_packets == 0
     server.datagram_received(packets[1], A, 0.02)  # replayed: a duplicate
     server.datagram_received(packets[2], A, 0.02)
-    assert peer.duplicate_packets == 2
+    assert peer.stats().duplicate_packets == 2
     assert peer.read() == b"x" * _push_offset(packets[3])
     assert peer.recv_buf.delivered == peer.recv_buf.received_end
 

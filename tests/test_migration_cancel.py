@@ -42,7 +42,7 @@ def test_cancelled_migrate_leaves_a_consistent_stream() -> None:
                 await task
             await asyncio.sleep(0.5)  # whatever validation was under way has ended
             # the socket the stream reports is the one the connection sends from
-            assert stream._endpoint.local_id == conn.paths.local
+            assert stream._endpoint.local_id == conn.paths.socket_id
             assert not conn.paths.candidates and stream.local_addr[1] > 0
             stream.write(payload[half:])
             stream.write_eof()
@@ -97,7 +97,7 @@ def test_two_concurrent_migrations_leave_one_socket() -> None:
                                            stream.migrate(local_addr=0),
                                            return_exceptions=True)
             conn = stream._conn
-            assert stream._endpoint.local_id == conn.paths.local  # the socket in use
+            assert stream._endpoint.local_id == conn.paths.socket_id  # the socket in use
             assert stream.local_addr == results[-1][0] or stream.local_addr == results[0][0]
             live = [ep for ep in (first, *_endpoints_of(conn)) if not ep._closing]
             assert live == [stream._endpoint], live  # the others are closed

@@ -86,7 +86,7 @@ def test_spoofed_packet_never_moves_the_path_and_amplification_is_bounded() -> N
     def attack() -> None:
         # take a genuine packet of the client, renumber it as the newest, forge the source
         real = [d for src, dst, d in net.captured if src == client.addr and d[0] == wire.SHORT]
-        pn = s._largest_received + 1000
+        pn = s.acks.largest + 1000
         forged = real[-1][:9] + pn.to_bytes(8, "big") + real[-1][17:]
         net.send(spoofed_addr, server.addr, forged)
 
@@ -150,8 +150,8 @@ def test_old_packet_arriving_after_migration_does_not_move_back() -> None:
     for data in old[-5:]:  # delayed/duplicated packets from the former address
         net.call_at(net.now + 0.01, lambda d=data: net.send(CLIENT, SERVER, d))
     # and a reordered (older than newest, never seen) packet from there
-    late = old[-1][:9] + (s._largest_received - 1).to_bytes(8, "big") + old[-1][17:]
-    s._received.add(s._largest_received - 1, s._largest_received - 1)  # not seen yet
+    late = old[-1][:9] + (s.acks.largest - 1).to_bytes(8, "big") + old[-1][17:]
+    s.acks.received.add(s.acks.largest - 1, s.acks.largest - 1)  # not seen yet
     net.call_at(net.now + 0.02, lambda: net.send(CLIENT, SERVER, late))
     net.run(until=net.now + 1)
     assert s.remote_addr == ("10.0.0.2", 61000) and not s.paths.candidates
@@ -167,10 +167,10 @@ def test_twenty_active_migrations_in_a_row_rotate_cids() -> None:
         run_pumps(net, [pump], 0.05)
         new_node = net.add_node(("10.0.0.2", 52000 + k), share_with=None)
         new_node.adopt(c)
-        c.migrate(net.now, local=new_node.local_id)
+        c.migrate(net.now, socket_id=new_node.local_id)
         net.flush(node)
         assert net.run_until(lambda: bool(_events(c, PathChanged)), 5)
-        assert c.paths.local == new_node.local_id
+        assert c.paths.socket_id == new_node.local_id
         node.dispatcher.forget(c)  # the old socket is closed
         node = new_node
         dcids.add(c.peer_cid)
@@ -192,7 +192,7 @@ def test_migrate_to_another_server_address() -> None:
     net.flush(client)
     assert net.run_until(lambda: c.remote_addr == second.addr, 5)
     assert run_pumps(net, [pump], 60) and pump.exact()
-    assert s.paths.local == second.local_id  # the server answers from that address now
+    assert s.paths.socket_id == second.local_id  # the server answers from that address now
 
 
 def test_path_that_cannot_carry_full_size_datagrams_is_not_validated() -> None:
@@ -201,11 +201,11 @@ def test_path_that_cannot_carry_full_size_datagrams_is_not_validated() -> None:
     net.link("10.0.0.3", "10.0.0.1").drop_if = lambda d, a, b: len(d) >= 1200
     net.link("10.0.0.1", "10.0.0.3").drop_if = lambda d, a, b: len(d) >= 1200
     small.adopt(c)
-    c.migrate(net.now, local=small.local_id)
+    c.migrate(net.now, socket_id=small.local_id)
     net.flush(client)
     net.run(until=net.now + 2)
     assert _events(c, PathValidationFailed)
-    assert c.paths.local == client.local_id and c.state is State.ESTABLISHED
+    assert c.paths.socket_id == client.local_id and c.state is State.ESTABLISHED
 
 
 def test_candidate_paths_are_bounded() -> None:
@@ -215,7 +215,7 @@ def test_candidate_paths_are_bounded() -> None:
     run_pumps(net, [pump], 0.1)
     real = [d for src, dst, d in net.captured if src == client.addr and d[0] == wire.SHORT][-1]
     for i in range(50):  # a flood of spoofed sources, each with a "newest" packet
-        pn = s._largest_received + 10 + i
+        pn = s.acks.largest + 10 + i
         net.send((f"10.77.0.{i + 1}", 1000), SERVER, real[:9] + pn.to_bytes(8, "big") + real[17:])
     net.run(until=net.now + 0.05)
     assert len(s.paths.candidates) <= 2 and s.paths.candidates_refused >= 48

@@ -255,10 +255,10 @@ def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
     victim = ("10.99.0.1", 53)
     header = held[0][:1 + 8 + 8]  # a valid CID and a packet number never received
     forged = header + wire.encode_frame(wire.PathChallengeFrame(b"\x01" * 8))
-    unvalidated = s.unvalidated_packets
+    unvalidated = s.counters.unvalidated_packets
     net.send(victim, SERVER, forged)
     net.run(until=net.now + 0.05)
-    assert s.unvalidated_packets == unvalidated + 1  # it was processed (and answered)...
+    assert s.counters.unvalidated_packets == unvalidated + 1  # it was processed (and answered)...
     assert not s.paths.candidates  # not the newest packet: no migration starts
     to_victim = sum(len(d) for _, dst, d in net.captured if dst == victim)
     assert 0 < to_victim <= 3 * len(forged), (to_victim, len(forged))
@@ -287,9 +287,9 @@ def test_migrate_succeeds_while_spoofed_candidates_fill_the_table() -> None:
         k.reason == "passive" for k in c.paths.candidates.values())
     new_socket = net.add_node(("10.0.0.2", 52000))
     new_socket.adopt(c)
-    c.migrate(net.now, local=new_socket.local_id)  # does not raise "too many validations"
+    c.migrate(net.now, socket_id=new_socket.local_id)  # does not raise "too many validations"
     net.flush(client)
-    assert net.run_until(lambda: c.paths.local == new_socket.local_id, 5)
+    assert net.run_until(lambda: c.paths.socket_id == new_socket.local_id, 5)
     assert run_pumps(net, [down], 60) and down.exact()
     assert s.remote_addr == new_socket.addr
 
@@ -322,9 +322,9 @@ def test_a_path_left_on_purpose_can_carry_the_connection_again_later() -> None:
     net.flush(client)
     assert net.run_until(lambda: c.remote_addr == second.addr, 5)
     net.run(until=net.now + 3.0)  # long after the move (the application pauses)
-    s.migrate(net.now, local=server.local_id)  # the server answers from its first address
+    s.migrate(net.now, socket_id=server.local_id)  # the server answers from its first address
     net.flush(second)
-    assert net.run_until(lambda: s.paths.local == server.local_id, 5)
+    assert net.run_until(lambda: s.paths.socket_id == server.local_id, 5)
 
     def followed() -> bool:
         up.step()

@@ -62,7 +62,7 @@ def test_zero_window_with_the_updates_lost_completes() -> None:
     net.run(until=net.now + 3)  # nobody reads: the window closes
     assert receiver.recv_buf.buffered <= window + cfg.max_datagram_size
     assert sender.send_buf.next_offset <= window + cfg.max_datagram_size
-    assert sender.flow_blocked >= 1
+    assert sender.stats().flow_control_blocked >= 1
     net.link("10.0.0.1", "10.0.0.2").drop_if = to_sender
     net.link("10.0.0.2", "10.0.0.1").drop_if = to_receiver
     got = bytearray()
@@ -74,7 +74,7 @@ def test_zero_window_with_the_updates_lost_completes() -> None:
     got.extend(receiver.read())
     assert bytes(got) == payload
     assert dropped["max_data"] == 4
-    assert sender.flow_blocked >= 2  # blocked again at later limits, probing each
+    assert sender.stats().flow_control_blocked >= 2  # blocked again at later limits, probing each
 
 
 def test_receiver_buffer_is_bounded_by_its_window_under_reordering() -> None:
@@ -111,7 +111,7 @@ def test_memory_stays_bounded_during_a_long_lossy_transfer() -> None:
         drive(net, [flow], net.now + 0.1)
         peak_sent = max(peak_sent, len(sender.recovery.sent))
         peak_recv_sent = max(peak_recv_sent, len(receiver.recovery.sent))
-        peak_ranges = max(peak_ranges, len(receiver._received))  # noqa: SLF001
+        peak_ranges = max(peak_ranges, len(receiver.acks.received))
         if i == 5:
             early_lost_memory = len(sender.recovery._lost_pns)  # noqa: SLF001
     assert flow.delivered > 5_000_000
@@ -136,7 +136,7 @@ def test_ack_ranges_stop_repeating_once_the_peer_has_seen_them() -> None:
     ranges_seen = []
     for _ in range(100):
         net.run(until=net.now + 0.02)
-        ranges_seen.append(len(receiver._received))  # noqa: SLF001
+        ranges_seen.append(len(receiver.acks.received))
         receiver.read()
         net.flush(server)
     assert receiver.stats().bytes_received > 1_000_000

@@ -108,7 +108,7 @@ def test_flow_control_bounds_the_receiver_buffer() -> None:
     net.flush(client)
     net.run(until=net.now + 5)  # the application never reads
     assert s.recv_buf.buffered <= 64 * 1024 + 1200
-    assert c.flow_blocked >= 1
+    assert c.stats().flow_control_blocked >= 1
     got = bytearray()
     for _ in range(2000):  # the application now reads, a little at a time
         got.extend(s.read(16 * 1024))

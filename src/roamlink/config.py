@@ -6,12 +6,11 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .core.congestion import CONTROLLERS
 from .errors import ConfigError
 
 #: The wire version this implementation speaks.
 PROTOCOL_VERSION = 1
-
-CONGESTION_CONTROLLERS = ("vegas", "newreno")
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,8 @@ class Config:
         _check(self.max_rto >= self.min_rto, "max_rto", "must be >= min_rto")
         _check(self.receive_window >= 16384, "receive_window", "must be >= 16384")
         _check(self.send_buffer_size >= 1, "send_buffer_size", "must be >= 1")
-        _check(self.congestion_control in CONGESTION_CONTROLLERS, "congestion_control",
-               f"must be one of {', '.join(CONGESTION_CONTROLLERS)}")
+        _check(self.congestion_control in CONTROLLERS, "congestion_control",
+               f"must be one of {', '.join(CONTROLLERS)}")
         _check(self.initial_window_packets >= 2, "initial_window_packets", "must be >= 2")
         _check(1 <= self.max_candidate_paths <= 16, "max_candidate_paths",
                "must be between 1 and 16")
@@ -161,6 +160,3 @@ def _positive(cfg: Config, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and value > 0, name, "must be > 0")
-
-
-DEFAULT_CONFIG = Config()

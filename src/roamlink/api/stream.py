@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from ..core.connection import APPLICATION_ERROR, Connection
+from ..core.connection import Connection
 from ..core.events import (
     Address,
     ConnectionStats,
@@ -15,6 +15,7 @@ from ..core.events import (
     PathChanged,
     PathValidationFailed,
 )
+from ..core.wire import CloseCode
 from ..errors import (
     ConnectionClosed,
     IncompleteRead,
@@ -62,9 +63,9 @@ class Stream:
             if isinstance(event, ConnectionTerminated):
                 self._on_terminated(event.error)
             elif isinstance(event, PathChanged):
-                _settle(self._migrations.get((event.new_local, event.new_addr)), event)
+                _settle(self._migrations.get((event.new_socket_id, event.new_addr)), event)
             elif isinstance(event, PathValidationFailed):
-                _settle(self._migrations.get((event.local, event.addr)), event)
+                _settle(self._migrations.get((event.socket_id, event.addr)), event)
             elif not self._handshake.done() and conn.is_established:
                 self._handshake.set_result(None)
         if not self._handshake.done() and conn.is_established:
@@ -140,7 +141,7 @@ class Stream:
         except asyncio.CancelledError:
             # cancelled: give the attempt up, unless the connection already moved (then the
             # Stream must follow it to the new socket, or it would report the old one)
-            if new is not None and conn.paths.local == new.local_id:
+            if new is not None and conn.paths.socket_id == new.local_id:
                 previous, self._endpoint = self._endpoint, new
                 if previous is not new:
                     previous.detach(conn)
@@ -171,7 +172,7 @@ class Stream:
             raise MigrationTimeout(f"path validation failed: {event.reason}")
         if new is not None:
             previous = self._endpoint  # not necessarily ``old``: migrations may overlap
-            if conn.paths.local == new.local_id:
+            if conn.paths.socket_id == new.local_id:
                 self._endpoint = new
                 if previous is not new:
                     previous.detach(conn)  # closes the old socket if nothing else uses it
@@ -272,7 +273,7 @@ class Stream:
         self._conn.close(self._endpoint.now())
         self._endpoint.mark(self._conn)
 
-    def abort(self, code: int = APPLICATION_ERROR, reason: str = "") -> None:
+    def abort(self, code: int = CloseCode.APPLICATION_ERROR, reason: str = "") -> None:
         """Reset the connection at once; the peer's reads raise ConnectionReset(code)."""
         self._conn.abort(self._endpoint.now(), code, reason)
         self._endpoint.mark(self._conn)
@@ -290,7 +291,7 @@ class Stream:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is not None and not isinstance(exc, RoamlinkError):
-            self.abort(APPLICATION_ERROR, f"application error: {type(exc).__name__}")
+            self.abort(CloseCode.APPLICATION_ERROR, f"application error: {type(exc).__name__}")
         else:
             self.close()
         await self.wait_closed()
@@ -299,7 +300,7 @@ class Stream:
     @property
     def local_addr(self) -> Address:
         """The local address of the socket the connection currently uses."""
-        return endpoint_for(self._conn.paths.local, self._endpoint).local_addr
+        return endpoint_for(self._conn.paths.socket_id, self._endpoint).local_addr
 
     @property
     def remote_addr(self) -> Address:

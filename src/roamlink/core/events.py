@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import RoamlinkError
 
 Address = tuple[str, int] | tuple[str, int, int, int]
+#: Why a path was validated: the peer's packets came from a new address ("passive": NAT
+#: rebinding, a new network) or the application called ``migrate()`` ("active").
+MigrationReason = Literal["passive", "active"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +31,10 @@ class PathChanged:
 
     old_addr: Address
     new_addr: Address
-    reason: str  # "passive" (peer's address changed) or "active" (migrate())
+    reason: MigrationReason
     validation_time: float
-    old_local: int = 0  # the socket layer's id of the local socket before and after
-    new_local: int = 0
+    old_socket_id: int = 0  # the socket layer's id of the local socket before and after
+    new_socket_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,7 @@ class PathValidationFailed:
 
     addr: Address
     reason: str
-    local: int = 0
+    socket_id: int = 0
 
 
 Event = HandshakeCompleted | ConnectionTerminated | PathChanged | PathValidationFailed

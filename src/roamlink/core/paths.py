@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import Address
+from .events import Address, MigrationReason
 from .ranges import RangeSet
 
 #: Anti-amplification factor for unvalidated addresses.
@@ -44,9 +44,9 @@ PathKey = tuple[int, Address]  # (local socket id, peer address)
 class Candidate:
     """A path being validated."""
 
-    local: int
+    socket_id: int
     addr: Address
-    reason: str  # "passive" or "active"
+    reason: MigrationReason
     started: float
     deadline: float
     next_send: float  # when the next challenge is due (now: at once)
@@ -64,7 +64,7 @@ class Candidate:
 
     @property
     def key(self) -> PathKey:
-        return (self.local, self.addr)
+        return (self.socket_id, self.addr)
 
     def budget(self) -> int:
         """Bytes we may still send to this address (unlimited once it proved itself)."""
@@ -84,12 +84,12 @@ class ValidationResult:
 class PathManager:
     """Owns the path in use and every candidate path's validation."""
 
-    def __init__(self, remote_addr: Address, local: int = 0, *,
+    def __init__(self, remote_addr: Address, socket_id: int = 0, *,
                  random_bytes: Callable[[int], bytes] | None = None,
                  max_candidates: int = 3, validation_timeout: float = 3.0,
                  datagram_size: int = 1200) -> None:
         self.remote_addr: Address = remote_addr
-        self.local = local
+        self.socket_id = socket_id
         self.random_bytes = random_bytes
         self.max_candidates = max_candidates
         self.validation_timeout = validation_timeout
@@ -107,17 +107,17 @@ class PathManager:
         self.abandoned: dict[PathKey, float] = {}
 
     # ------------------------------------------------------------------ inbound
-    def is_current(self, local: int, addr: Address) -> bool:
-        return local == self.local and addr == self.remote_addr
+    def is_current(self, socket_id: int, addr: Address) -> bool:
+        return socket_id == self.socket_id and addr == self.remote_addr
 
-    def on_packet(self, local: int, addr: Address, size: int, pn: int, is_newest: bool,
+    def on_packet(self, socket_id: int, addr: Address, size: int, pn: int, is_newest: bool,
                   now: float, retry_interval: float) -> Candidate | None:
         """Account a packet from a non-current path; start validating it if it is newest.
 
         Only the newest packet can start a migration: a delayed or duplicated packet from a
         former address is processed but never moves the path back.
         """
-        cand = self.candidates.get((local, addr))
+        cand = self.candidates.get((socket_id, addr))
         if cand is not None:
             cand.bytes_received += size
             cand.largest_pn = max(cand.largest_pn, pn)
@@ -126,11 +126,11 @@ class PathManager:
             if len(cand.pns) > _MAX_PENDING_RANGES:
                 cand.pns.drop_oldest(_MAX_PENDING_RANGES)
             return None
-        if not is_newest or self._left_recently((local, addr), now):
+        if not is_newest or self._left_recently((socket_id, addr), now):
             return None
         if len(self.candidates) >= self.max_candidates:
             self._evict_stale(now)
-        cand = self.start(local, addr, now, "passive", retry_interval)
+        cand = self.start(socket_id, addr, now, "passive", retry_interval)
         if cand is not None:
             cand.bytes_received += size
             cand.largest_pn = pn
@@ -155,11 +155,11 @@ class PathManager:
             del self.candidates[victim.key]
             self.candidates_evicted += 1
 
-    def start(self, local: int, addr: Address, now: float, reason: str, retry_interval: float,
-              timeout: float | None = None, *, unlimited_budget: bool = False
-              ) -> Candidate | None:
+    def start(self, socket_id: int, addr: Address, now: float, reason: MigrationReason,
+              retry_interval: float, timeout: float | None = None, *,
+              unlimited_budget: bool = False) -> Candidate | None:
         """Begin validating a path; None when too many candidates are in progress."""
-        key = (local, addr)
+        key = (socket_id, addr)
         if reason == "active":
             self.abandoned.pop(key, None)
         existing = self.candidates.get(key)
@@ -176,7 +176,7 @@ class PathManager:
         if len(self.candidates) >= self.max_candidates:
             self.candidates_refused += 1
             return None
-        cand = Candidate(local, addr, reason, now, now + (timeout or self.validation_timeout),
+        cand = Candidate(socket_id, addr, reason, now, now + (timeout or self.validation_timeout),
                          now, retry_interval)
         if unlimited_budget:
             # we chose this address ourselves (migrate()): it is not an amplification target
@@ -184,16 +184,16 @@ class PathManager:
         self.candidates[key] = cand
         return cand
 
-    def on_challenge(self, local: int, addr: Address, data: bytes) -> None:
+    def on_challenge(self, socket_id: int, addr: Address, data: bytes) -> None:
         """Echo a challenge at once, on the path it came from."""
         if len(self._responses) < _MAX_RESPONSES:
-            self._responses.append((local, addr, data))
+            self._responses.append((socket_id, addr, data))
 
-    def on_response(self, local: int, addr: Address, data: bytes, now: float
+    def on_response(self, socket_id: int, addr: Address, data: bytes, now: float
                     ) -> ValidationResult | None:
         """A PATH_RESPONSE counts only if it echoes an outstanding challenge of the path it
         arrived on."""
-        cand = self.candidates.get((local, addr))
+        cand = self.candidates.get((socket_id, addr))
         if cand is None or data not in cand.challenges:
             return None
         if not cand.challenges[data]:
@@ -222,29 +222,29 @@ class PathManager:
         return False
 
     def switch_to(self, cand: Candidate, now: float | None = None) -> tuple[int, Address]:
-        """Make ``cand`` the path in use; return the old (local, address)."""
-        old = (self.local, self.remote_addr)
+        """Make ``cand`` the path in use; return the old (socket_id, address)."""
+        old = (self.socket_id, self.remote_addr)
         if cand.reason == "active":
             start = cand.started if now is None else now
             self.abandoned.pop(old, None)
             self.abandoned[old] = start + self.validation_timeout
             while len(self.abandoned) > 8:
                 del self.abandoned[next(iter(self.abandoned))]
-        self.local, self.remote_addr = cand.local, cand.addr
+        self.socket_id, self.remote_addr = cand.socket_id, cand.addr
         self.path_changes += 1
         # a candidate on the path we just left is meaningless now
         self.candidates.pop(old, None)
         return old
 
     # ------------------------------------------------------------------ outbound
-    def take_responses(self, local: int) -> list[tuple[Address, bytes]]:
-        out = [(a, d) for (loc, a, d) in self._responses if loc == local]
-        self._responses = [r for r in self._responses if r[0] != local]
+    def take_responses(self, socket_id: int) -> list[tuple[Address, bytes]]:
+        out = [(a, d) for (loc, a, d) in self._responses if loc == socket_id]
+        self._responses = [r for r in self._responses if r[0] != socket_id]
         return out
 
-    def due_challenges(self, local: int, now: float, small_size: int
+    def due_challenges(self, socket_id: int, now: float, small_size: int
                        ) -> list[tuple[Candidate, bytes, int]]:
-        """``(candidate, data, datagram size)`` of the challenges due on socket ``local``.
+        """``(candidate, data, datagram size)`` of the challenges due on socket ``socket_id``.
 
         Each carries fresh random data. A challenge is padded to the full datagram size when
         the anti-amplification budget allows; otherwise it goes out small (``small_size``) to
@@ -252,7 +252,7 @@ class PathManager:
         """
         out = []
         for cand in self.candidates.values():
-            if cand.local != local or now < cand.next_send:
+            if cand.socket_id != socket_id or now < cand.next_send:
                 continue
             budget = cand.budget()
             size = self.datagram_size if budget >= self.datagram_size else small_size
@@ -270,11 +270,11 @@ class PathManager:
             out.append((cand, data, size))
         return out
 
-    def response_size(self, local: int, addr: Address, small_size: int) -> int:
+    def response_size(self, socket_id: int, addr: Address, small_size: int) -> int:
         """How big a PATH_RESPONSE to ``addr`` may be (0: not at all), and charge it."""
-        cand = self.candidates.get((local, addr))
+        cand = self.candidates.get((socket_id, addr))
         if cand is None:
-            if self.is_current(local, addr):
+            if self.is_current(socket_id, addr):
                 return self.datagram_size
             # an address we know nothing about (e.g. a spoofed source whose packet was not
             # the newest, or no candidate slot was free): the challenge that reached us was
@@ -290,15 +290,17 @@ class PathManager:
     def has_work(self) -> bool:
         return bool(self._responses or self.candidates)
 
-    def locals_with_work(self) -> set[int]:
+    def sockets_with_work(self) -> set[int]:
         """Sockets other than the current one that have probes or responses to send."""
-        out = {c.local for c in self.candidates.values()}
+        out = {c.socket_id for c in self.candidates.values()}
         out.update(r[0] for r in self._responses)
-        out.discard(self.local)
+        out.discard(self.socket_id)
         return out
 
     # ------------------------------------------------------------------ timers
     def timer(self) -> float | None:
+        if not self.candidates:
+            return None
         times = [min(c.next_send, c.deadline) for c in self.candidates.values()
                  if c.budget() >= self.datagram_size]
         times += [c.deadline for c in self.candidates.values()]

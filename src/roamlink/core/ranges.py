@@ -46,11 +46,6 @@ class RangeSet:
         i = bisect_right(self._starts, value) - 1
         return i >= 0 and value < self._ends[i]
 
-    def covers(self, start: int, end: int) -> bool:
-        """Whether ``[start, end)`` lies entirely inside one range."""
-        i = bisect_right(self._starts, start) - 1
-        return i >= 0 and end <= self._ends[i]
-
     def shift_until(self, value: int) -> None:
         """Forget everything below ``value``."""
         starts, ends = self._starts, self._ends
@@ -68,9 +63,6 @@ class RangeSet:
 
     def first(self) -> tuple[int, int] | None:
         return (self._starts[0], self._ends[0]) if self._starts else None
-
-    def last(self) -> tuple[int, int] | None:
-        return (self._starts[-1], self._ends[-1]) if self._starts else None
 
     def pop_first(self) -> tuple[int, int]:
         return self._starts.pop(0), self._ends.pop(0)

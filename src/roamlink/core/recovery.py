@@ -11,11 +11,9 @@ resent as such: their frames are handed back to be sent in new packets.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
-from typing import Any
 
 from .rtt import RttEstimator
-from .wire import AckFrame
+from .wire import AckFrame, Frame
 
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
@@ -32,11 +30,10 @@ class SentPacket:
     """What we must know about a packet until it is acknowledged or declared lost."""
 
     __slots__ = ("number", "time_sent", "size", "ack_eliciting", "in_flight", "stream",
-                 "control", "path_id", "largest_acked")
+                 "control", "largest_acked")
 
     def __init__(self, number: int, time_sent: float, size: int, ack_eliciting: bool,
-                 stream: list[tuple[int, int, bool]], control: list[Any],
-                 path_id: int = 0) -> None:
+                 stream: list[tuple[int, int, bool]], control: list[Frame]) -> None:
         self.number = number
         self.time_sent = time_sent
         self.size = size
@@ -44,7 +41,6 @@ class SentPacket:
         self.in_flight = ack_eliciting
         self.stream = stream  # (offset, length, fin) ranges carried
         self.control = control  # frames to send again if this packet is lost
-        self.path_id = path_id
         #: largest packet number of the peer's that the ACK frame in this packet reported
         #: (-1: none); once this packet is acknowledged the peer knows it, so older ranges
         #: need not be reported again
@@ -190,11 +186,16 @@ class Recovery:
             del lost_pns[:len(lost_pns) - _REMEMBER_LOST // 2]
 
     # -- timers -------------------------------------------------------------------------------
-    def pto_interval(self) -> float:
+    def rto(self) -> float:
+        """The retransmission timeout, without backoff: smoothed RTT + 4 x variance + the
+        peer's ACK delay, within ``[min_rto, max_rto]``. Path challenges retry at this pace."""
         rtt = self.rtt
         base = rtt.smoothed + max(4 * rtt.variance, TIMER_GRANULARITY) + self.max_ack_delay
-        base = min(max(base, self.min_rto), self.max_rto)
-        return min(base * (1 << min(self.pto_count, 16)), self.max_rto * 4)
+        return min(max(base, self.min_rto), self.max_rto)
+
+    def pto_interval(self) -> float:
+        """The probe timeout: the RTO doubled per unanswered probe (capped)."""
+        return min(self.rto() * (1 << min(self.pto_count, 16)), self.max_rto * 4)
 
     def timer(self) -> float | None:
         if self.loss_time is not None:
@@ -236,11 +237,6 @@ class Recovery:
         self.bytes_in_flight = 0
         self.loss_time = None
         return lost
-
-    def discard(self, packets: Iterable[SentPacket]) -> None:
-        for pkt in packets:
-            if self.sent.pop(pkt.number, None) is not None and pkt.in_flight:
-                self.bytes_in_flight -= pkt.size
 
 
 def _number(p: SentPacket) -> int:

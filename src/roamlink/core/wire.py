@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Final
 
 # --- packet types (first byte) ---------------------------------------------------------------
@@ -37,17 +38,28 @@ DATA_BLOCKED: Final = 0x17
 NEW_CONNECTION_ID: Final = 0x18
 RETIRE_CONNECTION_ID: Final = 0x19
 
+
+
+class CloseCode(IntEnum):
+    """Error codes carried by CLOSE."""
+
+    NO_ERROR = 0
+    INTERNAL_ERROR = 1
+    FLOW_CONTROL_ERROR = 3
+    PROTOCOL_VIOLATION = 10
+    #: codes from here on are the application's (``abort(code)``)
+    APPLICATION_ERROR = 0x100
+
+
 MAX_ACK_RANGES: Final = 32
 MAX_CID_LENGTH: Final = 20
 MAX_REASON_LENGTH: Final = 512
 
-_SHORT_PREFIX = struct.Struct("!B")
 _PN = struct.Struct("!Q")
 _LONG_FIXED = struct.Struct("!BI")  # type, version
 _U32 = struct.Struct("!I")
 
 SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length
-LONG_HEADER_OVERHEAD: Final = 1 + 4 + 1 + 1 + 8  # + both CID lengths
 
 
 class MalformedPacket(ValueError):
@@ -191,14 +203,23 @@ Frame = (
 )
 
 
+#: varint width -> (struct format character, length marker bits)
+_VARINT_FORMATS = {1: ("B", 0), 2: ("H", 0x4000), 4: ("I", 0x8000_0000),
+                   8: ("Q", 0xC000_0000_0000_0000)}
+#: (offset width, length width) -> (struct, offset marker bits, length marker bits)
+_PUSH_HEADERS = {
+    (o, n): (struct.Struct("!B" + _VARINT_FORMATS[o][0] + _VARINT_FORMATS[n][0]),
+             _VARINT_FORMATS[o][1], _VARINT_FORMATS[n][1])
+    for o in (1, 2, 4, 8) for n in (1, 2, 4, 8)
+}
+
+
 def encode_push_header(offset: int, length: int, fin: bool) -> bytes:
-    return (
-        bytes((PUSH_FIN if fin else PUSH,)) + encode_varint(offset) + encode_varint(length)
-    )
-
-
-def push_header_size(offset: int, length: int) -> int:
-    return 1 + varint_size(offset) + varint_size(length)
+    """The PUSH frame header (type, offset and length varints) in one precompiled struct
+    call: one is built per data packet sent, and three encodes plus two concatenations cost
+    several times as much."""
+    fmt, off_bits, len_bits = _PUSH_HEADERS[varint_size(offset), varint_size(length)]
+    return fmt.pack(PUSH_FIN if fin else PUSH, offset | off_bits, length | len_bits)
 
 
 def encode_ack(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...],
@@ -217,6 +238,10 @@ def encode_ack(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...],
     return b"".join(out)
 
 
+#: The one-byte PING frame, ready to append (probes and ack-of-ack packets carry it).
+ENCODED_PING: Final = bytes((PING,))
+
+
 def encode_frame(frame: Frame) -> bytes:
     """Encode any frame (the hot path builds PUSH and ACK headers directly)."""
     if isinstance(frame, PushFrame):
@@ -224,7 +249,7 @@ def encode_frame(frame: Frame) -> bytes:
     if isinstance(frame, AckFrame):
         return encode_ack(frame.ranges, frame.ack_delay_us)
     if isinstance(frame, PingFrame):
-        return bytes((PING,))
+        return ENCODED_PING
     if isinstance(frame, PaddingFrame):
         return bytes(frame.length)
     if isinstance(frame, PathChallengeFrame):
@@ -407,8 +432,17 @@ def decode_long_header(data: bytes | memoryview) -> LongHeader:
     return LongHeader(packet_type, version, dcid, scid, pn, pos + 8)
 
 
+_SHORT_TYPE = bytes((SHORT,))
+
+
 def encode_short_header(dcid: bytes, packet_number: int) -> bytes:
-    return b"\x40" + dcid + _PN.pack(packet_number)
+    return _SHORT_TYPE + dcid + _PN.pack(packet_number)
+
+
+def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> bytes:
+    """A whole short-header packet: the header and the encoded frames in ``parts``, joined
+    in one copy (the per-packet path)."""
+    return b"".join((_SHORT_TYPE, dcid, _PN.pack(packet_number), *parts))
 
 
 def decode_short_header(data: bytes | memoryview, cid_length: int) -> tuple[bytes, int, int]:

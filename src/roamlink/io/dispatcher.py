@@ -94,7 +94,7 @@ class Dispatcher:
         conn = Connection(config or self.config, is_client=True, local_cid=self.new_cid(),
                           remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
                           early_data=early_data,
-                          local=self.local_id if local is None else local,
+                          socket_id=self.local_id if local is None else local,
                           cid_taken=self.connections.__contains__,
                           cid_source=self.cid_source)
         self._track(conn)
@@ -228,7 +228,7 @@ class Dispatcher:
             return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
-                          random_bytes=self.random_bytes, local=local,
+                          random_bytes=self.random_bytes, socket_id=local,
                           cid_taken=self.connections.__contains__,
                           cid_source=self.cid_source)
         self._track(conn)

@@ -383,10 +383,10 @@ class Endpoint:
     def _serve(self, conn: Connection) -> None:
         """Collect what ``conn`` has to send, each datagram on the socket of its path."""
         now = self.now()
-        primary = _ENDPOINTS.get(conn.paths.local, self)
+        primary = _ENDPOINTS.get(conn.paths.socket_id, self)
         primary._collect(conn, now, primary.local_id)
         if conn.paths.has_work():  # probes on other sockets (path validation)
-            for local in conn.paths.locals_with_work():
+            for local in conn.paths.sockets_with_work():
                 other = _ENDPOINTS.get(local)
                 if other is not None and other is not primary:
                     other._collect(conn, now, local)

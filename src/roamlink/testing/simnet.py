@@ -233,10 +233,10 @@ class SimNetwork:
 
     def _flush_conn(self, node: SimNode, conn: Connection) -> None:
         """Send what ``conn`` has to send, each datagram from the socket of its path."""
-        primary = self._by_local.get(conn.paths.local, node)
+        primary = self._by_local.get(conn.paths.socket_id, node)
         for data, addr in conn.datagrams_to_send(self.now, primary.local_id):
             self.send(primary.addr, addr, data)
-        for local in conn.paths.locals_with_work():
+        for local in conn.paths.sockets_with_work():
             other = self._by_local.get(local)
             if other is not None and other is not primary:
                 for data, addr in conn.datagrams_to_send(self.now, local):

@@ -1,12 +1,17 @@
-"""Congestion control behind a small interface; controllers are chosen by name in Config."""
+"""The interface every congestion controller implements (see the package docstring)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from typing import Literal
 
-from .recovery import SentPacket
-from .rtt import RttEstimator
+from ..recovery import SentPacket
+from ..rtt import RttEstimator
+
+#: What a controller is doing, as ``stats().congestion_state`` reports it. NewReno uses the
+#: first two; Vegas (see :mod:`.vegas`) all but ``congestion_avoidance``.
+Phase = Literal["slow_start", "congestion_avoidance", "ramp_up", "steady", "probe_rtt",
+                "competing", "recovery"]
 
 
 class CongestionController(ABC):
@@ -27,7 +32,7 @@ class CongestionController(ABC):
         self.congestion_events = 0
 
     @property
-    def state(self) -> str:
+    def state(self) -> Phase:
         return "slow_start" if self.cwnd < self.ssthresh else "congestion_avoidance"
 
     def on_packet_sent(self, size: int, now: float,  # noqa: B027 - optional hook
@@ -63,53 +68,3 @@ class CongestionController(ABC):
         """Bytes per second to pace at: a little faster than cwnd per RTT."""
         factor = 2.0 if self.cwnd < self.ssthresh else 1.25
         return factor * self.cwnd / max(rtt.smoothed, 1e-4)
-
-
-class NewReno(CongestionController):
-    """Loss-based NewReno (RFC 9002 section 7): halve on loss, +1 packet per RTT."""
-
-    name = "newreno"
-
-    def __init__(self, max_datagram_size: int, initial_window_packets: int) -> None:
-        super().__init__(max_datagram_size, initial_window_packets)
-        self._recovery_start = -1.0
-        self._acked_in_ca = 0
-
-    def on_packets_acked(self, packets: list[SentPacket], rtt: RttEstimator, now: float,
-                         bytes_in_flight: int) -> None:
-        for pkt in packets:
-            if not pkt.in_flight or pkt.time_sent <= self._recovery_start:
-                continue
-            if self.cwnd < self.ssthresh:
-                self.cwnd += pkt.size
-            else:
-                self._acked_in_ca += pkt.size
-                if self._acked_in_ca >= self.cwnd:
-                    self._acked_in_ca -= self.cwnd
-                    self.cwnd += self.mss
-
-    def on_packets_lost(self, packets: list[SentPacket], rtt: RttEstimator, now: float) -> None:
-        newest = max((p.time_sent for p in packets if p.in_flight), default=None)
-        if newest is None or newest <= self._recovery_start:
-            return  # one reduction per round trip of losses
-        self._recovery_start = now
-        self.congestion_events += 1
-        self.cwnd = max(self.cwnd // 2, self.min_window)
-        self.ssthresh = self.cwnd
-
-
-def _vegas(max_datagram_size: int, initial_window_packets: int) -> CongestionController:
-    from .vegas import Vegas  # vegas imports this module for the base class
-
-    return Vegas(max_datagram_size, initial_window_packets)
-
-
-CONTROLLERS: dict[str, Callable[[int, int], CongestionController]] = {
-    "vegas": _vegas,
-    "newreno": NewReno,
-}
-
-
-def create_controller(name: str, max_datagram_size: int,
-                      initial_window_packets: int) -> CongestionController:
-    return CONTROLLERS[name](max_datagram_size, initial_window_packets)

@@ -32,9 +32,9 @@ a smaller window, as classic Vegas does.
 
 from __future__ import annotations
 
-from .congestion import CongestionController
-from .recovery import SentPacket
-from .rtt import RttEstimator
+from ..recovery import SentPacket
+from ..rtt import RttEstimator
+from .base import CongestionController, Phase
 
 #: Queue targets, in packets: grow below ALPHA, shrink above BETA, aim at the midpoint.
 ALPHA = 3
@@ -101,7 +101,7 @@ class Vegas(CongestionController):
         self._last_round_counts = (0, 0)
         self._recovery_start = -1.0
         self._recent: list[float] = []
-        self._phase = "slow_start"
+        self._phase: Phase = "slow_start"
         self._next_probe = float("inf")
         self._empty_runs = 0  # measurements in a row with an empty queue
         self._shrink_runs = 0  # measurements in a row in which we shrank
@@ -114,7 +114,7 @@ class Vegas(CongestionController):
         self.random_losses = 0  # loss events judged non-congestive
 
     @property
-    def state(self) -> str:
+    def state(self) -> Phase:
         return self._phase
 
     def on_packet_sent(self, size: int, now: float, bytes_in_flight: int = 0) -> None:

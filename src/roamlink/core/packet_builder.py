@@ -1,0 +1,264 @@
+"""Building packets: the one packet-number allocator, and the SYN, SYN-ACK, path-probe,
+data and CLOSE packets.
+
+A data packet is filled in priority order: an owed ACK, MAX_DATA, queued control frames,
+then stream data (retransmissions before new bytes, within the peer's credit). Whatever a
+packet carries is recorded with it (:class:`~.recovery.SentPacket`), so that its loss
+requeues exactly that. The congestion window and the pacer decide whether in-flight packets
+may leave now; an ACK-only packet may always leave.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..config import Config
+from . import wire
+from .ack_state import AckState
+from .buffers import SendBuffer
+from .congestion import CongestionController
+from .events import Address
+from .flow_control import FlowControl
+from .pacing import Pacer
+from .recovery import Recovery, SentPacket
+from .rtt import RttEstimator
+from .stats import Counters
+
+#: A receiver that only acknowledges adds a PING to every this many ACK-only packets.
+ACK_ONLY_PING_EVERY = 16
+
+StreamRanges = list[tuple[int, int, bool]]  # (offset, length, fin) carried by a packet
+
+
+class _HandshakeMark(wire.PingFrame):
+    """Marks a sent packet as carrying SYN/SYN-ACK, so its loss re-arms the handshake."""
+
+
+HANDSHAKE_MARK = _HandshakeMark()
+
+
+class PacketBuilder:
+    """Turns what waits to be sent into packets, and records each one as sent."""
+
+    __slots__ = ("mtu", "send_buf", "recovery", "cc", "rtt", "pacer", "acks", "flow",
+                 "counters", "control", "next_pn", "probe_pending", "pace_at", "last_sent",
+                 "_ack_in_packet", "_ack_only_sent")
+
+    def __init__(self, config: Config, *, send_buf: SendBuffer, recovery: Recovery,
+                 cc: CongestionController, rtt: RttEstimator, pacer: Pacer | None,
+                 acks: AckState, flow: FlowControl, counters: Counters, now: float) -> None:
+        self.mtu = config.max_datagram_size
+        self.send_buf = send_buf
+        self.recovery = recovery
+        self.cc = cc
+        self.rtt = rtt
+        self.pacer = pacer
+        self.acks = acks
+        self.flow = flow
+        self.counters = counters
+        #: control frames waiting to be (re)sent
+        self.control: deque[wire.Frame] = deque()
+        self.next_pn = 0  # the next packet number (never reused, never wraps)
+        self.probe_pending = 0  # ack-eliciting probes owed (probe timeout)
+        self.pace_at: float | None = None  # when the pacer lets the next packet go
+        self.last_sent = now
+        self._ack_in_packet = -1  # largest pn reported by the ACK in the packet being built
+        self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
+
+    # ------------------------------------------------------------------ packet numbers
+    def allocate_pn(self) -> int:
+        """The packet-number allocator: every packet of this connection takes one here."""
+        pn = self.next_pn
+        self.next_pn = pn + 1
+        return pn
+
+    # ------------------------------------------------------------------ data packets
+    def wants_to_send(self) -> bool:
+        """Stream data, control frames or a credit update wait to go."""
+        return bool(self.send_buf.has_data_to_send() or self.control or self.flow.send_max_data)
+
+    def _pacer_allows(self, now: float) -> bool:
+        """Whether the pacer lets an in-flight packet go now; if not, arm its timer."""
+        pacer = self.pacer
+        if pacer is None:
+            return True
+        at = pacer.next_send_time(now)
+        if at is None:
+            return True
+        if self.wants_to_send():
+            self.pace_at = at
+        return False
+
+    def build_data_packets(self, now: float, dcid: bytes, addr: Address,
+                           out: list[tuple[bytes, Address]]) -> None:
+        """Append to ``out`` every data packet that may leave now."""
+        mtu = self.mtu
+        header_size = wire.SHORT_HEADER_OVERHEAD + len(dcid)
+        send_buf = self.send_buf
+        acks = self.acks
+        flow = self.flow
+        control_queue = self.control
+        recovery = self.recovery
+        self.pace_at = None
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.set_rate(self.cc.pacing_rate(self.rtt))
+        while True:
+            parts: list[bytes] = []
+            size = header_size
+            control: list[wire.Frame] = []
+            stream: StreamRanges = []
+            eliciting = retransmission = False
+            probing = self.probe_pending > 0
+            may_fly = probing or (recovery.bytes_in_flight + mtu <= self.cc.cwnd
+                                  and self._pacer_allows(now))
+            # an owed (delayed) ACK also rides on any packet that carries data: it costs a few
+            # bytes, and spares the ACK-only packet (and the peer's wake-up) due later
+            # (only for stream data received: data answering data, as in request/response;
+            # control-only packets keep the delayed-ACK pace the ack-of-ack history relies on)
+            if acks.pending or (acks.deadline is not None and (
+                    now >= acks.deadline
+                    or (acks.data_unacked and may_fly and send_buf.has_data_to_send()))):
+                ack = self._ack(now)
+                parts.append(ack)
+                size += len(ack)
+            if may_fly:
+                if flow.send_max_data:
+                    flow.send_max_data = False
+                    frame: wire.Frame = flow.advertise()
+                    encoded = wire.encode_frame(frame)
+                    parts.append(encoded)
+                    size += len(encoded)
+                    control.append(frame)
+                while control_queue and size + 64 < mtu:
+                    frame = control_queue.popleft()
+                    encoded = wire.encode_frame(frame)
+                    parts.append(encoded)
+                    size += len(encoded)
+                    control.append(frame)
+                # stream data: retransmissions first, then new bytes within the peer's credit
+                while size + 24 < mtu and send_buf.has_data_to_send():
+                    room = mtu - size - 1 - 8 - 4
+                    if send_buf.has_retransmission():
+                        retransmission = True
+                    rng = send_buf.next_range(room, flow.peer_max_data)
+                    if rng is None:
+                        blocked = flow.blocked_frame(bool(send_buf.unsent))
+                        if blocked is not None:
+                            parts.append(wire.encode_frame(blocked))
+                            control.append(blocked)
+                        break
+                    offset, data, fin = rng
+                    length = len(data)
+                    header = wire.encode_push_header(offset, length, fin)
+                    parts.append(header)
+                    parts.append(data)
+                    size += len(header) + length
+                    stream.append((offset, length, fin))
+                eliciting = bool(stream or control)
+                if probing and not eliciting:
+                    parts.append(wire.ENCODED_PING)  # a probe must elicit an ACK
+                    eliciting = True
+                elif not eliciting and parts and self._ack_only_sent >= ACK_ONLY_PING_EVERY:
+                    # a pure receiver's ACKs are never acknowledged, so it would repeat old
+                    # ranges forever: now and then make one elicit an ACK (ack of ack)
+                    parts.append(wire.ENCODED_PING)
+                    eliciting = True
+            if not parts:
+                break
+            if eliciting:
+                self._ack_only_sent = 0
+            else:
+                self._ack_only_sent += 1
+            if retransmission:
+                self.counters.retransmissions += 1
+            pn = self.allocate_pn()
+            datagram = wire.encode_short_packet(dcid, pn, parts)
+            self._on_sent(pn, datagram, now, eliciting, stream, control)
+            out.append((datagram, addr))
+            if pacer is not None and eliciting:
+                pacer.on_sent(len(datagram))
+            if probing and eliciting:
+                self.probe_pending -= 1
+            if not eliciting or not may_fly:
+                break
+
+    def _ack(self, now: float) -> bytes:
+        """The ACK frame owed, remembering which packet of the peer's it reports."""
+        self._ack_in_packet = self.acks.largest
+        return self.acks.encode(now)
+
+    def _on_sent(self, pn: int, datagram: bytes, now: float, eliciting: bool,
+                 stream: StreamRanges, control: list[wire.Frame]) -> None:
+        size = len(datagram)
+        counters = self.counters
+        counters.packets_sent += 1
+        counters.bytes_sent += size
+        self.last_sent = now
+        pkt = SentPacket(pn, now, size, eliciting, stream, control)
+        pkt.largest_acked = self._ack_in_packet
+        self._ack_in_packet = -1
+        recovery = self.recovery
+        if (eliciting and recovery.bytes_in_flight == 0
+                and recovery.last_ack_eliciting_time is not None
+                and now - recovery.last_ack_eliciting_time > recovery.pto_interval()):
+            self.cc.on_idle()  # the window is stale after an idle period: slow start again
+        recovery.on_packet_sent(pkt)
+        if eliciting:
+            self.cc.on_packet_sent(size, now, recovery.bytes_in_flight)
+
+    # ------------------------------------------------------------------ other packets
+    def build_close(self, frame: wire.CloseFrame, now: float, dcid: bytes) -> bytes:
+        return self._build_unacked([wire.encode_frame(frame)], now, dcid)
+
+    def build_ack(self, now: float, dcid: bytes) -> bytes:
+        """An ACK-only packet (while draining, nothing else may go)."""
+        return self._build_unacked([self._ack(now)], now, dcid)
+
+    def _build_unacked(self, parts: list[bytes], now: float, dcid: bytes) -> bytes:
+        pn = self.allocate_pn()
+        datagram = wire.encode_short_packet(dcid, pn, parts)
+        self._on_sent(pn, datagram, now, False, [], [])
+        return datagram
+
+    def build_probe(self, frame: wire.Frame, now: float, dcid: bytes, size: int) -> bytes:
+        """A path probe padded to ``size`` (the full datagram size unless the
+        anti-amplification budget forbids): a path that cannot carry it is not validated."""
+        encoded = wire.encode_frame(frame)
+        header = wire.SHORT_HEADER_OVERHEAD + len(dcid)
+        pn = self.allocate_pn()
+        datagram = wire.encode_short_packet(
+            dcid, pn, [encoded, bytes(max(size - header - len(encoded), 0))])
+        # probes are not in flight: the path manager retries challenges itself
+        self._on_sent(pn, datagram, now, False, [], [])
+        return datagram
+
+    def build_handshake(self, packet_type: int, version: int, dcid: bytes, scid: bytes,
+                        spare_cids: list[tuple[int, bytes]], now: float) -> bytes:
+        """SYN (padded: the server may answer 3x its size) or SYN-ACK (carrying our spare
+        CIDs, so the client can migrate from its first packet on); either carries our credit,
+        an owed ACK and as much stream data as fits (0-RTT)."""
+        pn = self.allocate_pn()
+        header = wire.encode_long_header(packet_type, version, dcid, scid, pn)
+        room = self.mtu - len(header)
+        parts = [wire.encode_frame(self.flow.advertise())]
+        parts.extend(wire.encode_frame(wire.NewConnectionIdFrame(seq, 0, cid))
+                     for seq, cid in spare_cids)
+        stream: StreamRanges = []
+        if self.acks.received:
+            parts.append(self._ack(now))
+        used = sum(len(p) for p in parts)
+        send_buf = self.send_buf
+        if send_buf.has_data_to_send():
+            rng = send_buf.next_range(room - used - 16, self.flow.peer_max_data)
+            if rng is not None:
+                offset, data, fin = rng
+                parts.append(wire.encode_push_header(offset, len(data), fin))
+                parts.append(data)
+                stream.append((offset, len(data), fin))
+        if packet_type == wire.SYN:
+            used = sum(len(p) for p in parts)
+            parts.append(bytes(max(room - used, 0)))
+        datagram = header + b"".join(parts)
+        self._on_sent(pn, datagram, now, True, stream, [HANDSHAKE_MARK])
+        return datagram

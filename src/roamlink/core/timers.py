@@ -1,0 +1,210 @@
+"""Every deadline a connection keeps: one enum names them, one table fires them.
+
+``Connection.get_timer()`` is the earliest deadline in the table and
+``Connection.handle_timer(now)`` fires, in the order below, each timer whose deadline passed.
+The order matters: the first three end the connection, and once one of them fires nothing
+else runs. While closing or draining only ``DRAIN`` is armed.
+
+:func:`connection_timers` writes down, for each timer of a connection, where its deadline
+comes from and what firing it does; like :mod:`.migration`, these functions are the
+connection's own behaviour, kept in the file named for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from functools import partial
+from typing import TYPE_CHECKING
+
+from ..errors import ConnectionClosed, ConnectTimeout, IdleTimeout
+from . import delivery, migration, wire
+from .states import State, Trigger
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class Timer(IntEnum):
+    CONNECT = 0  # the handshake did not complete within Config.connect_timeout: give up
+    IDLE = 1  # nothing heard from the peer for Config.idle_timeout: give up
+    CLOSE = 2  # after close(), the peer's FIN is overdue (Config.close_timeout): abort
+    ACK = 3  # a delayed ACK is due
+    PATH_VALIDATION = 4  # a candidate path's challenge retry or validation deadline
+    LOSS_DETECTION = 5  # loss time or probe timeout (see recovery.py)
+    GAP_PROBE = 6  # the peer went quiet while we expect data: a packet lets it find us
+    KEEPALIVE = 7  # nothing sent for Config.keepalive_interval: PING
+    PACING = 8  # the pacer lets the next packet go (nothing to do but send)
+    DRAIN = 9  # closing or draining is over: the connection is closed
+
+
+#: The order ``handle_timer`` fires timers in while the connection is alive.
+LIVE_TIMERS: tuple[Timer, ...] = (
+    Timer.CONNECT, Timer.IDLE, Timer.CLOSE, Timer.ACK, Timer.PATH_VALIDATION,
+    Timer.LOSS_DETECTION, Timer.GAP_PROBE, Timer.KEEPALIVE, Timer.PACING,
+)
+#: ... and while it is closing or draining.
+ENDING_TIMERS: tuple[Timer, ...] = (Timer.DRAIN,)
+
+#: The deadline of one timer (None: not armed).
+Deadline = Callable[[], float | None]
+#: Fire one timer; True when the connection ended (no further timer runs).
+Handler = Callable[[float], bool]
+
+
+class TimerTable:
+    """Each timer's deadline and handler, indexed by :class:`Timer`."""
+
+    __slots__ = ("_deadlines", "_handlers")
+
+    def __init__(self, entries: Mapping[Timer, tuple[Deadline, Handler]]) -> None:
+        missing = [t.name for t in Timer if t not in entries]
+        if missing:
+            raise ValueError(f"timers without an entry: {', '.join(missing)}")
+        self._deadlines: list[Deadline] = [entries[t][0] for t in Timer]
+        self._handlers: list[Handler] = [entries[t][1] for t in Timer]
+
+    def deadline(self, timer: Timer) -> float | None:
+        return self._deadlines[timer]()
+
+    def earliest(self, timers: tuple[Timer, ...]) -> float | None:
+        """The earliest armed deadline among ``timers``."""
+        deadlines = self._deadlines
+        earliest: float | None = None
+        for timer in timers:
+            at = deadlines[timer]()
+            if at is not None and (earliest is None or at < earliest):
+                earliest = at
+        return earliest
+
+    def fire(self, timers: tuple[Timer, ...], now: float) -> None:
+        """Fire each of ``timers`` (in order) whose deadline passed, until one ends the
+        connection. A deadline is read just before its timer fires: an earlier handler may
+        have moved it (the probe timeout backs off the gap-probe deadline)."""
+        deadlines = self._deadlines
+        handlers = self._handlers
+        for timer in timers:
+            at = deadlines[timer]()
+            if at is not None and now >= at and handlers[timer](now):
+                return
+
+
+# ---------------------------------------------------------------------- a connection's timers
+def connection_timers(conn: Connection) -> TimerTable:
+    """Each timer's deadline (None: not armed) and what firing it does, for ``conn``."""
+    packets, acks = conn.packets, conn.acks
+    return TimerTable({
+        Timer.CONNECT: (partial(_connect_deadline, conn), partial(_connect_timeout, conn)),
+        Timer.IDLE: (partial(_idle_deadline, conn), partial(_idle_timeout, conn)),
+        Timer.CLOSE: (lambda: conn._close_deadline, partial(_close_timeout, conn)),
+        Timer.ACK: (lambda: acks.deadline, partial(_ack_due, conn)),
+        Timer.PATH_VALIDATION: (conn.paths.timer, partial(_expire_paths, conn)),
+        Timer.LOSS_DETECTION: (conn.recovery.timer, partial(_loss_timeout, conn)),
+        Timer.GAP_PROBE: (partial(_gap_probe_deadline, conn), partial(_gap_probe, conn)),
+        Timer.KEEPALIVE: (partial(_keepalive_deadline, conn), partial(_keepalive, conn)),
+        Timer.PACING: (lambda: packets.pace_at, _nothing_to_do),
+        Timer.DRAIN: (lambda: conn._drain_deadline, partial(_drained, conn)),
+    })
+
+
+def _nothing_to_do(now: float) -> bool:
+    return False
+
+
+def _connect_deadline(conn: Connection) -> float | None:
+    if conn.state is not State.HANDSHAKING:
+        return None
+    return conn._created + conn.config.connect_timeout
+
+
+def _connect_timeout(conn: Connection, now: float) -> bool:
+    conn._terminate(ConnectTimeout(
+        f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s"),
+        Trigger.TIMEOUT)
+    return True
+
+
+def _idle_deadline(conn: Connection) -> float | None:
+    idle = conn.config.idle_timeout
+    return conn._last_received + idle if idle else None
+
+
+def _idle_timeout(conn: Connection, now: float) -> bool:
+    conn._terminate(IdleTimeout(
+        f"nothing heard from the peer for {conn.config.idle_timeout} s"), Trigger.TIMEOUT)
+    return True
+
+
+def _close_timeout(conn: Connection, now: float) -> bool:
+    conn._close_deadline = None
+    conn._enter_closing(now, wire.CloseCode.NO_ERROR, "close timeout",
+                        ConnectionClosed("the peer did not close in time"))
+    return True
+
+
+def _ack_due(conn: Connection, now: float) -> bool:
+    conn.acks.pending = True
+    conn.acks.deadline = now  # send at the next opportunity
+    return False
+
+
+def _expire_paths(conn: Connection, now: float) -> bool:
+    migration.expire_paths(conn, now)
+    return False
+
+
+def _loss_timeout(conn: Connection, now: float) -> bool:
+    lost, probe = conn.recovery.on_timeout(now)
+    if lost:
+        delivery.on_lost(conn, lost, now)
+    if probe:
+        conn.packets.probe_pending = 2
+        send_buf = conn.send_buf
+        if conn.state is State.HANDSHAKING:
+            conn.handshake.pending = True
+        elif not send_buf.unsent:
+            # nothing new to probe with: resend the oldest unacknowledged data
+            oldest = conn.recovery.oldest_unacked()
+            if oldest is not None:
+                for offset, length, fin in oldest.stream:
+                    send_buf.on_lost(offset, length, fin)
+    return False
+
+
+def _gap_probe_deadline(conn: Connection) -> float | None:
+    """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a few
+    backed-off probes (8 at most per silence) let it find us after an address change it
+    cannot see."""
+    recv_buf = conn.recv_buf
+    if not conn.is_established or not (recv_buf.segment_count or (
+            recv_buf.fin_offset is None and conn._gap_probes < 8)):
+        return None
+    backoff = 2.0 * (1 << min(conn._gap_probes, 6))
+    return (max(conn._last_received, conn._gap_probe_sent)
+            + backoff * conn.recovery.pto_interval())
+
+
+def _gap_probe(conn: Connection, now: float) -> bool:
+    # the peer was sending (or data is missing) and went quiet: maybe our address changed
+    # and its packets go astray. A packet from us lets it find us again.
+    conn._gap_probe_sent = now
+    conn._gap_probes += 1
+    conn.acks.pending = True
+    return False
+
+
+def _keepalive_deadline(conn: Connection) -> float | None:
+    interval = conn.config.keepalive_interval
+    if not interval or not conn.is_established:
+        return None
+    return conn.packets.last_sent + interval
+
+
+def _keepalive(conn: Connection, now: float) -> bool:
+    conn.packets.control.append(wire.PingFrame())
+    return False
+
+
+def _drained(conn: Connection, now: float) -> bool:
+    conn._set_state(Trigger.DRAIN_DONE)
+    return True
