@@ -148,6 +148,13 @@ def _client_key(path: str | None) -> KeyPair | None:
     return None if path is None else KeyPair.load(path)
 
 
+def check_client_key_options(args: argparse.Namespace) -> None:
+    """Fail at start, not at the first connection, on a bad ``--server-key`` or ``--key``
+    (for commands that connect later, once per incoming connection: ``forward``)."""
+    _pinned_key(getattr(args, "server_key", None))
+    _client_key(getattr(args, "client_key", None))
+
+
 async def open_trusted_stream(addr: tuple[str, int], config: Config, out: Output,
                               args: argparse.Namespace) -> Stream:
     """Connect to ``addr`` and authenticate the server as the module docstring says."""
@@ -155,7 +162,7 @@ async def open_trusted_stream(addr: tuple[str, int], config: Config, out: Output
     client_key = _client_key(getattr(args, "client_key", None))
     if config.insecure_plaintext:
         out.report("insecure", "WARNING: insecure_plaintext is set: this connection is neither "
-                   "encrypted nor authenticated", insecure=True)
+                   "encrypted nor authenticated", urgent=True, insecure=True)
         return await open_stream(addr, config)
     host, port = addr
     if pinned is not None:
@@ -180,14 +187,15 @@ async def open_trusted_stream(addr: tuple[str, int], config: Config, out: Output
             out.report("server_key_learned",
                        f"first contact with {host_entry(host, port)}: its key is "
                        f"{encode_key(learned)}; WARNING: it could not be stored ({exc}), so "
-                       "it is not pinned", server=host_entry(host, port),
+                       "it is not pinned", urgent=True, server=host_entry(host, port),
                        public_key=encode_key(learned), known_hosts=None, error=str(exc))
             return stream
         out.report("server_key_learned",
                    f"first contact with {host_entry(host, port)}: its key "
                    f"{encode_key(learned)} is now stored in {store.path} (line {added.line}); "
                    "compare it with `roamlink pubkey` on the server. From now on only this key "
-                   "is accepted.", server=host_entry(host, port), public_key=encode_key(learned),
+                   "is accepted.", urgent=True, server=host_entry(host, port),
+                   public_key=encode_key(learned),
                    known_hosts=str(store.path))
         return stream
     failure: CliError | None = None
@@ -238,6 +246,7 @@ async def _probe_key(addr: tuple[str, int], config: Config) -> bytes | None:
 __all__ = [
     "add_client_key_options",
     "add_server_key_options",
+    "check_client_key_options",
     "load_server_key",
     "open_server",
     "open_trusted_stream",
