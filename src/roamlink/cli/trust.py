@@ -187,14 +187,14 @@ async def open_trusted_stream(addr: tuple[str, int], config: Config, out: Output
             out.report("server_key_learned",
                        f"first contact with {host_entry(host, port)}: its key is "
                        f"{encode_key(learned)}; WARNING: it could not be stored ({exc}), so "
-                       "it is not pinned", urgent=True, server=host_entry(host, port),
+                       "it is not pinned", server=host_entry(host, port),
                        public_key=encode_key(learned), known_hosts=None, error=str(exc))
             return stream
         out.report("server_key_learned",
                    f"first contact with {host_entry(host, port)}: its key "
                    f"{encode_key(learned)} is now stored in {store.path} (line {added.line}); "
                    "compare it with `roamlink pubkey` on the server. From now on only this key "
-                   "is accepted.", urgent=True, server=host_entry(host, port),
+                   "is accepted.", server=host_entry(host, port),
                    public_key=encode_key(learned),
                    known_hosts=str(store.path))
         return stream
