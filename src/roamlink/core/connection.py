@@ -44,6 +44,7 @@ from .ack_state import MAX_PACKET_NUMBER_JUMP, AckState
 from .buffers import RecvBuffer, SendBuffer
 from .cids import ConnectionIds
 from .congestion import create_controller
+from .delivery_rate import DeliveryRateEstimator
 from .events import (
     Address,
     ConnectionStats,
@@ -129,6 +130,7 @@ class Connection:
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
         self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
+        self.rate_estimator = DeliveryRateEstimator()
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
         self.flow = FlowControl(config.receive_window)
@@ -136,6 +138,7 @@ class Connection:
         self.counters = Counters()
         self.packets = PacketBuilder(config, send_buf=self.send_buf, recovery=self.recovery,
                                      cc=self.cc, rtt=self.rtt, pacer=self.pacer,
+                                     rate_estimator=self.rate_estimator,
                                      acks=self.acks, flow=self.flow, counters=self.counters,
                                      now=now)
 
@@ -312,12 +315,14 @@ class Connection:
         try:
             self._receive(data, addr, now,
                           self.paths.socket_id if socket_id is None else socket_id)
-        except wire.MalformedPacket as exc:
+        # Distinct names per handler: mypyc types an ``except ... as`` variable once per
+        # function, so a shared name would reject the second exception type at run time.
+        except wire.MalformedPacket as malformed:
             self.counters.dropped_packets += 1
-            self.log.debug("dropped malformed packet from %s: %s", addr, exc)
-        except ProtocolViolation as exc:
-            self.log.warning("protocol violation by peer: %s", exc.reason)
-            self._enter_closing(now, exc.code, exc.reason, exc)
+            self.log.debug("dropped malformed packet from %s: %s", addr, malformed)
+        except ProtocolViolation as violation:
+            self.log.warning("protocol violation by peer: %s", violation.reason)
+            self._enter_closing(now, violation.code, violation.reason, violation)
 
     def _receive(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
         first = data[0] if data else -1
