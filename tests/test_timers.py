@@ -43,3 +43,13 @@ def test_connection_timer_is_the_earliest_table_deadline() -> None:
     assert conn.get_timer() == 103.0
     conn.handle_timer(103.0)
     assert conn.is_closed and conn.get_timer() is None
+
+
+def test_every_state_says_which_timers_it_can_arm() -> None:
+    from roamlink.core.states import State
+    from roamlink.core.timers import TIMERS_BY_STATE
+
+    assert set(TIMERS_BY_STATE) == set(State)
+    for timers in TIMERS_BY_STATE.values():  # each in the one firing order
+        order = [t for t in (*LIVE_TIMERS, Timer.DRAIN) if t in timers]
+        assert list(timers) == order

@@ -60,7 +60,7 @@ from .recovery import Recovery
 from .rtt import RttEstimator
 from .states import State, Trigger, next_state
 from .stats import Counters, snapshot
-from .timers import ENDING_TIMERS, LIVE_TIMERS, connection_timers
+from .timers import TIMERS_BY_STATE, connection_timers
 
 logger = logging.getLogger("roamlink.connection")
 
@@ -111,6 +111,7 @@ class Connection:
         self.handshake = Handshake(is_client, config.versions,
                                    version if version is not None else config.versions[0])
         self.state = State.HANDSHAKING
+        self._armable = TIMERS_BY_STATE[self.state]  # the timers this state can arm
         self.paths = PathManager(remote_addr, socket_id, random_bytes=random_bytes,
                                  max_candidates=config.max_candidate_paths,
                                  validation_timeout=config.path_validation_timeout,
@@ -280,23 +281,12 @@ class Connection:
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must be called next (None: no timer armed). Changes after
         every call into the connection; the owner re-reads it each time."""
-        state = self.state
-        if state is _CLOSED:
-            return None
-        if state is _CLOSING or state is _DRAINING:
-            return self.timers.earliest(ENDING_TIMERS)
-        return self.timers.earliest(LIVE_TIMERS)
+        return self.timers.earliest(self._armable)
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before ``now`` (see :mod:`.timers`);
         then the owner calls ``datagrams_to_send`` and drains ``next_event``."""
-        state = self.state
-        if state is _CLOSED:
-            return
-        if state is _CLOSING or state is _DRAINING:
-            self.timers.fire(ENDING_TIMERS, now)
-        else:
-            self.timers.fire(LIVE_TIMERS, now)
+        self.timers.fire(self._armable, now)
 
     # ------------------------------------------------------------------ receiving
     def receive_datagram(self, data: bytes, addr: Address, now: float,
@@ -480,6 +470,7 @@ class Connection:
         if new is not self.state:
             self.log.debug("state %s -> %s (%s)", self.state.value, new.value, trigger.value)
             self.state = new
+            self._armable = TIMERS_BY_STATE[new]
 
     def _terminate(self, err: RoamlinkError | None, trigger: Trigger) -> None:
         self.error = self.error or err

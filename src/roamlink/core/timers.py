@@ -1,9 +1,9 @@
 """Every deadline a connection keeps: one enum names them, one table fires them.
 
-``Connection.get_timer()`` is the earliest deadline in the table and
-``Connection.handle_timer(now)`` fires, in the order below, each timer whose deadline passed.
-The order matters: the first three end the connection, and once one of them fires nothing
-else runs. While closing or draining only ``DRAIN`` is armed.
+``Connection.get_timer()`` is the earliest deadline among the timers its state can arm
+(:data:`TIMERS_BY_STATE`), and ``Connection.handle_timer(now)`` fires, in that order, each
+one whose deadline passed. The order matters: ``CONNECT``, ``IDLE`` and ``CLOSE`` end the
+connection, and once one of them fires nothing else runs.
 
 :func:`connection_timers` writes down, for each timer of a connection, where its deadline
 comes from and what firing it does; like :mod:`.migration`, these functions are the
@@ -43,8 +43,20 @@ LIVE_TIMERS: tuple[Timer, ...] = (
     Timer.CONNECT, Timer.IDLE, Timer.CLOSE, Timer.ACK, Timer.PATH_VALIDATION,
     Timer.LOSS_DETECTION, Timer.GAP_PROBE, Timer.KEEPALIVE, Timer.PACING,
 )
-#: ... and while it is closing or draining.
-ENDING_TIMERS: tuple[Timer, ...] = (Timer.DRAIN,)
+_ESTABLISHED_TIMERS = tuple(t for t in LIVE_TIMERS if t is not Timer.CONNECT)
+#: The timers each state can arm, in firing order (a connection reads its entry on every
+#: state change, so ``get_timer`` asks only these): no connect timer once established; no
+#: path validation (candidates need an established connection), gap probe or keepalive
+#: during the handshake; only ``DRAIN`` while closing or draining; nothing once closed.
+TIMERS_BY_STATE: dict[State, tuple[Timer, ...]] = {
+    State.HANDSHAKING: tuple(t for t in LIVE_TIMERS if t not in (
+        Timer.PATH_VALIDATION, Timer.GAP_PROBE, Timer.KEEPALIVE)),
+    State.ESTABLISHED: _ESTABLISHED_TIMERS,
+    State.VALIDATING_PATH: _ESTABLISHED_TIMERS,
+    State.CLOSING: (Timer.DRAIN,),
+    State.DRAINING: (Timer.DRAIN,),
+    State.CLOSED: (),
+}
 
 #: The deadline of one timer (None: not armed).
 Deadline = Callable[[], float | None]
