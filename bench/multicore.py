@@ -3,16 +3,16 @@
 Two measurements, each alternating the worker counts in the same run (the machine is shared,
 so only same-run ratios mean something):
 
-1. goodput: ``--clients`` client processes each push data over one connection for
-   ``--seconds``; the figure is the sum of what the server received per second. The CPU time
+1. goodput: ``--clients`` client processes each push data over ``--streams`` connections
+   for ``--seconds``; the figure is the sum of what the server received per second. The CPU time
    of the server (supervisor + workers) and of the clients is reported beside it: on a
    machine with few cores the clients compete with the workers for them.
 2. echo: ``--clients`` client processes hold ``--connections`` connections between them and
    run 64-byte request/response exchanges on all of them for ``--seconds``; the figure is
    requests per second, with the spread of connections over the workers.
 
-Usage: python bench/multicore.py [--workers 1,2] [--clients 2] [--seconds 5]
-       [--connections 1000] [--rounds 1] [--quick]
+Usage: python bench/multicore.py [--workers 1,2] [--clients 2] [--streams 4] [--seconds 5]
+       [--connections 1000] [--work 0] [--rounds 1] [--only goodput,echo] [--quick]
 Prints one JSON line per run and a summary line with the ratios.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import resource
@@ -43,10 +44,16 @@ REQUEST = b"x" * 63 + b"\n"
 
 
 # ------------------------------------------------------------------ server process
+#: SHA-256 passes over every received byte: stands for an application's work per byte
+WORK = int(os.environ.get("MULTICORE_WORK", "0"))
+
+
 async def sink(stream: roamlink.Stream) -> None:
     received = 0
     while chunk := await stream.read(1 << 20):
         received += len(chunk)
+        for _ in range(WORK):
+            hashlib.sha256(chunk).digest()
     stream.write(json.dumps({"bytes": received, "worker": worker_index()}).encode() + b"\n")
     stream.write_eof()
     await stream.drain()
@@ -70,18 +77,25 @@ def run_server_role(mode: str, workers: int) -> None:
 
 
 # ------------------------------------------------------------------ client processes
-async def goodput_client(port: int, seconds: float) -> dict[str, Any]:
-    stream = await roamlink.connect("127.0.0.1", port)
+async def goodput_client(port: int, seconds: float, streams: int) -> dict[str, Any]:
+    """Push data on ``streams`` connections at once (several, so that the kernel's hash of
+    their handshakes spreads them over the workers)."""
+    async def push(stream: roamlink.Stream, deadline: float) -> dict[str, Any]:
+        while time.monotonic() < deadline:
+            stream.write(CHUNK)
+            await stream.drain()
+        stream.write_eof()
+        reply: dict[str, Any] = json.loads(await stream.read())
+        await stream.wait_closed()
+        return reply
+
+    opened = await asyncio.gather(*(roamlink.connect("127.0.0.1", port)
+                                    for _ in range(streams)))
     start = time.monotonic()
-    deadline = start + seconds
-    while time.monotonic() < deadline:
-        stream.write(CHUNK)
-        await stream.drain()
-    stream.write_eof()
-    reply = json.loads(await stream.read())
+    replies = await asyncio.gather(*(push(s, start + seconds) for s in opened))
     elapsed = time.monotonic() - start
-    await stream.wait_closed()
-    return {"bytes": reply["bytes"], "seconds": elapsed, "worker": reply["worker"]}
+    return {"bytes": sum(r["bytes"] for r in replies), "seconds": elapsed,
+            "workers": [r["worker"] for r in replies]}
 
 
 async def echo_client(port: int, connections: int, seconds: float) -> dict[str, Any]:
@@ -124,21 +138,24 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, text=True)
+def _spawn(*args: str, work: int = 0) -> subprocess.Popen[str]:
+    env = dict(os.environ, MULTICORE_WORK=str(work))
+    return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def measure(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = _children_cpu()
     server = _spawn("--role", "server", "--mode", "sink" if kind == "goodput" else "echo",
-                    "--workers", str(workers))
+                    "--workers", str(workers), work=args.work)
     assert server.stdout is not None
     info = json.loads(server.stdout.readline())
     port = str(info["port"])
     try:
         if kind == "goodput":
-            clients = [_spawn("--role", "goodput-client", "--port", port,
-                              "--seconds", str(args.seconds)) for _ in range(args.clients)]
+            clients = [_spawn("--role", "goodput-client", "--port", port, "--seconds",
+                              str(args.seconds), "--streams", str(args.streams))
+                       for _ in range(args.clients)]
         else:
             share = args.connections // args.clients
             clients = [_spawn("--role", "echo-client", "--port", port, "--connections",
@@ -154,18 +171,24 @@ def measure(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]
         server.wait(timeout=30)
     cpu2 = _children_cpu()
     row: dict[str, Any] = {"bench": kind, "workers": workers, "kernel_steering": info["steering"],
-                           "clients": args.clients, "client_cpu_s": round(cpu1 - cpu0, 2),
+                           "clients": args.clients, "work": args.work,
+                           "client_cpu_s": round(cpu1 - cpu0, 2),
                            "server_cpu_s": round(cpu2 - cpu1, 2)}
     if kind == "goodput":
         total = sum(r["bytes"] / r["seconds"] for r in results)
+        per_worker = collections.Counter(w for r in results for w in r["workers"])
         row.update(goodput_MB_s=round(total / 1e6, 1),
-                   workers_used=sorted({r["worker"] for r in results}))
+                   MB_per_server_cpu_s=round(sum(r["bytes"] for r in results) / 1e6
+                                             / max(row["server_cpu_s"], 0.01), 1),
+                   streams_per_worker=dict(sorted(per_worker.items())))
     else:
         rate = sum(r["requests"] / r["seconds"] for r in results)
         spread: collections.Counter[str] = collections.Counter()
         for r in results:
             spread.update(r["spread"])
+        requests = sum(r["requests"] for r in results)
         row.update(connections=args.connections, requests_per_s=round(rate),
+                   requests_per_server_cpu_s=round(requests / max(row["server_cpu_s"], 0.01)),
                    open_seconds=round(max(r["open_seconds"] for r in results), 2),
                    spread=dict(sorted(spread.items())))
     print(json.dumps(row), flush=True)
@@ -179,8 +202,13 @@ def main() -> None:
     parser.add_argument("--mode", default="sink")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=4,
+                        help="connections per goodput client")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--work", type=int, default=0,
+                        help="goodput: SHA-256 passes the server makes over every byte (an "
+                             "application's work, which is what more workers spread)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--port", type=int)
     parser.add_argument("--only", default="goodput,echo")
@@ -190,7 +218,7 @@ def main() -> None:
         run_server_role(args.mode, int(args.workers))
         return
     if args.role == "goodput-client":
-        print(json.dumps(asyncio.run(goodput_client(args.port, args.seconds))))
+        print(json.dumps(asyncio.run(goodput_client(args.port, args.seconds, args.streams))))
         return
     if args.role == "echo-client":
         print(json.dumps(asyncio.run(echo_client(args.port, args.connections, args.seconds))))

@@ -2,7 +2,7 @@
 
 The filter is classic BPF handed to the kernel; these tests evaluate the very same program in
 Python and check that it names, for every worker, the worker the CID generator put in the
-CID, and hands everything else (long headers, short datagrams) to the kernel's hash.
+CID, steers handshakes by the client's CID, and hands junk to the kernel's hash.
 """
 
 from __future__ import annotations
@@ -79,19 +79,52 @@ def test_worker_byte_stays_random_beyond_the_worker() -> None:
     assert len(values) > 55  # most of the 64 possible values appear: entropy kept
 
 
+def _syn(client_cid: bytes, dcid: bytes = b"", first: int = wire.SYN) -> bytes:
+    return (bytes([first]) + (1).to_bytes(4, "big") + bytes([len(dcid)]) + dcid
+            + bytes([len(client_cid)]) + client_cid + bytes(1200))
+
+
 @pytest.mark.parametrize("layout", [CidLayout(workers=4), CidLayout(server_id=1, workers=4)],
                          ids=repr)
-def test_long_headers_and_short_datagrams_go_to_the_kernel_hash(layout: CidLayout) -> None:
+def test_handshakes_go_by_the_client_cid_and_junk_to_the_kernel_hash(layout: CidLayout
+                                                                     ) -> None:
     prog = reuseport_program(layout)
+    for first in (wire.SYN, 0xC1, 0xC5, 0x80):  # version 1 and RFC 8999 long headers
+        for last in range(8):
+            cid = os.urandom(7) + bytes([last])
+            assert run_program(prog, _syn(cid, first=first)) == last % 4
+            assert run_program(prog, _syn(cid, b"\xaa" * 20, first)) == last % 4
+    assert run_program(prog, _syn(b"")) == KERNEL_HASH  # no client CID
+    syn = _syn(bytes(range(1, 9)))
+    assert run_program(prog, syn[:14]) == KERNEL_HASH  # truncated inside the client CID
+    assert run_program(prog, syn[:15]) == 8 % 4
     cid = layout.generate(2)
-    for first in (wire.SYN, wire.SYN_ACK, wire.VERSION_NEGOTIATION, 0x80, 0xC3, 0x00):
-        assert run_program(prog, bytes([first]) + cid + bytes(40)) == KERNEL_HASH
     packet = _short(cid)
-    for n in range(layout.datagram_offset + 1):
+    for n in range(min(7, layout.datagram_offset + 1)):
         assert run_program(prog, packet[:n]) == KERNEL_HASH
-    assert run_program(prog, packet[:layout.datagram_offset + 1]) == 2
-    assert select_socket(prog, bytes([wire.SYN]) + bytes(60), 4, kernel_hash=13) == 1
+    assert run_program(prog, packet[:max(7, layout.datagram_offset + 1)]) == 2
+    assert select_socket(prog, bytes(60), 4, kernel_hash=13) == 1  # dcid length 0, scid 0
     assert select_socket(prog, packet, 4, kernel_hash=13) == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_program_and_python_rule_agree_on_any_datagram(seed: int) -> None:
+    """Random bytes, random lengths, random length fields: the kernel program and the
+    hand-over rule (``datagram_worker``) decide alike, and no load runs out of bounds."""
+    rng = random.Random(seed)
+    for workers in (1, 2, 3, 4, 8):
+        layout = CidLayout(workers=workers, server_id=None if seed % 2 else 5)
+        prog = reuseport_program(layout)
+        for _ in range(1500):
+            size = rng.choice([rng.randrange(0, 40), rng.randrange(0, 1300)])
+            data = bytearray(rng.randbytes(size))
+            if size > 6 and rng.random() < 0.5:
+                data[5] = rng.randrange(0, 24)  # plausible dcid lengths
+            if size > 0 and rng.random() < 0.3:
+                data[0] = rng.choice([0x40, 0x41, 0x01, 0xC1])
+            expected = layout.datagram_worker(bytes(data))
+            got = run_program(prog, bytes(data))
+            assert got == (KERNEL_HASH if expected is None else expected), (data.hex(), got)
 
 
 def test_config_server_id_is_validated() -> None:
@@ -166,8 +199,10 @@ def test_foreign_cid_is_offered_before_it_is_dropped() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_ATTACH_REUSEPORT_CBPF")
 def test_kernel_runs_the_filter_and_hashes_handshakes_evenly() -> None:
     """Real sockets: 4 sockets in a SO_REUSEPORT group with the filter. Short headers reach
-    the socket their CID names; 1,000 SYNs from 1,000 source ports (1,000 connections'
-    handshakes) spread over the 4 within +-20% of an even share."""
+    the socket their CID names; 1,000 SYNs (1,000 connections' handshakes, random client
+    CIDs, each from its own port) spread over the 4 within +-20% of an even share; one SYN
+    sent again from 20 other ports (a retransmission after a rebinding, or a replay) reaches
+    the same socket every time."""
     layout = CidLayout(workers=4)
     group: list[socket.socket] = []
     try:
@@ -183,11 +218,12 @@ def test_kernel_runs_the_filter_and_hashes_handshakes_evenly() -> None:
             pytest.skip(f"filter refused here: {exc}")
         target = group[0].getsockname()
         landed: Counter[int] = Counter()
+        client_cids = random.Random(1000)
         steered_ok = 0
         for i in range(1000):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
                 client.bind(("127.0.0.1", 0))
-                syn = bytes([wire.SYN]) + os.urandom(60)
+                syn = _syn(client_cids.randbytes(8))  # (seeded: the spread is exact)
                 client.sendto(syn, target)
                 worker = i % 4
                 if i < 200:
@@ -204,6 +240,17 @@ def test_kernel_runs_the_filter_and_hashes_handshakes_evenly() -> None:
         assert steered_ok == 200
         assert sum(landed.values()) == 1000
         assert all(200 <= landed[w] <= 300 for w in range(4)), landed
+        syn = _syn(os.urandom(8))
+        owners = set()
+        for _ in range(20):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.bind(("127.0.0.1", 0))
+                client.sendto(syn, target)
+                ready, _, _ = select.select(group, [], [], 2.0)
+                assert ready
+                ready[0].recv(2048)
+                owners.add(group.index(ready[0]))
+        assert owners == {syn[-1201] % 4}
     finally:
         for sock in group:
             sock.close()

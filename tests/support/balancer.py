@@ -6,8 +6,8 @@
                                                                          +-- server B ns
 
 The balancer's nftables rule set is :func:`balancer_ruleset`, the one docs/scaling.md shows:
-short headers are DNATed to the server named in the CID's server-id byte, long headers
-(handshakes) to one chosen by a hash of the client's address. Everything lives inside
+short headers are DNATed to the server named in the CID's server-id byte, SYNs by a byte of
+the client's CID, anything else by a hash of the client's address. Everything lives inside
 namespaces this module creates (10.200.0.0/16 exists only there); see ``netns.py``.
 """
 
@@ -24,23 +24,36 @@ SERVER_ID_PAYLOAD_BYTE = 2
 
 
 def balancer_ruleset(vip: str, port: int, servers: list[str]) -> str:
-    """nftables rules: CID-routed short headers, hash-spread long headers.
+    """nftables rules: CID-routed short headers and SYNs, anything else spread by a hash.
 
     ``@th,64,8`` is the first UDP payload byte (after the 8-byte UDP header): a short header
-    has the bits 0xC0 equal to 0x40. ``@th,80,8`` is payload byte 2, the server id.
-    DNAT is stateful: it decides on a flow's first packet, so after a NAT rebinding the new
-    flow's first packet (a short header) is routed by its CID.
+    has the bits 0xC0 equal to 0x40, and ``@th,80,8`` (payload byte 2) is its server id. A
+    client's SYN has an empty destination CID (payload byte 5, ``@th,104,8``, is 0), so the
+    client's CID starts at payload byte 7 (``@th,120,8``): routing SYNs by that random byte
+    sends every copy of a SYN (a retransmission after a NAT rebinding, a replay) to one
+    server. DNAT is stateful: it decides on a flow's first packet, so after a NAT rebinding
+    the new flow's first packet (a short header) is routed by its CID.
     """
-    targets = ", ".join(f"{i} : {ip}" for i, ip in enumerate(servers))
-    offset_bits = (8 + SERVER_ID_PAYLOAD_BYTE) * 8
+    by_id = ", ".join(f"{i} : {ip}" for i, ip in enumerate(servers))
+    n = len(servers)
+    if n & (n - 1) == 0:  # a power of two: the low bits of the byte pick the server
+        syn_key = f"@th,120,8 & {n - 1}"
+        by_byte = by_id
+    else:  # any other count: a map of all 256 values (byte mod n)
+        syn_key = "@th,120,8"
+        by_byte = ", ".join(f"{b} : {servers[b % n]}" for b in range(256))
+    sid_bits = (8 + SERVER_ID_PAYLOAD_BYTE) * 8
+    match = f"ip daddr {vip} udp dport {port}"
     return f"""
 table ip roamlink_lb {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
-        ip daddr {vip} udp dport {port} @th,64,8 & 0xc0 == 0x40 counter \\
-            dnat to @th,{offset_bits},8 map {{ {targets} }}
-        ip daddr {vip} udp dport {port} counter \\
-            dnat to jhash ip saddr . udp sport mod {len(servers)} map {{ {targets} }}
+        {match} @th,64,8 & 0xc0 == 0x40 counter \\
+            dnat to @th,{sid_bits},8 map {{ {by_id} }}
+        {match} @th,64,8 & 0xc0 != 0x40 @th,104,8 == 0 counter \\
+            dnat to {syn_key} map {{ {by_byte} }}
+        {match} counter \\
+            dnat to jhash ip saddr . udp sport mod {len(servers)} map {{ {by_id} }}
     }}
 }}
 """
@@ -99,11 +112,12 @@ class BalancedTopology(NatTopology):
             counts.append((int(rows[0][0]), int(rows[0][1])) if rows else (0, 0))
         return counts
 
-    def rule_hits(self) -> tuple[int, int]:
-        """New flows DNATed (by CID, by hash): DNAT rules see only a flow's first packet."""
+    def rule_hits(self) -> tuple[int, int, int]:
+        """New flows DNATed by (server id, client CID of a SYN, hash): DNAT rules see only a
+        flow's first packet."""
         hits = [int(line.split("counter packets ")[1].split()[0])
                 for line in self.ruleset().splitlines() if "counter packets" in line]
-        return hits[0], hits[1]
+        return hits[0], hits[1], hits[2]
 
     def ruleset(self) -> str:
         return self.sh(self.balancer_ns, "nft", "list", "ruleset").stdout

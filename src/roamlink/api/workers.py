@@ -6,12 +6,14 @@ classic-BPF program to the group once (:mod:`roamlink.io.steering`), and forks N
 running its own event loop on its inherited socket. Every CID a worker issues names that
 worker, and the program makes the kernel deliver each short-header packet to the socket the
 CID names -- also after the client's NAT re-mapped it, which the kernel's usual 4-tuple hash
-would not survive. Handshakes (long headers) have no CID of ours yet; the kernel hashes them.
+would not survive. Handshakes (long headers) have no CID of ours yet: they are steered by the
+client's CID, so every copy of a SYN (retransmitted or replayed, from any address) reaches
+one worker.
 
 Correctness never depends on the filter: where it cannot be attached (not Linux, a seccomp
-profile, ``kernel_steering=False``), a worker that reads a packet for another worker's CID
-hands it over through that worker's inbox, a Unix datagram socket pair the supervisor made
-before forking. Hand-overs are counted (:func:`worker_stats`).
+profile, ``kernel_steering=False``), a worker that reads a packet another worker owns (by the
+same rule) hands it over through that worker's inbox, a Unix datagram socket pair the
+supervisor made before forking. Hand-overs are counted (:func:`worker_stats`).
 
 The supervisor holds every socket and inbox open for the server's whole life, so a worker that
 dies is restarted into the same slot (same group index, same inbox) and the packets queued for
@@ -87,8 +89,8 @@ class ServerInfo:
 class WorkerStats:
     """Counters of one worker process (see :func:`worker_stats`)."""
 
-    handed_out: int = 0  # datagrams read here for another worker's CID, passed on
-    handed_in: int = 0  # datagrams another worker read for one of our CIDs
+    handed_out: int = 0  # datagrams read here that another worker owns, passed on
+    handed_in: int = 0  # datagrams another worker read for us
     handover_dropped: int = 0  # a full inbox refused a hand-over (loss recovery resends)
 
 
@@ -155,6 +157,9 @@ def run_server(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
     if count > 1 and not hasattr(os, "fork"):
         raise ValueError("several workers need os.fork (use workers=1 on this platform)")
     CidLayout.from_config(config, count)  # reject a layout that cannot carry the worker
+    if key is not None:  # (this build has no packet protection yet: say so, never pretend)
+        logger.warning("a server key was given, but this version does not encrypt: "
+                       "connections are in plain text")
     socks = _bind_group(host, port, count)
     try:
         steered = False
@@ -444,7 +449,7 @@ async def _run_handler(handler: Handler, stream: Stream) -> None:
 
 
 class _HandOver:
-    """Passes a datagram for another worker's CID into that worker's inbox."""
+    """Passes a datagram that another worker owns into that worker's inbox."""
 
     def __init__(self, layout: CidLayout, worker: _Worker,
                  outboxes: list[socket.socket]) -> None:
@@ -456,7 +461,7 @@ class _HandOver:
     def offer(self, data: bytes, addr: Address) -> bool:
         owner = self.layout.datagram_worker(data)
         if owner is None or owner == self.me:
-            return False  # ours (an ended connection) or not a short header: drop it
+            return False  # ours (a new SYN, or a connection that ended), or unparseable
         try:
             self.outboxes[owner].send(encode_handover(data, addr))
         except OSError as exc:

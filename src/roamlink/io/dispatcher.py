@@ -66,8 +66,9 @@ class Dispatcher:
         self.cid_source: Callable[[int], bytes] = random_bytes
         if config.server_id is not None:  # a load balancer routes by our server id
             self.cid_source = CidLayout.from_config(config).generator(0, random_bytes)
-        #: offered each short-header datagram whose CID is not ours, before it is dropped:
-        #: a worker hands it to the worker its CID names and returns True (roamlink.server)
+        #: offered each datagram that no connection here takes, before it is dropped or opens
+        #: a connection (a short header with a CID not ours, a new SYN): a server worker hands
+        #: it to the worker that owns it and returns True (see roamlink.api.workers)
         self.foreign_cid: Callable[[bytes, Address], bool] | None = None
         self.connections: dict[bytes, Connection] = {}  # main map: CID -> connection
         self.addr_map: dict[tuple[Address, bytes], bytes] = {}  # (addr, peer CID) -> our CID
@@ -209,6 +210,9 @@ class Dispatcher:
             conn = self.connections.get(existing)
             if conn is not None:
                 return conn
+        if self.foreign_cid is not None and self.foreign_cid(data, addr):
+            self.stats.handed_over += 1  # another worker's handshake (by the client's CID)
+            return None
         if key in self._ended:
             self.stats.dropped_late_handshake += 1
             return None

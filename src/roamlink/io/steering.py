@@ -119,51 +119,108 @@ class CidLayout:
         return int.from_bytes(cid[1:self.worker_offset], "big")
 
     def datagram_worker(self, data: bytes) -> int | None:
-        """The worker a short-header datagram is for; None for anything else.
+        """The worker that owns a datagram, by the filter's rule; None if it names none.
 
-        The same decision as the filter's, so hand-over and kernel agree.
+        Short header: the worker byte of its CID. Long header: the last byte of the client's
+        CID (see :func:`reuseport_program`). The same decision as the filter's, so hand-over
+        and kernel agree.
         """
-        off = self.datagram_offset
-        if len(data) <= off or data[0] & HEADER_FORM_MASK != SHORT_HEADER_FORM:
+        if len(data) < 7:
             return None
-        return data[off] % self.workers
+        if data[0] & HEADER_FORM_MASK == SHORT_HEADER_FORM:
+            off = self.datagram_offset
+            return data[off] % self.workers if len(data) > off else None
+        last = 6 + data[5]  # the scid length byte
+        if last >= len(data) or data[last] == 0:
+            return None
+        last += data[last]
+        return data[last] % self.workers if last < len(data) else None
 
 
 # --- classic BPF ------------------------------------------------------------------------------
 # Opcode parts from linux/filter.h (class | size | mode, or class | op | source).
-BPF_LD, BPF_LDX, BPF_ALU, BPF_JMP, BPF_RET = 0x00, 0x01, 0x04, 0x05, 0x06
+BPF_LD, BPF_LDX, BPF_ST, BPF_ALU, BPF_JMP, BPF_RET, BPF_MISC = 0x00, 0x01, 0x02, 0x04, 0x05, \
+    0x06, 0x07
 BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
-BPF_IMM, BPF_ABS, BPF_LEN = 0x00, 0x20, 0x80
-BPF_AND, BPF_MOD = 0x50, 0x90
-BPF_JA, BPF_JEQ, BPF_JGE = 0x00, 0x10, 0x30
-BPF_K, BPF_A = 0x00, 0x10
+BPF_IMM, BPF_ABS, BPF_IND, BPF_MEM, BPF_LEN = 0x00, 0x20, 0x40, 0x60, 0x80
+BPF_ADD, BPF_SUB, BPF_AND, BPF_MOD = 0x00, 0x10, 0x50, 0x90
+BPF_JA, BPF_JEQ, BPF_JGT, BPF_JGE = 0x00, 0x10, 0x20, 0x30
+BPF_K, BPF_X, BPF_A = 0x00, 0x08, 0x10
+BPF_TAX, BPF_TXA = 0x00, 0x80
 
 #: One instruction: (code, jump-if-true, jump-if-false, constant).
 Instruction = tuple[int, int, int, int]
+#: While assembling: jump targets as label names, resolved by :func:`_assemble`.
+_Line = tuple[int, "str | int", "str | int", int]
+
+
+def _assemble(lines: list[tuple[str, _Line] | _Line]) -> list[Instruction]:
+    """Resolve ``(label, instruction)`` entries and jump targets given as label names."""
+    labels: dict[str, int] = {}
+    plain: list[_Line] = []
+    for entry in lines:
+        if isinstance(entry[0], str):
+            labels[entry[0]] = len(plain)
+            plain.append(entry[1])
+        else:
+            plain.append(entry)
+    out: list[Instruction] = []
+    for pc, (code, jt, jf, k) in enumerate(plain):
+        def rel(target: str | int, pc: int = pc) -> int:
+            return labels[target] - pc - 1 if isinstance(target, str) else target
+        out.append((code, rel(jt), rel(jf), k))
+    return out
 
 
 def reuseport_program(layout: CidLayout) -> list[Instruction]:
-    """The filter: short header -> worker byte modulo N; anything else -> the kernel's hash.
+    """The filter: every datagram to the worker that owns it, or to the kernel's hash.
 
     For ``SO_ATTACH_REUSEPORT_CBPF`` on a UDP socket the program sees the UDP payload from
-    offset 0, and its return value indexes the group's sockets in the order they were bound;
-    an index past the group makes the kernel fall back to its hash.
+    offset 0, and its return value indexes the group's sockets in bind order; an index past
+    the group makes the kernel fall back to its 4-tuple hash.
+
+    * Short header (``byte0 & 0xC0 == 0x40``): the worker byte of the destination CID.
+    * Long header (a handshake: no CID of ours yet): the last byte of the *client's* CID (the
+      source CID, random) modulo N. Steering a handshake by its content rather than by its
+      address keeps a retransmitted or replayed SYN on one worker even from another address,
+      so that worker's handshake state and replay cache see every copy.
+    * Too short, or fields that run past the datagram: the kernel's hash. (Every load is
+      bounds-checked first: an out-of-bounds load would end the program with 0, which
+      here would mean "socket 0".)
     """
     off = layout.datagram_offset
-    hash_at = 8
-    prog: list[Instruction] = [
-        (BPF_LD | BPF_W | BPF_LEN, 0, 0, 0),            # 0: A = payload length
-        (BPF_JMP | BPF_JGE | BPF_K, 0, hash_at - 2, off + 1),  # 1: too short -> hash
-        (BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),            # 2: A = first byte
-        (BPF_ALU | BPF_AND | BPF_K, 0, 0, HEADER_FORM_MASK),  # 3: header form bits
-        (BPF_JMP | BPF_JEQ | BPF_K, 0, hash_at - 5, SHORT_HEADER_FORM),  # 4: long -> hash
-        (BPF_LD | BPF_B | BPF_ABS, 0, 0, off),          # 5: A = worker byte
-        (BPF_ALU | BPF_MOD | BPF_K, 0, 0, layout.workers),  # 6: A %= workers
-        (BPF_RET | BPF_A, 0, 0, 0),                     # 7: that socket
-        (BPF_RET | BPF_K, 0, 0, KERNEL_HASH),           # 8: the kernel's 4-tuple hash
-    ]
-    assert len(prog) == hash_at + 1
-    return prog
+    n = layout.workers
+    return _assemble([
+        (BPF_LD | BPF_W | BPF_LEN, 0, 0, 0),               # A = payload length
+        (BPF_JMP | BPF_JGE | BPF_K, 0, "hash", 7),          # shorter than any header -> hash
+        (BPF_ST, 0, 0, 0),                                  # M[0] = length
+        (BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),               # A = first byte
+        (BPF_ALU | BPF_AND | BPF_K, 0, 0, HEADER_FORM_MASK),
+        (BPF_JMP | BPF_JEQ | BPF_K, 0, "long", SHORT_HEADER_FORM),
+        # short header: the worker byte of the destination CID
+        (BPF_LD | BPF_MEM, 0, 0, 0),                        # A = length
+        (BPF_JMP | BPF_JGT | BPF_K, 0, "hash", off),        # the worker byte is there?
+        (BPF_LD | BPF_B | BPF_ABS, 0, 0, off),
+        (BPF_ALU | BPF_MOD | BPF_K, 0, 0, n),
+        (BPF_RET | BPF_A, 0, 0, 0),
+        # long header: type 1, version 4, dcid length 1 (byte 5), dcid, scid length 1, scid
+        ("long", (BPF_LD | BPF_B | BPF_ABS, 0, 0, 5)),      # A = dcid length d
+        (BPF_MISC | BPF_TAX, 0, 0, 0),                      # X = d
+        (BPF_LD | BPF_MEM, 0, 0, 0),
+        (BPF_ALU | BPF_SUB | BPF_K, 0, 0, 7),               # A = length - 7 (length >= 7)
+        (BPF_ST, 0, 0, 1),                                  # M[1] = length - 7
+        (BPF_JMP | BPF_JGE | BPF_X, 0, "hash", 0),          # scid length byte (6 + d) there?
+        (BPF_LD | BPF_B | BPF_IND, 0, 0, 6),                # A = scid length s
+        (BPF_JMP | BPF_JEQ | BPF_K, "hash", 0, 0),          # no client CID -> hash
+        (BPF_ALU | BPF_ADD | BPF_X, 0, 0, 0),               # A = d + s
+        (BPF_MISC | BPF_TAX, 0, 0, 0),                      # X = d + s
+        (BPF_LD | BPF_MEM, 0, 0, 1),                        # A = length - 7
+        (BPF_JMP | BPF_JGE | BPF_X, 0, "hash", 0),          # last scid byte (6 + d + s) there?
+        (BPF_LD | BPF_B | BPF_IND, 0, 0, 6),                # A = last byte of the client's CID
+        (BPF_ALU | BPF_MOD | BPF_K, 0, 0, n),
+        (BPF_RET | BPF_A, 0, 0, 0),
+        ("hash", (BPF_RET | BPF_K, 0, 0, KERNEL_HASH)),     # the kernel's 4-tuple hash
+    ])
 
 
 def encode_program(prog: Sequence[Instruction]) -> bytes:
@@ -174,12 +231,14 @@ def encode_program(prog: Sequence[Instruction]) -> bytes:
 def run_program(prog: Sequence[Instruction], payload: bytes) -> int:
     """Evaluate a classic-BPF program over ``payload`` as the kernel would.
 
-    Covers the instructions :func:`reuseport_program` may use (and a few neighbours). A load
+    Covers the instructions :func:`reuseport_program` uses (and a few neighbours). A load
     past the end of the packet ends the program with 0, as in the kernel.
     """
     a = x = 0
+    mem = [0] * 16
     pc = 0
     n = len(payload)
+    mask = 0xFFFF_FFFF
     while True:
         if pc >= len(prog):
             raise ValueError("program runs off its end")
@@ -192,20 +251,29 @@ def run_program(prog: Sequence[Instruction], payload: bytes) -> int:
                 value = n
             elif mode == BPF_IMM:
                 value = k
-            elif mode == BPF_ABS:
+            elif mode == BPF_MEM:
+                value = mem[k]
+            elif mode in (BPF_ABS, BPF_IND) and cls == BPF_LD:
                 width = {BPF_W: 4, BPF_H: 2, BPF_B: 1}[size]
-                if k + width > n:
+                at = k + (x if mode == BPF_IND else 0)
+                if at + width > n:
                     return 0
-                value = int.from_bytes(payload[k:k + width], "big")
+                value = int.from_bytes(payload[at:at + width], "big")
             else:
                 raise ValueError(f"unsupported load 0x{code:02x}")
             if cls == BPF_LD:
                 a = value
             else:
                 x = value
+        elif cls == BPF_ST:
+            mem[k] = a
         elif cls == BPF_ALU:
-            op, operand = code & 0xF0, (x if code & 0x08 else k)
-            if op == BPF_AND:
+            op, operand = code & 0xF0, (x if code & BPF_X else k)
+            if op == BPF_ADD:
+                a += operand
+            elif op == BPF_SUB:
+                a -= operand
+            elif op == BPF_AND:
                 a &= operand
             elif op == BPF_MOD:
                 if operand == 0:
@@ -213,14 +281,16 @@ def run_program(prog: Sequence[Instruction], payload: bytes) -> int:
                 a %= operand
             else:
                 raise ValueError(f"unsupported ALU op 0x{code:02x}")
-            a &= 0xFFFF_FFFF
+            a &= mask
         elif cls == BPF_JMP:
-            op, operand = code & 0xF0, (x if code & 0x08 else k)
+            op, operand = code & 0xF0, (x if code & BPF_X else k)
             if op == BPF_JA:
                 pc += k
                 continue
             if op == BPF_JEQ:
                 taken = a == operand
+            elif op == BPF_JGT:
+                taken = a > operand
             elif op == BPF_JGE:
                 taken = a >= operand
             else:
@@ -228,6 +298,11 @@ def run_program(prog: Sequence[Instruction], payload: bytes) -> int:
             pc += jt if taken else jf
         elif cls == BPF_RET:
             return a if code & 0x18 == BPF_A else k
+        elif cls == BPF_MISC:
+            if code & 0xF8 == BPF_TXA:
+                a = x
+            else:
+                x = a
         else:
             raise ValueError(f"unsupported instruction 0x{code:02x}")
 
