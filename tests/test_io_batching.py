@@ -20,10 +20,14 @@ import pytest
 import roamlink
 from roamlink import Config
 from roamlink.core.events import Address
-from roamlink.io import endpoint as endpoint_mod
-from roamlink.io.endpoint import SOL_UDP, UDP_GRO, UDP_SEGMENT, Endpoint, offload_allowed
+from roamlink.io import udp_socket as udp_mod
+from roamlink.io.clock import LoopScheduler
+from roamlink.io.endpoint import Endpoint
+from roamlink.io.timer_heap import TimerHeap
+from roamlink.io.udp_socket import SOL_UDP, UDP_GRO, UDP_SEGMENT, UdpSocket, offload_allowed
+from roamlink.testing.clock import VirtualClock
 
-from .conftest import run
+from .conftest import run, virtual_pair
 
 LINUX = sys.platform.startswith("linux")
 
@@ -183,11 +187,11 @@ class FakeSocket:
         self.real.close()
 
 
-def _fake_endpoint(sock: FakeSocket, *, gso: bool = True, gro: bool = False) -> Endpoint:
-    ep = Endpoint(Config(), accept_new=True)
-    ep.sock = sock  # type: ignore[assignment]
-    ep.gso, ep.gro = gso, gro
-    return ep
+def _fake_udp(sock: FakeSocket, *, gso: bool = True, gro: bool = False) -> UdpSocket:
+    udp = UdpSocket(asyncio.get_running_loop(), lambda: None, lambda data, addr: None)
+    udp.sock = sock  # type: ignore[assignment]
+    udp.gso, udp.gro = gso, gro
+    return udp
 
 
 A: Address = ("127.0.0.1", 1111)
@@ -197,9 +201,9 @@ B: Address = ("127.0.0.1", 2222)
 def test_runs_of_same_size_to_one_address_go_out_in_one_call() -> None:
     async def main() -> None:
         sock = FakeSocket()
-        ep = _fake_endpoint(sock)
+        ep = _fake_udp(sock)
         big, small = b"x" * 1200, b"y" * 700
-        ep._transmit([(big, A), (big, A), (small, A),  # a run may end with a shorter one
+        ep.send([(big, A), (big, A), (small, A),  # a run may end with a shorter one
                       (big, A), (big, B), (big, B),  # a new address starts a new run
                       (small, B), (big, B)])  # ...and so does a longer datagram after it
         kinds = [(c[0], len(c[1]), c[2], c[3]) for c in sock.calls]
@@ -214,11 +218,11 @@ def test_runs_of_same_size_to_one_address_go_out_in_one_call() -> None:
 def test_runs_respect_kernel_limits() -> None:
     async def main() -> None:
         sock = FakeSocket()
-        ep = _fake_endpoint(sock)
-        ep._transmit([(b"a" * 100, A)] * 150)  # at most 64 segments per call
+        ep = _fake_udp(sock)
+        ep.send([(b"a" * 100, A)] * 150)  # at most 64 segments per call
         assert [len(c[1]) for c in sock.calls] == [64, 64, 22]
         sock.calls.clear()
-        ep._transmit([(b"b" * 1500, A)] * 100)  # at most 64 KiB per call
+        ep.send([(b"b" * 1500, A)] * 100)  # at most 64 KiB per call
         sizes = [len(c[1]) for c in sock.calls]
         assert sum(sizes) == 100 and max(sizes) * 1500 <= 65507
         sock.close()
@@ -229,9 +233,9 @@ def test_runs_respect_kernel_limits() -> None:
 def test_gso_refused_by_the_kernel_falls_back_without_loss() -> None:
     async def main() -> None:
         sock = FakeSocket(fail=[OSError(errno.EIO, "no checksum offload")])
-        ep = _fake_endpoint(sock)
+        ep = _fake_udp(sock)
         data = [(bytes([i]) * 1200, A) for i in range(5)]
-        ep._transmit(data)
+        ep.send(data)
         assert not ep.gso
         assert [c[0] for c in sock.calls] == ["one"] * 5
         assert [c[1][0] for c in sock.calls] == [d for d, _ in data]
@@ -243,15 +247,16 @@ def test_gso_refused_by_the_kernel_falls_back_without_loss() -> None:
 def test_full_send_buffer_queues_until_writable() -> None:
     async def main() -> None:
         sock = FakeSocket(fail=[None, BlockingIOError()])
-        ep = _fake_endpoint(sock, gso=False)
+        ep = _fake_udp(sock, gso=False)
         data = [(bytes([i]) * 100, A) for i in range(4)]
-        ep._transmit(data)
+        ep.send(data)
         assert len(sock.calls) == 1 and ep.io.send_would_block == 1
-        ep._transmit([(b"late", A)])  # keeps the order behind the queued ones
+        ep.send([(b"late", A)])  # keeps the order behind the queued ones
         assert len(sock.calls) == 1
-        ep._on_writable()
+        assert ep.backlog == 4  # three waiting, and the late one behind them
+        ep.on_writable()
         assert [c[1][0] for c in sock.calls] == [d for d, _ in data] + [b"late"]
-        assert not ep._backlog
+        assert ep.backlog == 0
         sock.close()
 
     run(main(), 10)
@@ -260,15 +265,14 @@ def test_full_send_buffer_queues_until_writable() -> None:
 def test_gro_buffer_is_split_into_its_datagrams() -> None:
     async def main() -> None:
         sock = FakeSocket()
-        ep = _fake_endpoint(sock, gro=True)
-        # five short-header datagrams for unknown CIDs, coalesced with a segment size of 100
+        ep = _fake_udp(sock, gro=True)
+        # five datagrams coalesced with a segment size of 100 (the last one shorter)
         datagrams = [bytes([0x40]) + bytes([i]) * 99 for i in range(4)] + [b"\x40" + b"z" * 40]
         gro = (SOL_UDP, UDP_GRO, (100).to_bytes(4, sys.byteorder))
         sock.incoming.append((b"".join(datagrams), [gro], A))
         sock.incoming.append((b"\x40" + b"q" * 60, [], B))  # an ordinary datagram after it
-        ep._on_readable()
-        assert ep.dispatcher.stats.datagrams_received == 6
-        assert ep.dispatcher.stats.dropped_unknown_cid == 6
+        got = ep.receive_batch()
+        assert got == [(d, A) for d in datagrams] + [(b"\x40" + b"q" * 60, B)]
         assert ep.io.recv_calls == 2 and ep.io.gro_batches == 1 and ep.io.datagrams_in == 6
         sock.close()
 
@@ -276,14 +280,14 @@ def test_gro_buffer_is_split_into_its_datagrams() -> None:
 
 
 def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(endpoint_mod, "_MAX_READS_PER_WAKEUP", 3)
+    monkeypatch.setattr(udp_mod, "MAX_READS_PER_WAKEUP", 3)
 
     async def main() -> None:
         sock = FakeSocket()
-        ep = _fake_endpoint(sock, gro=True)
+        ep = _fake_udp(sock, gro=True)
         for _ in range(5):
             sock.incoming.append((b"\x40" + bytes(30), [], A))
-        ep._on_readable()
+        assert len(ep.receive_batch()) == 3
         assert ep.io.recv_calls == 3 and len(sock.incoming) == 2
         sock.close()
 
@@ -292,103 +296,103 @@ def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> None:
     async def main() -> None:
-        async with await roamlink.listen("127.0.0.1", 0) as listener:
-            stream = await roamlink.connect("127.0.0.1", listener.local_addr[1])
-            server = await listener.accept()
-            ep = stream._endpoint  # noqa: SLF001
-            for _ in range(100):  # let the handshake's packets be acknowledged (bounded)
-                if not stream._conn.recovery.bytes_in_flight:  # noqa: SLF001
-                    break
-                await asyncio.sleep(0.01)
-            assert stream._conn.recovery.bytes_in_flight == 0  # noqa: SLF001
+        clock = VirtualClock()
+        listener, stream, server = await virtual_pair(clock, Config())
+        async with listener:
+            ep = stream._endpoint  # noqa: SLF001 - the test inspects the socket layer
+            await clock.sleep(0.5)  # the handshake's packets are acknowledged meanwhile
+            assert stream.stats().bytes_in_flight == 0
             before = ep.io.datagrams_out
             stream.write(b"ping")  # nothing in flight: sent before the loop runs again
             assert ep.io.datagrams_out == before + 1
             stream.write(b"a")  # in flight now: these wait for the end of the tick...
             stream.write(b"b")
             assert ep.io.datagrams_out == before + 1
-            assert await server.readexactly(6) == b"pingab"  # ...and arrive all the same
+            # ...and arrive all the same
+            assert await clock.run(server.readexactly(6), timeout=5) == b"pingab"
             assert ep.io.datagrams_out <= before + 3
             stream.close()
             server.close()
-            await stream.wait_closed()
+            await clock.run(stream.wait_closed(), timeout=30)
 
     run(main(), 30)
 
 
+class _Due:
+    """A stand-in connection: only a deadline."""
+
+    def __init__(self, name: str, at: float | None) -> None:
+        self.name, self.at = name, at
+
+    def get_timer(self) -> float | None:
+        return self.at
+
+
 def test_timers_closer_than_a_millisecond_wait_a_millisecond() -> None:
     """No loop sleeps less; uvloop would fire at once and spin (e.g. on pacing deadlines)."""
-    class Due:
-        def __init__(self, at: float) -> None:
-            self.at = at
-
-        def get_timer(self) -> float:
-            return self.at
-
-    async def main() -> None:
-        sock = FakeSocket()
-        ep = _fake_endpoint(sock)
-        now = ep.now()
-        soon, later = Due(now + 0.0001), Due(now + 0.5)
-        ep._arm_timer(later)  # type: ignore[arg-type]
-        ep._arm_timer(soon)  # type: ignore[arg-type]
-        assert ep._timers[soon] == soon.at  # type: ignore[index]  # remembered as asked...
-        handle = ep._timer_handle
-        assert handle is not None and handle.when() >= now + 0.001 - 1e-6  # ...waits 1 ms
-        assert ep._timers[later] == later.at  # type: ignore[index]
-        ep.close()
-        sock.close()
-
-    run(main(), 10)
+    clock = VirtualClock(100.0)
+    timers: TimerHeap[_Due] = TimerHeap(clock, lambda key, now: None)
+    soon, later = _Due("soon", 100.0001), _Due("later", 100.5)
+    timers.arm(later)
+    timers.arm(soon)
+    assert timers.deadlines == {soon: soon.at, later: later.at}  # remembered as asked...
+    assert clock.next_deadline() == 100.001  # ...but the one timer waits 1 ms
 
 
 def test_endpoint_clock_is_monotonic_with_sub_millisecond_resolution() -> None:
     import time
 
-    assert abs(Endpoint.now() - time.monotonic()) < 0.01
-    samples = {Endpoint.now() for _ in range(1000)}
-    assert len(samples) > 10  # not a per-iteration, millisecond-rounded cache
-
-
-def test_one_loop_timer_serves_every_connection_in_deadline_order() -> None:
-    class Conn:
-        def __init__(self, name: str, at: float | None) -> None:
-            self.name, self.at = name, at
-
-        def get_timer(self) -> float | None:
-            return self.at
-
     async def main() -> None:
-        sock = FakeSocket()
-        ep = _fake_endpoint(sock)
-        fired: list[str] = []
-        ep._on_timer = lambda conn, now: fired.append(conn.name)  # type: ignore[method-assign]
-        now = ep.now()
-        a, b, c, gone = (Conn("a", now + 0.03), Conn("b", now + 0.01), Conn("c", now + 0.05),
-                         Conn("gone", now + 0.02))
-        for conn in (a, b, c, gone):
-            ep._arm_timer(conn)  # type: ignore[arg-type]
-        c.at = now + 0.002  # moved earlier: re-armed
-        ep._arm_timer(c)  # type: ignore[arg-type]
-        a.at = now + 0.5  # moved later: the earlier deadline stays armed (fires early)
-        ep._arm_timer(a)  # type: ignore[arg-type]
-        gone.at = None  # nothing due any more: never fires
-        ep._arm_timer(gone)  # type: ignore[arg-type]
-        await asyncio.sleep(0.08)
-        assert fired == ["c", "b", "a"]
-        assert not ep._timers and ep._timer_handle is None
-        # re-arming over and over leaves a bounded heap (stale entries are dropped)
-        conns = [Conn(str(i), now + 10) for i in range(10)]
-        for _ in range(200):
-            for conn in conns:
-                assert conn.at is not None
-                conn.at -= 0.001
-                ep._arm_timer(conn)  # type: ignore[arg-type]
-            assert len(ep._timer_heap) <= 4 * len(conns) + 65
-        ep.close()
-        sock.close()
+        ep = Endpoint(Config())
+        assert ep.now is time.monotonic and LoopScheduler.now is time.monotonic
+        samples = {ep.now() for _ in range(1000)}
+        assert len(samples) > 10  # not a per-iteration, millisecond-rounded cache
 
     run(main(), 10)
+
+
+def test_one_timer_serves_every_connection_in_deadline_order() -> None:
+    clock = VirtualClock()
+    fired: list[tuple[str, float]] = []
+    timers: TimerHeap[_Due] = TimerHeap(clock, lambda key, now: fired.append((key.name, now)))
+    a, b, c, gone = _Due("a", 0.03), _Due("b", 0.01), _Due("c", 0.05), _Due("gone", 0.02)
+    for key in (a, b, c, gone):
+        timers.arm(key)
+    c.at = 0.002  # moved earlier: re-armed
+    timers.arm(c)
+    a.at = 0.5  # moved later: the earlier deadline stays armed (fires early)
+    timers.arm(a)
+    gone.at = None  # nothing due any more: never fires
+    timers.arm(gone)
+    clock.advance(0.08)
+    assert fired == [("c", 0.002), ("b", 0.01), ("a", 0.03)]
+    assert not timers.deadlines and not timers.armed
+    # re-arming over and over leaves a bounded heap (stale entries are dropped)
+    keys = [_Due(str(i), 10.0) for i in range(10)]
+    for _ in range(200):
+        for key in keys:
+            assert key.at is not None
+            key.at -= 0.001
+            timers.arm(key)
+        assert len(timers) <= 4 * len(keys) + 65
+    timers.close()
+    assert not timers.armed and clock.next_deadline() is None
+
+
+def test_a_failing_timer_callback_neither_stalls_nor_drops_the_others() -> None:
+    clock = VirtualClock()
+    fired: list[str] = []
+
+    def on_due(key: _Due, now: float) -> None:
+        fired.append(key.name)
+        if key.name == "bad":
+            raise RuntimeError("observer failed")
+
+    timers: TimerHeap[_Due] = TimerHeap(clock, on_due)
+    for key in (_Due("bad", 0.01), _Due("good", 0.01), _Due("later", 0.02)):
+        timers.arm(key)
+    clock.advance(1.0)
+    assert fired == ["bad", "good", "later"]
 
 
 def test_loop_without_add_reader_falls_back_to_a_datagram_transport() -> None:
@@ -402,7 +406,7 @@ def test_loop_without_add_reader_falls_back_to_a_datagram_transport() -> None:
         loop.add_reader = no_readiness  # type: ignore[method-assign]
         server_ep, client_ep = await _transfer(Config(), Config(), 256 * 1024)
         for ep in (server_ep, client_ep):
-            assert ep._transport is not None and not ep.gso and not ep.gro
+            assert ep.udp.transport is not None and not ep.gso and not ep.gro
             assert ep.io.datagrams_in > 0 and ep.io.datagrams_out > 0
 
     run(main(), 60)

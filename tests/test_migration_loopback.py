@@ -107,7 +107,7 @@ def test_icmp_errors_never_close_anything() -> None:
             stream.write(b"x" * 200_000)
             # what a socket reports when a stale NAT mapping draws ICMP port unreachable
             for _ in range(50):
-                listener.endpoint.error_received(ConnectionRefusedError(111, "refused"))
+                listener.endpoint.udp.error_received(ConnectionRefusedError(111, "refused"))
             stream.write(b"y" * 200_000)
             stream.write_eof()
             assert await stream.read() == b"ok"

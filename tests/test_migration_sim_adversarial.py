@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from roamlink.config import Config
 from roamlink.core import wire
 from roamlink.core.connection import Connection
@@ -187,48 +189,46 @@ def test_twenty_two_passive_rebindings_in_a_row() -> None:
     assert s.stats().path_changes == 22
 
 
-def test_1000_transfers_sharing_server_sockets_with_random_rebindings() -> None:
-    """20 networks x 50 clients on one server socket; each client's NAT rebinds (20%: to a
-    new IP) at a random moment of the transfers, up- or downloads, with loss and
-    reordering: every transfer ends hash-exact."""
-    rng = random.Random(2026)
-    total = moved = 0
-    for batch in range(20):
-        loss = rng.choice([0.0, 0.01, 0.03, 0.05])
-        net = SimNetwork(seed=batch, default_link=LinkConfig(delay=rng.uniform(0.002, 0.02),
-                                                             loss=loss, reorder=0.02))
-        server = net.add_node(SERVER, listen=True)
-        pumps: list[Pump] = []
-        conns: list[tuple[SimNode, Connection]] = []
-        rebinds: list[tuple[SimNode, bool, float, int]] = []
-        for i in range(50):
-            client = net.add_node((f"10.1.{batch}.{i + 1}", 40000 + i))
-            c, s = establish(net, client, server)
-            size = rng.randint(1, 48 * KiB)
-            if rng.random() < 0.5:
-                pumps.append(Pump(net, c, client, s, server, rng.randbytes(size)))
-            else:
-                pumps.append(Pump(net, s, server, c, client, rng.randbytes(size)))
-            conns.append((client, s))
-            rebinds.append((client, rng.random() < 0.2, rng.uniform(0.0, 0.15), i))
-        start = net.now
-        for client, new_ip, offset, i in rebinds:
+@pytest.mark.parametrize("seed", range(20))
+def test_1000_transfers_sharing_server_sockets_with_random_rebindings(seed: int) -> None:
+    """20 networks (one per seed) x 50 clients on one server socket; each client's NAT
+    rebinds (20%: to a new IP) at a random moment of the transfers, up- or downloads, with
+    loss and reordering: every transfer ends hash-exact."""
+    rng = random.Random(2026 * 100_000 + seed)  # the scenario; the network draws from ``seed``
+    loss = rng.choice([0.0, 0.01, 0.03, 0.05])
+    net = SimNetwork(seed=seed, default_link=LinkConfig(delay=rng.uniform(0.002, 0.02),
+                                                        loss=loss, reorder=0.02))
+    server = net.add_node(SERVER, listen=True)
+    pumps: list[Pump] = []
+    conns: list[tuple[SimNode, Connection]] = []
+    rebinds: list[tuple[SimNode, bool, float, int]] = []
+    for i in range(50):
+        client = net.add_node((f"10.1.{seed}.{i + 1}", 40000 + i))
+        c, s = establish(net, client, server)
+        size = rng.randint(1, 48 * KiB)
+        if rng.random() < 0.5:
+            pumps.append(Pump(net, c, client, s, server, rng.randbytes(size)))
+        else:
+            pumps.append(Pump(net, s, server, c, client, rng.randbytes(size)))
+        conns.append((client, s))
+        rebinds.append((client, rng.random() < 0.2, rng.uniform(0.0, 0.15), i))
+    start = net.now
+    for client, new_ip, offset, i in rebinds:
 
-            def rebind(node: SimNode = client, new_ip: bool = new_ip, i: int = i,
-                       b: int = batch, n: SimNetwork = net) -> None:
-                host = f"10.2.{b}.{i + 1}" if new_ip else node.addr[0]
-                n.rebind(node, (host, 20000 + i))
+        def rebind(node: SimNode = client, new_ip: bool = new_ip, i: int = i,
+                   b: int = seed, n: SimNetwork = net) -> None:
+            host = f"10.2.{b}.{i + 1}" if new_ip else node.addr[0]
+            n.rebind(node, (host, 20000 + i))
 
-            net.call_at(start + offset, rebind)
-        assert run_pumps(net, pumps, 120), f"batch {batch} did not finish"
-        for p in pumps:
-            assert p.exact()
-        total += len(pumps)
-        moved += sum(1 for node, s in conns if s.remote_addr == node.addr)
-    assert total == 1000
-    # a rebinding after a transfer ended is never seen by the server; with other seeds
-    # 456..537 of 1,000 transfers moved mid-way (seeds 7, 99, 2026, 12345)
-    assert moved >= 350
+        net.call_at(start + offset, rebind)
+    assert run_pumps(net, pumps, 120), "did not finish"
+    for p in pumps:
+        assert p.exact()
+    moved = sum(1 for node, s in conns if s.remote_addr == node.addr)
+    # a rebinding after a transfer ended is never seen by the server; over these 20 seeds
+    # 15..43 of each 50 transfers moved mid-way (604 of 1,000): at least 5 keeps the test
+    # from passing without migrations, robustly
+    assert moved >= 5, moved
 
 
 def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
@@ -287,9 +287,9 @@ def test_migrate_succeeds_while_spoofed_candidates_fill_the_table() -> None:
         k.reason == "passive" for k in c.paths.candidates.values())
     new_socket = net.add_node(("10.0.0.2", 52000))
     new_socket.adopt(c)
-    c.migrate(net.now, socket_id=new_socket.local_id)  # does not raise "too many validations"
+    c.migrate(net.now, socket_id=new_socket.socket_id)  # does not raise "too many validations"
     net.flush(client)
-    assert net.run_until(lambda: c.paths.socket_id == new_socket.local_id, 5)
+    assert net.run_until(lambda: c.paths.socket_id == new_socket.socket_id, 5)
     assert run_pumps(net, [down], 60) and down.exact()
     assert s.remote_addr == new_socket.addr
 
@@ -322,9 +322,9 @@ def test_a_path_left_on_purpose_can_carry_the_connection_again_later() -> None:
     net.flush(client)
     assert net.run_until(lambda: c.remote_addr == second.addr, 5)
     net.run(until=net.now + 3.0)  # long after the move (the application pauses)
-    s.migrate(net.now, socket_id=server.local_id)  # the server answers from its first address
+    s.migrate(net.now, socket_id=server.socket_id)  # the server answers from its first address
     net.flush(second)
-    assert net.run_until(lambda: s.paths.socket_id == server.local_id, 5)
+    assert net.run_until(lambda: s.paths.socket_id == server.socket_id, 5)
 
     def followed() -> bool:
         up.step()

@@ -6,32 +6,37 @@ from __future__ import annotations
 import asyncio
 
 import roamlink
+from roamlink.testing.clock import VirtualClock
 
-from .conftest import run
+from .conftest import run, virtual_pair
+
+
+async def _read_all(stream: roamlink.Stream) -> bytes:
+    got = bytearray()
+    while data := await stream.read(8192):
+        got.extend(data)
+    return bytes(got)
 
 
 async def _scenario() -> tuple[bool, int, int, bytes, bytes]:
     config = roamlink.Config(receive_window=128 * 1024, send_buffer_size=64 * 1024)
-    listener = await roamlink.listen("127.0.0.1", 0, config=config)
+    clock = VirtualClock()  # real sockets, virtual time: the wait below costs no wall time
+    listener, client, server = await virtual_pair(clock, config)
     payload = bytes(range(256)) * 4096  # 1 MiB
     try:
-        client = await roamlink.connect("127.0.0.1", listener.local_addr[1], config=config)
-        server = await listener.accept()
         client.write(payload)
         client.write_eof()
         drain = asyncio.ensure_future(client.drain())
-        await asyncio.sleep(0.3)  # the server application reads nothing meanwhile
+        await clock.sleep(0.3)  # the server application reads nothing meanwhile
         blocked = not drain.done()
         peer_buffered = server.stats().recv_buffered
         sender_buffered = client.stats().send_buffered
-        got = bytearray()
-        while data := await server.read(8192):
-            got.extend(data)
-        await drain
+        got = await clock.run(_read_all(server), timeout=30)
+        await clock.run(drain, timeout=30)
         server.write(b"bye")
         server.write_eof()
-        reply = await client.read()
-        return blocked, peer_buffered, sender_buffered, bytes(got), reply
+        reply = await clock.run(client.read(), timeout=30)
+        return blocked, peer_buffered, sender_buffered, got, reply
     finally:
         listener.close()
 

@@ -164,7 +164,7 @@ def test_every_cid_a_worker_issues_names_it_also_after_migrations() -> None:
         run_pumps(net, [pump], 0.05)
         new_node = net.add_node(("10.0.0.2", 52000 + k))
         new_node.adopt(c)
-        c.migrate(net.now, socket_id=new_node.local_id)
+        c.migrate(net.now, socket_id=new_node.socket_id)
         net.flush(node)
         net.run_until(lambda n=new_node: s.remote_addr == n.addr, 5)
         node.dispatcher.forget(c)

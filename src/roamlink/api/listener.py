@@ -133,7 +133,8 @@ async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *,
         for other in hosts[1:]:
             extra.append(await Endpoint.create(config, (other, endpoint.local_addr[1]),
                                                accept_new=True,
-                                               dispatcher=endpoint.dispatcher))
+                                               dispatcher=endpoint.dispatcher,
+                                               driver=endpoint.driver))
     except BaseException:
         for ep in (endpoint, *extra):
             ep.close()

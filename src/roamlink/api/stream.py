@@ -23,7 +23,7 @@ from ..errors import (
     MigrationTimeout,
     RoamlinkError,
 )
-from ..io.endpoint import Endpoint, endpoint_for
+from ..io.endpoint import Endpoint
 from .addresses import parse_address, resolve
 
 
@@ -114,7 +114,8 @@ class Stream:
             family = old.family
             host, port = parse_address(local_addr, default_host=old.local_addr[0])
             try:
-                new = await Endpoint.create(old.config, (host, port), family=family)
+                new = await Endpoint.create(old.config, (host, port), family=family,
+                                            driver=old.driver, scheduler=old.scheduler)
             except OSError as exc:
                 raise MigrationError(f"cannot open a socket on {host}:{port}: {exc}") from exc
             # this socket serves this connection only: close it when the connection ends
@@ -123,7 +124,7 @@ class Stream:
             new.dispatcher.adopt(conn)
             new.attach(conn, self)
         try:
-            cand = conn.migrate(Endpoint.now(), remote, new.local_id if new else None, timeout)
+            cand = conn.migrate(old.now(), remote, new.socket_id if new else None, timeout)
         except MigrationError:
             if new is not None:
                 new.detach(conn)
@@ -141,7 +142,7 @@ class Stream:
         except asyncio.CancelledError:
             # cancelled: give the attempt up, unless the connection already moved (then the
             # Stream must follow it to the new socket, or it would report the old one)
-            if new is not None and conn.paths.socket_id == new.local_id:
+            if new is not None and conn.paths.socket_id == new.socket_id:
                 previous, self._endpoint = self._endpoint, new
                 if previous is not new:
                     previous.detach(conn)
@@ -172,7 +173,7 @@ class Stream:
             raise MigrationTimeout(f"path validation failed: {event.reason}")
         if new is not None:
             previous = self._endpoint  # not necessarily ``old``: migrations may overlap
-            if conn.paths.socket_id == new.local_id:
+            if conn.paths.socket_id == new.socket_id:
                 self._endpoint = new
                 if previous is not new:
                     previous.detach(conn)  # closes the old socket if nothing else uses it
@@ -300,7 +301,8 @@ class Stream:
     @property
     def local_addr(self) -> Address:
         """The local address of the socket the connection currently uses."""
-        return endpoint_for(self._conn.paths.socket_id, self._endpoint).local_addr
+        endpoint = self._endpoint
+        return endpoint.driver.socket_for(self._conn.paths.socket_id, endpoint).local_addr
 
     @property
     def remote_addr(self) -> Address:

@@ -14,7 +14,6 @@ layer (:mod:`.endpoint`) and the simulated network share it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections import OrderedDict, deque
@@ -28,13 +27,6 @@ from ..core.events import Address
 from .steering import CidLayout
 
 logger = logging.getLogger("roamlink.dispatcher")
-
-#: Ids for local sockets, unique in the process (a path is a local socket + a peer address).
-_LOCAL_IDS = itertools.count(1)
-
-
-def next_local_id() -> int:
-    return next(_LOCAL_IDS)
 
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
 _ENDED_KEYS = 65536
@@ -57,7 +49,7 @@ class Dispatcher:
     """Routes datagrams of one socket to the connections that live on it."""
 
     def __init__(self, config: Config, *, accept_new: bool = False,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, socket_id: int = 1) -> None:
         self.config = config
         self.accept_new = accept_new
         self.random_bytes = random_bytes
@@ -77,7 +69,9 @@ class Dispatcher:
         self.stats = DispatcherStats()
         self._owned_cids: dict[Connection, set[bytes]] = {}
         self._synced: dict[Connection, int] = {}  # the connection's cid_version last applied
-        self.local_id = next(_LOCAL_IDS)  # default id of "our socket" for connections
+        #: the id of "our socket" where a caller names none (a path is a socket id + a peer
+        #: address; the ids are handed out by the owner, see driver.ConnectionDriver)
+        self.socket_id = socket_id
         #: connections handed to the owner but not yet accepted by the application
         self.held = 0
         #: handshake keys of ended connections: a late or replayed SYN must not reopen them
@@ -91,11 +85,11 @@ class Dispatcher:
                 return cid
 
     def connect(self, remote_addr: Address, now: float, *, early_data: bytes = b"",
-                config: Config | None = None, local: int | None = None) -> Connection:
+                config: Config | None = None, socket_id: int | None = None) -> Connection:
         conn = Connection(config or self.config, is_client=True, local_cid=self.new_cid(),
                           remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
                           early_data=early_data,
-                          socket_id=self.local_id if local is None else local,
+                          socket_id=self.socket_id if socket_id is None else socket_id,
                           cid_taken=self.connections.__contains__,
                           cid_source=self.cid_source)
         self._track(conn)
@@ -154,13 +148,12 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ receiving
     def datagram_received(self, data: bytes, addr: Address, now: float,
-                          local: int | None = None) -> Connection | None:
-        """Route one datagram that arrived on socket ``local`` (default: ours).
+                          socket_id: int | None = None) -> Connection | None:
+        """Route one datagram that arrived on socket ``socket_id`` (default: ours).
 
         Returns the connection that took it, if any. Never raises.
         """
-        if local is None:
-            local = self.local_id
+        local = self.socket_id if socket_id is None else socket_id
         self.stats.datagrams_received += 1
         if not data:
             self.stats.dropped_malformed += 1

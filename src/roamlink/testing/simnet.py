@@ -2,8 +2,10 @@
 
 A virtual clock jumps from event to event (as trio's mock clock does), so a transfer of many
 megabytes over a lossy, reordering, rebinding network runs in seconds and is exactly
-reproducible from its seed. Nodes are :class:`~roamlink.io.dispatcher.Dispatcher` objects, the
-same routing code the asyncio socket layer uses.
+reproducible from its seed. Nodes carry :class:`~roamlink.io.dispatcher.Dispatcher` objects, the
+same routing code the asyncio socket layer uses, and connections are served by the same
+:class:`~roamlink.io.driver.ConnectionDriver` (datagrams out on the socket of their path,
+timers re-armed).
 
 Links are one-way and configured per (source host, destination host) pair; a link may have
 loss, delay, jitter, reordering, duplication and a bottleneck (rate + finite queue). A NAT can
@@ -22,6 +24,7 @@ from ..config import Config
 from ..core.connection import Connection
 from ..core.events import Address
 from ..io.dispatcher import Dispatcher
+from ..io.driver import ConnectionDriver
 
 
 @dataclass
@@ -62,14 +65,14 @@ class _Link:
 
 
 class SimNode:
-    """A host with one socket, carrying a Dispatcher."""
+    """A host with one socket, carrying a Dispatcher (a DriverSocket for the driver)."""
 
     def __init__(self, net: SimNetwork, addr: Address, dispatcher: Dispatcher,
-                 local_id: int) -> None:
+                 socket_id: int) -> None:
         self.net = net
         self.addr = addr
         self.dispatcher = dispatcher
-        self.local_id = local_id  # this socket's id: a path is (local_id, peer address)
+        self.socket_id = socket_id  # this socket's id: a path is (socket_id, peer address)
         self.received: list[tuple[bytes, Address]] = []  # raw log when record=True
         self.record = False
 
@@ -80,7 +83,7 @@ class SimNode:
     def connect(self, remote: Address, *, early_data: bytes = b"",
                 config: Config | None = None) -> Connection:
         conn = self.dispatcher.connect(remote, self.net.now, early_data=early_data,
-                                       config=config, local=self.local_id)
+                                       config=config, socket_id=self.socket_id)
         self.net.flush(self)
         return conn
 
@@ -90,6 +93,27 @@ class SimNode:
 
     def connections(self) -> list[Connection]:
         return list({id(c): c for c in self.dispatcher.connections.values()}.values())
+
+    # ------------------------------------------------------------------ DriverSocket
+    def collect(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        send, src = self.net.send, self.addr
+        for data, addr in datagrams:
+            send(src, addr, data)
+
+    def transmit_collected(self) -> None:
+        """Nothing waits: :meth:`collect` sends at once."""
+
+    def arm_timer(self, conn: Connection) -> None:
+        self.net.arm_timer(self, conn)
+
+    def disarm_timer(self, conn: Connection) -> None:
+        """The network keeps one deadline per connection, whichever node arms it."""
+
+    def serves(self, conn: Connection) -> bool:
+        return False  # a closed connection's routes went at sync_routes; no more to drop
+
+    def detach(self, conn: Connection) -> None:
+        self.dispatcher.forget(conn)
 
 
 class SimNetwork:
@@ -103,8 +127,8 @@ class SimNetwork:
         self._links: dict[tuple[str, str], _Link] = {}
         self.nodes: dict[Address, SimNode] = {}
         self._events: list[tuple[float, int, Callable[[], None]]] = []
-        self._by_local: dict[int, SimNode] = {}
-        self._local_seq = 1 << 30  # ids for extra sockets of a shared dispatcher
+        #: serves every node's connections (the socket layer's driver; errors propagate)
+        self.driver: ConnectionDriver[SimNode] = ConnectionDriver(contain_errors=False)
         self._scheduled: dict[Connection, float] = {}
         self._seq = 0
         self.delivered_datagrams = 0
@@ -122,17 +146,15 @@ class SimNetwork:
                  listen: bool = False, share_with: SimNode | None = None) -> SimNode:
         """A host socket at ``addr``. ``share_with``: another socket of the same endpoint
         (one dispatcher, e.g. a server listening on several addresses)."""
+        socket_id = self.driver.new_socket_id()
         if share_with is not None:
             disp = share_with.dispatcher
-            self._local_seq += 1
-            local_id = self._local_seq
         else:
             disp = Dispatcher(config or Config(), accept_new=listen,
-                              random_bytes=self.random_bytes)
-            local_id = disp.local_id
-        node = SimNode(self, addr, disp, local_id)
+                              random_bytes=self.random_bytes, socket_id=socket_id)
+        node = SimNode(self, addr, disp, socket_id)
         self.nodes[addr] = node
-        self._by_local[local_id] = node
+        self.driver.add_socket(node)
         return node
 
     def link(self, src_host: str, dst_host: str) -> LinkConfig:
@@ -217,11 +239,11 @@ class SimNetwork:
         if node.record:
             node.received.append((data, src))
         self.delivered_datagrams += 1
-        conn = node.dispatcher.datagram_received(data, src, self.now, node.local_id)
+        conn = node.dispatcher.datagram_received(data, src, self.now, node.socket_id)
         for out, addr in node.dispatcher.take_stateless():
             self.send(node.addr, addr, out)
         if conn is not None:
-            self._flush_conn(node, conn)
+            self.driver.serve(conn, self.now, node)
 
     def flush(self, node: SimNode) -> None:
         """Send whatever the node's connections have to send, and re-arm their timers."""
@@ -229,21 +251,10 @@ class SimNetwork:
         for data, addr in disp.take_stateless():
             self.send(node.addr, addr, data)
         for conn in node.connections():
-            self._flush_conn(node, conn)
+            self.driver.serve(conn, self.now, node)
 
-    def _flush_conn(self, node: SimNode, conn: Connection) -> None:
-        """Send what ``conn`` has to send, each datagram from the socket of its path."""
-        primary = self._by_local.get(conn.paths.socket_id, node)
-        for data, addr in conn.datagrams_to_send(self.now, primary.local_id):
-            self.send(primary.addr, addr, data)
-        for local in conn.paths.sockets_with_work():
-            other = self._by_local.get(local)
-            if other is not None and other is not primary:
-                for data, addr in conn.datagrams_to_send(self.now, local):
-                    self.send(other.addr, addr, data)
-        node.dispatcher.sync_routes(conn)
-        if primary.dispatcher is not node.dispatcher:
-            primary.dispatcher.sync_routes(conn)
+    def arm_timer(self, node: SimNode, conn: Connection) -> None:
+        """Schedule ``conn``'s timer as an event (one per connection; stale ones do nothing)."""
         deadline = conn.get_timer()
         if deadline is not None and self._scheduled.get(conn) != deadline:
             self._scheduled[conn] = deadline
@@ -313,8 +324,7 @@ class _Timer:
         if scheduled.get(conn) != self.deadline:
             return  # superseded by a newer deadline
         del scheduled[conn]
-        if conn.get_timer() != self.deadline:
-            self.net._flush_conn(self.node, conn)
-            return
-        conn.handle_timer(self.net.now)
-        self.net._flush_conn(self.node, conn)
+        net = self.net
+        if conn.get_timer() == self.deadline:
+            net.driver.fire_timer(conn, net.now)
+        net.driver.serve(conn, net.now, self.node)
