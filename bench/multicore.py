@@ -66,13 +66,15 @@ async def echo(stream: roamlink.Stream) -> None:
     stream.write_eof()
 
 
-def run_server_role(mode: str, workers: int) -> None:
+def run_server_role(mode: str, workers: str) -> None:
+    """``workers`` is a count, or a count + "h": the filter off, workers hand packets over."""
     def ready(info: ServerInfo) -> None:
         print(json.dumps({"port": info.address[1], "steering": info.kernel_steering}),
               flush=True)
 
     handler = sink if mode == "sink" else echo
-    roamlink.run_server(handler, "127.0.0.1", 0, workers=workers, on_ready=ready,
+    roamlink.run_server(handler, "127.0.0.1", 0, workers=int(workers.rstrip("h")),
+                        kernel_steering=not workers.endswith("h"), on_ready=ready,
                         config=roamlink.Config(idle_timeout=60.0))
 
 
@@ -144,10 +146,10 @@ def _spawn(*args: str, work: int = 0) -> subprocess.Popen[str]:
                             env=env)
 
 
-def measure(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(kind: str, workers: str, args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = _children_cpu()
     server = _spawn("--role", "server", "--mode", "sink" if kind == "goodput" else "echo",
-                    "--workers", str(workers), work=args.work)
+                    "--workers", workers, work=args.work)
     assert server.stdout is not None
     info = json.loads(server.stdout.readline())
     port = str(info["port"])
@@ -170,7 +172,8 @@ def measure(kind: str, workers: int, args: argparse.Namespace) -> dict[str, Any]
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
     cpu2 = _children_cpu()
-    row: dict[str, Any] = {"bench": kind, "workers": workers, "kernel_steering": info["steering"],
+    row: dict[str, Any] = {"bench": kind, "workers": int(workers.rstrip("h")),
+                           "kernel_steering": info["steering"],
                            "clients": args.clients, "work": args.work,
                            "client_cpu_s": round(cpu1 - cpu0, 2),
                            "server_cpu_s": round(cpu2 - cpu1, 2)}
@@ -200,7 +203,9 @@ def main() -> None:
     parser.add_argument("--role", default="driver",
                         choices=["driver", "server", "goodput-client", "echo-client"])
     parser.add_argument("--mode", default="sink")
-    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--workers", default="1,2",
+                        help="worker counts to alternate; '2h': 2 workers, filter off "
+                             "(hand-over between workers)")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--streams", type=int, default=4,
                         help="connections per goodput client")
@@ -215,7 +220,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     args = parser.parse_args()
     if args.role == "server":
-        run_server_role(args.mode, int(args.workers))
+        run_server_role(args.mode, args.workers)
         return
     if args.role == "goodput-client":
         print(json.dumps(asyncio.run(goodput_client(args.port, args.seconds, args.streams))))
@@ -225,19 +230,20 @@ def main() -> None:
         return
     if args.quick:
         args.seconds, args.connections = 1.0, 100
-    counts = [int(w) for w in args.workers.split(",")]
+    counts = args.workers.split(",")
     summary: dict[str, Any] = {"bench": "summary", "cpus": os.cpu_count()}
     for kind in args.only.split(","):
-        rows: dict[int, list[dict[str, Any]]] = {w: [] for w in counts}
+        rows: dict[str, list[dict[str, Any]]] = {w: [] for w in counts}
         for _ in range(args.rounds):  # alternate: 1, 2, 1, 2, ...
             for w in counts:
                 rows[w].append(measure(kind, w, args))
         key = "goodput_MB_s" if kind == "goodput" else "requests_per_s"
         best = {w: max(r[key] for r in rs) for w, rs in rows.items()}
-        summary[kind] = {str(w): v for w, v in best.items()}
-        if len(counts) >= 2 and best[counts[0]]:
-            summary[f"{kind}_ratio_{counts[-1]}_vs_{counts[0]}"] = round(
-                best[counts[-1]] / best[counts[0]], 2)
+        summary[kind] = best
+        for other in counts[1:]:
+            if best[counts[0]]:
+                summary[f"{kind}_ratio_{other}_vs_{counts[0]}"] = round(
+                    best[other] / best[counts[0]], 2)
     print(json.dumps(summary), flush=True)
 
 

@@ -44,7 +44,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(workers: int, *args: str) -> Iterator[Server]:
+def serve(workers: int, *args: str, stop: int = signal.SIGINT) -> Iterator[Server]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parent.parent / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
@@ -56,7 +56,7 @@ def serve(workers: int, *args: str) -> Iterator[Server]:
         assert ready, "server did not start"
         info = json.loads(proc.stdout.readline())
         yield Server(proc, info["port"], info["kernel_steering"])
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=15) == 0  # every worker stopped cleanly
     finally:
         if proc.poll() is None:
@@ -163,7 +163,7 @@ def test_killed_worker_is_restarted_and_other_connections_survive() -> None:
         result = await _finish(stream, data)
         assert result["sha256"] == hashlib.sha256(data).hexdigest()
 
-    with serve(2) as server:
+    with serve(2, stop=signal.SIGTERM) as server:
         run(main(server.port), 90)
 
 

@@ -2,9 +2,10 @@
 
 >>> listener = await roamlink.listen("127.0.0.1", 4433)
 >>> stream = await roamlink.connect("127.0.0.1", 4433)
+>>> await roamlink.forward.bridge(stream, tcp_reader, tcp_writer)  # carry a TCP connection
 """
 
-from . import errors
+from . import errors, forward
 from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
 from .core.events import ConnectionStats, PathChanged
@@ -46,6 +47,7 @@ __all__ = [
     "VersionMismatch",
     "connect",
     "errors",
+    "forward",
     "listen",
     "run_server",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import Listener, Stream, connect, listen
+from ..api.forward import describe_code
 from ..config import Config
 from ..core.events import Address
 from ..errors import (
@@ -116,6 +117,73 @@ def load_config(path: str | None) -> Config:
         raise CliError(f"config file {path}: {exc}", EXIT_USAGE) from exc
 
 
+# ---------------------------------------------------------------------------- sessions
+#: Defaults of commands that carry long-lived, mostly idle sessions (``connect``,
+#: ``forward``, ``serve --forward``): an SSH shell may sit idle for hours. Keepalives every
+#: 15 s keep the NAT mapping fresh (common UDP NAT timeouts are 30 s or more) and tell each
+#: side the other is alive, so an idle session never times out; the idle timeout then only
+#: says how long the *network* may be gone (a laptop lid closed, a tunnel, Wi-Fi to 4G)
+#: before the session is given up, and how long a server keeps the TCP connection of a
+#: client that vanished. Both ends should use the same values.
+SESSION_IDLE_TIMEOUT = 600.0
+SESSION_KEEPALIVE = 15.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be >= 0")
+    return value
+
+
+def add_session_options(p: argparse.ArgumentParser, *, when: str = "") -> None:
+    """``--idle-timeout`` and ``--keepalive`` (``when``: in which mode the session defaults
+    apply, for the help text)."""
+    g = p.add_argument_group("session timeouts")
+    g.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds, default=None,
+                   help="give a connection up when nothing was heard from the peer for this "
+                        f"long; 0 never does (default{when}: {SESSION_IDLE_TIMEOUT:g}, "
+                        "or idle_timeout from --config)")
+    g.add_argument("--keepalive", metavar="SECONDS", type=_seconds, default=None,
+                   help="send a keepalive after this long without sending; 0 disables "
+                        f"(default{when}: {SESSION_KEEPALIVE:g}, or keepalive_interval from "
+                        "--config)")
+
+
+def session_config(args: argparse.Namespace, config: Config, *, long_lived: bool) -> Config:
+    """``config`` with the session options applied. With ``long_lived``, the session defaults
+    replace the library's defaults unless the --config file set the field itself."""
+    explicit = _config_keys(getattr(args, "config", None))
+    idle: float | None = getattr(args, "idle_timeout", None)
+    keepalive: float | None = getattr(args, "keepalive", None)
+    changes: dict[str, Any] = {}
+    if idle is not None:
+        changes["idle_timeout"] = idle
+    elif long_lived and "idle_timeout" not in explicit:
+        changes["idle_timeout"] = SESSION_IDLE_TIMEOUT
+    if keepalive is not None:
+        changes["keepalive_interval"] = keepalive or None
+    elif long_lived and "keepalive_interval" not in explicit:
+        changes["keepalive_interval"] = SESSION_KEEPALIVE
+    try:
+        return config.replace(**changes) if changes else config
+    except ConfigError as exc:
+        raise CliError(f"invalid configuration: {exc}", EXIT_USAGE) from exc
+
+
+def _config_keys(path: str | None) -> set[str]:
+    if path is None:
+        return set()
+    try:
+        with open(path, "rb") as fh:
+            return set(tomllib.load(fh))
+    except (OSError, tomllib.TOMLDecodeError):  # load_config has reported it already
+        return set()
+
+
 # ---------------------------------------------------------------------------- sockets
 async def open_listener(addr: tuple[str, int], config: Config) -> Listener:
     host, port = addr
@@ -164,6 +232,9 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, CliError):
         return exc.message, exc.code
     if isinstance(exc, ConnectionReset):
+        meaning = describe_code(exc.code)
+        if meaning is not None:  # a forwarding server's code (0x101, 0x102)
+            return f"{meaning} (code {exc.code:#x}: {exc.reason})", EXIT_CONNECTION
         return f"connection reset by the peer (code {exc.code}): {exc.reason}", EXIT_CONNECTION
     if isinstance(exc, IdleTimeout):
         return f"connection timed out: {exc}", EXIT_CONNECTION

@@ -41,7 +41,7 @@ def _common_flags(suppress: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import connect_cmd, demo_cmd, keygen, perf, relay_cmd, send, serve
+    from . import connect_cmd, demo_cmd, forward_cmd, keygen, perf, relay_cmd, send, serve
 
     parser = argparse.ArgumentParser(
         prog="roamlink", parents=[_common_flags(False)],
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_parser(sub, parents)
     serve.add_parser(sub, parents)
     connect_cmd.add_parser(sub, parents)
+    forward_cmd.add_parser(sub, parents)
     send.add_parser(sub, parents)
     perf.add_parser(sub, parents)
     relay_cmd.add_parser(sub, parents)
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_on_stdout = getattr(args, "data_on_stdout", False) or (
-        args.command == "serve" and not (args.echo or args.sink or args.save))
-    out = Output(json_mode=args.json, plain=args.plain, data_on_stdout=data_on_stdout)
+        args.command == "serve" and not (args.echo or args.sink or args.save or args.forward))
+    out = Output(json_mode=args.json, plain=args.plain, data_on_stdout=data_on_stdout,
+                 quiet=getattr(args, "quiet", False))
     try:
         config = load_config(args.config)
         code: int

@@ -143,13 +143,15 @@ class Output:
     """The one object commands print through.
 
     ``data_on_stdout``: the command writes payload to stdout (``connect``, ``serve`` without
-    a mode), so every report goes to stderr instead.
+    a mode), so every report goes to stderr instead. ``quiet``: no reports at all, only
+    errors (``connect -q`` as an ssh ProxyCommand, whose stderr is the user's terminal).
     """
 
     def __init__(self, *, json_mode: bool = False, plain: bool = False,
                  data_on_stdout: bool = False, stdout: IO[str] | None = None,
-                 stderr: IO[str] | None = None) -> None:
+                 stderr: IO[str] | None = None, quiet: bool = False) -> None:
         self.json_mode = json_mode
+        self.quiet = quiet
         #: fields every report carries, and the text lines' prefix (a server worker sets
         #: both to name itself: ``"worker": i``)
         self.context: dict[str, Any] = {}
@@ -173,6 +175,8 @@ class Output:
     # reports ------------------------------------------------------------------------------
     def report(self, event: str, text: str, *, style: str | None = None, **fields: Any) -> None:
         """One report: ``text`` for people, ``{"event": event, **fields}`` for ``--json``."""
+        if self.quiet:
+            return
         if self.json_mode:
             obj = {"event": event, "time": round(time.time(), 3), **self.context, **fields}
             self.stream.write(json.dumps(obj, default=str) + "\n")

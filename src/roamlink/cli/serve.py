@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..api import Listener, Stream
+from ..api.forward import forward_stream, target_error_reason
 from ..config import Config
 from ..core.events import ConnectionTerminated, PathChanged
 from ..errors import RoamlinkError
@@ -21,10 +22,13 @@ from .common import (
     EXIT_OK,
     EXIT_VERIFY,
     CliError,
+    add_session_options,
     close_quietly,
     describe_error,
     listen_address,
     open_listener,
+    remote_address,
+    session_config,
     show,
 )
 from .output import Output, format_bits, format_bytes
@@ -58,23 +62,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                       help="discard the data and report receive rates")
     mode.add_argument("--save", metavar="DIR", type=Path,
                       help="store files sent with `roamlink send` in DIR")
+    mode.add_argument("--forward", metavar="HOST:PORT", type=remote_address,
+                      help="carry every connection to a new TCP connection to HOST:PORT, and "
+                           "only there (for `roamlink forward`, or ssh with `roamlink "
+                           "connect` as ProxyCommand); if it cannot be reached the "
+                           "connection is reset with code 0x101")
     p.add_argument("--overwrite", action="store_true",
                    help="with --save: replace existing files (default: refuse)")
     p.add_argument("--once", action="store_true",
                    help="exit after the first connection ends (exit status tells how it went)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between rate reports with --sink (0: only a summary)")
+    add_session_options(p, when=" with --forward")
     p.set_defaults(func=run)
     add_workers_option(p, run_workers)
 
 
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
-    mode, handler = _choose_mode(args, out)
+    config = session_config(args, config, long_lived=args.forward is not None)
+    mode, handler = _choose_mode(args, config, out)
     listener = await open_listener(args.listen, config)
     try:
         addr = listener.local_addr
         out.report("listening", f"listening on udp {show(addr)} ({mode})",
-                   host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0])
+                   host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0],
+                   idle_timeout=config.idle_timeout, keepalive=config.keepalive_interval)
         return await _accept_loop(listener, handler, out, once=args.once)
     finally:
         listener.close()
@@ -84,7 +96,8 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
 
 def run_workers(args: argparse.Namespace, config: Config, out: Output) -> int:
     """``serve --workers N``: the same modes, in N processes sharing the port."""
-    mode, handler = _choose_mode(args, out)
+    config = session_config(args, config, long_lived=args.forward is not None)
+    mode, handler = _choose_mode(args, config, out)
 
     async def serve_one(stream: Stream) -> None:
         await _serve_one(stream, handler, out)
@@ -92,11 +105,15 @@ def run_workers(args: argparse.Namespace, config: Config, out: Output) -> int:
     return serve_with_workers(args, config, out, serve_one, mode, "server")
 
 
-def _choose_mode(args: argparse.Namespace, out: Output) -> tuple[str, Handler]:
+def _choose_mode(args: argparse.Namespace, config: Config,
+                 out: Output) -> tuple[str, Handler]:
     if args.overwrite and args.save is None:
         raise CliError("--overwrite only makes sense with --save DIR", 2)
     handler: Handler
-    if args.save is not None:
+    if args.forward is not None:
+        mode = f"forwarding to tcp {show(args.forward)}"
+        handler = _forwarder(args.forward, config, out)
+    elif args.save is not None:
         directory: Path = args.save
         if not directory.is_dir():
             raise CliError(f"{directory}: no such directory (create it first)")
@@ -218,6 +235,27 @@ def _sinker(out: Output, interval: float) -> Handler:
         return True
 
     return sink
+
+
+def _forwarder(target: tuple[str, int], config: Config, out: Output) -> Handler:
+    host, port = target
+
+    async def forward(stream: Stream, cid: str) -> bool:
+        result = await forward_stream(stream, host, port,
+                                      connect_timeout=config.connect_timeout)
+        if result.outcome == "target_unreachable":
+            reason = target_error_reason(result.error or OSError(), config.connect_timeout)
+            out.report("target_unreachable", f"connection {cid}: cannot reach the forward "
+                       f"target {show(target)}: {reason}; reset the connection with "
+                       f"code 0x101", style="red", connection_id=cid, target=show(target),
+                       error=reason)
+        elif not result.ok:
+            out.report("forward_failed", f"connection {cid}: forwarding ended by "
+                       f"{result.outcome.replace('_', ' ')}: {result.error}", style="yellow",
+                       connection_id=cid, outcome=result.outcome, error=str(result.error))
+        return result.ok
+
+    return forward
 
 
 def _saver(directory: Path, overwrite: bool, out: Output) -> Handler:

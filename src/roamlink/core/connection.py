@@ -146,7 +146,7 @@ class Connection:
         self._created = now
         self._last_received = now
         self._gap_probe_sent = 0.0
-        self._gap_probes = 0  # receiver probes since the peer was last heard (backoff)
+        self._gap_probes = 0  # receiver probes since data last arrived (backoff)
         self._drain_deadline: float | None = None
         self._close_deadline: float | None = None
         self._close_frame: wire.CloseFrame | None = None
@@ -360,7 +360,6 @@ class Connection:
         on_path = self.paths.is_current(socket_id, addr) or self.state is _HANDSHAKING
         if on_path:
             self._last_received = now
-            self._gap_probes = 0
             acks.record(pn, now, is_newest)
         else:
             # an unvalidated path: its frames are processed (they are idempotent), but its
@@ -379,6 +378,12 @@ class Connection:
             if type(frame) is push_frame:  # the common case, without the generic dispatch
                 eliciting = True
                 acks.data_unacked = True
+                if on_path:
+                    # data flows again: a later silence gets its receiver probes afresh. Only
+                    # data: if any packet did this, the two sides' probes (ACKs) would keep
+                    # resetting each other's backoff, and an idle connection would exchange a
+                    # packet every two PTOs forever instead of a keepalive every 15 s
+                    self._gap_probes = 0
                 self._on_push(frame)
                 continue
             if _ack_eliciting(frame):
