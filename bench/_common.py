@@ -305,10 +305,10 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    if kind == "roamlink":
+    if kind == "roamlink" or kind.startswith("roamlink-"):
         import roamlink
 
-        listener = await roamlink.listen("127.0.0.1", 0)
+        listener = await roamlink.listen("127.0.0.1", 0, config=roamlink_config(kind))
 
         async def accept_loop() -> None:
             async for stream in listener:
@@ -341,11 +341,21 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
     raise ValueError(f"unknown stream transport {kind!r}")
 
 
+def roamlink_config(kind: str) -> Any:
+    """``roamlink`` uses the defaults; ``roamlink-<controller>`` (e.g. ``roamlink-newreno``)
+    selects a congestion controller, so controllers can be compared in one run."""
+    import roamlink
+
+    if kind.startswith("roamlink-"):
+        return roamlink.Config(congestion_control=kind.split("-", 1)[1])
+    return roamlink.Config()
+
+
 async def stream_connect(kind: str, port: int) -> ByteStream:
-    if kind == "roamlink":
+    if kind == "roamlink" or kind.startswith("roamlink-"):
         import roamlink
 
-        return await roamlink.connect("127.0.0.1", port)
+        return await roamlink.connect("127.0.0.1", port, config=roamlink_config(kind))
     if kind == "tcp":
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return TcpStream(reader, writer)

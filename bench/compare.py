@@ -7,7 +7,11 @@ by both processes). raw_udp is the ceiling of a bare asyncio UDP socket pair: th
 blasts 1200-byte datagrams, the receiver counts them and times first to last datagram.
 
 Usage: python bench/compare.py [--size-mib 64] [--repeat 3] [--only roamlink,tcp,...]
-       [--uvloop] [--quick] [--timeout s]
+       [--uvloop] [--quick] [--timeout s] [--interleave]
+
+``roamlink-<controller>`` (``roamlink-newreno``, ``roamlink-vegas``, ``roamlink-bbr``) runs
+roamlink with that congestion controller; ``--interleave`` runs the transports in turn
+(run 0 of each, then run 1 of each, ...) so a changing machine load hits them alike.
 Prints one JSON line per run, one per transport (median) and a final summary line.
 """
 
@@ -330,6 +334,8 @@ def parse_args(argv: list[str] | None, *, repeat: int, only: str,
     parser.add_argument("--size-mib", type=float, default=None, help="MiB to send (64)")
     parser.add_argument("--repeat", type=int, default=None, help=f"runs per transport ({repeat})")
     parser.add_argument("--only", default=only, help="comma-separated transports")
+    parser.add_argument("--interleave", action="store_true",
+                        help="alternate the transports run by run")
     add_common_args(parser, timeout=180)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     parser.add_argument("--sha", help=argparse.SUPPRESS)
@@ -360,33 +366,38 @@ async def compare(args: argparse.Namespace, bench: str) -> dict[str, Any]:
                 cert = make_self_signed_cert(tmp)
             except Exception as exc:  # e.g. cryptography not installed: QUIC runs report it
                 cert_error = f"certificate: {type(exc).__name__}: {exc}"
+        all_rates: dict[str, list[float]] = {k: [] for k in kinds}
+        all_errors: dict[str, list[str]] = {k: [] for k in kinds}
+        if args.interleave:
+            order = [(k, i) for i in range(args.repeat) for k in kinds]
+        else:
+            order = [(k, i) for k in kinds for i in range(args.repeat)]
+        for kind, i in order:
+            rates = all_rates[kind]
+            errors = all_errors[kind]
+            line: dict[str, Any] = {"bench": bench, "transport": kind, "run": i,
+                                    "size_mib": args.size_mib, "loop": loop_name}
+            if kind not in TRANSPORTS and not kind.startswith("roamlink-"):
+                line["error"] = f"unknown transport {kind!r}"
+            elif cert_error and kind in ("aioquic", "qh3"):
+                line["error"] = cert_error
+            else:
+                try:
+                    line.update(await asyncio.wait_for(
+                        run_transfer(kind, args.size_mib, sha, cert, args.uvloop,
+                                     args.timeout), args.timeout + 30))
+                except Exception as exc:  # one broken transport must not hide the rest
+                    line["error"] = f"{type(exc).__name__}: {exc}"
+            if line.get("error"):
+                errors.append(line["error"])
+            elif line["ok"] and line["mb_per_s"]:
+                rates.append(line["mb_per_s"])
+            elif not line["ok"]:
+                line["error"] = "data not verified"
+                errors.append(line["error"])
+            emit(line)
         for kind in kinds:
-            rates: list[float] = []
-            errors: list[str] = []
-            for i in range(args.repeat):
-                line: dict[str, Any] = {"bench": bench, "transport": kind, "run": i,
-                                        "size_mib": args.size_mib, "loop": loop_name}
-                if kind not in TRANSPORTS:
-                    line["error"] = f"unknown transport {kind!r}"
-                elif cert_error and kind in ("aioquic", "qh3"):
-                    line["error"] = cert_error
-                else:
-                    try:
-                        line.update(await asyncio.wait_for(
-                            run_transfer(kind, args.size_mib, sha, cert, args.uvloop,
-                                         args.timeout), args.timeout + 30))
-                    except Exception as exc:  # one broken transport must not hide the rest
-                        line["error"] = f"{type(exc).__name__}: {exc}"
-                if line.get("error"):
-                    errors.append(line["error"])
-                elif line["ok"] and line["mb_per_s"]:
-                    rates.append(line["mb_per_s"])
-                elif not line["ok"]:
-                    line["error"] = "data not verified"
-                    errors.append(line["error"])
-                emit(line)
-                if "error" in line and kind not in TRANSPORTS:
-                    break
+            rates, errors = all_rates[kind], all_errors[kind]
             medians[kind] = median(rates)
             if args.repeat > 1 or bench == "compare":
                 summary_line: dict[str, Any] = {

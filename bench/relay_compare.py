@@ -1,18 +1,24 @@
 """roamlink vs aioquic through the same user-space impairment relay, on real UDP sockets.
 
 Issue 7: 10 ms each way, 1% random loss each way, 4 MiB from client to server; report both
-goodputs and their ratio (target: roamlink >= 2x aioquic). Everything stays on 127.0.0.1.
-Each transfer ends with the server's SHA-256 of what it received checked against the sender's.
+goodputs and their ratio (target: roamlink >= 2x aioquic). Issue 15 adds delay jitter
+(``--jitter 0,5,10``: each one-way delay varies by +- that many ms, in order with
+``--jitter-mode fifo`` as on a cellular link, or reordering as netem), a bottleneck rate
+(``--rate-mbit``) and several controllers in one run (``--cc vegas,newreno,bbr``).
+Everything stays on 127.0.0.1. Each transfer ends with the server's SHA-256 of what it
+received checked against the sender's.
 
 Usage: PYTHONPATH=src python3 bench/relay_compare.py [--size MiB] [--delay s] [--loss p]
-       [--runs n] [--cc vegas|newreno]
-Prints one JSON object per line (one per run and a summary).
+       [--runs n] [--cc vegas,newreno,bbr] [--jitter 0,5,10] [--jitter-mode fifo|reorder]
+       [--rate-mbit R] [--no-aioquic]
+Prints one JSON object per line (one per run and a summary per jitter).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import random
@@ -54,19 +60,29 @@ class _Relay:
         await self.relay.wait_closed()
 
 
-async def start_relay(target: tuple[str, int], delay: float, loss: float, seed: int
-                      ) -> _Relay:
-    """Same delay and loss both ways; seeded, so each run's loss pattern is reproducible."""
-    impairment = Impairment(delay=delay, loss=loss, seed=seed)
+@dataclasses.dataclass(frozen=True)
+class Path:
+    """The impairment of each direction: one-way delay, jitter, loss, bottleneck rate."""
+
+    delay: float
+    loss: float
+    jitter: float = 0.0
+    jitter_mode: str = "reorder"
+    rate_bps: float | None = None
+
+
+async def start_relay(target: tuple[str, int], path: Path, seed: int) -> _Relay:
+    """Same impairment both ways; seeded, so each run's loss pattern is reproducible."""
+    impairment = Impairment(delay=path.delay, loss=path.loss, seed=seed, jitter=path.jitter,
+                            jitter_mode=path.jitter_mode, rate=path.rate_bps)
     return _Relay(await project_start_relay(("127.0.0.1", 0), target, impairment=impairment))
 
 
 # --------------------------------------------------------------------------------- roamlink
-async def run_roamlink(payload: bytes, delay: float, loss: float, seed: int, cc: str
-                       ) -> dict[str, Any]:
+async def run_roamlink(payload: bytes, path: Path, seed: int, cc: str) -> dict[str, Any]:
     config = Config(congestion_control=cc)
     listener = await roamlink.listen("127.0.0.1", 0, config=config)
-    relay = await start_relay(listener.local_addr[:2], delay, loss, seed)
+    relay = await start_relay(listener.local_addr[:2], path, seed)
     done: asyncio.Future[tuple[bytes, int, float]] = asyncio.get_running_loop().create_future()
 
     async def serve() -> None:
@@ -105,11 +121,12 @@ async def run_roamlink(payload: bytes, delay: float, loss: float, seed: int, cc:
             "srtt_ms": round(st.smoothed_rtt * 1e3, 2), "min_rtt_ms": round(st.min_rtt * 1e3, 2),
             "lost": st.packets_lost, "retransmissions": st.retransmissions,
             "spurious": st.spurious_losses, "cwnd": st.cwnd,
+            "packets_sent": st.packets_sent, "tail_loss_probes": st.tail_loss_probes,
             "congestion_events": st.congestion_events, "relay": relay_stats}
 
 
 # --------------------------------------------------------------------------------- aioquic
-async def run_aioquic(payload: bytes, delay: float, loss: float, seed: int) -> dict[str, Any]:
+async def run_aioquic(payload: bytes, path: Path, seed: int) -> dict[str, Any]:
     from aioquic.asyncio import connect, serve
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.quic.configuration import QuicConfiguration
@@ -141,7 +158,7 @@ async def run_aioquic(payload: bytes, delay: float, loss: float, seed: int) -> d
         server = await serve("127.0.0.1", 0, configuration=server_cfg,
                              create_protocol=Sink)
     port = server._transport.get_extra_info("sockname")[1]  # noqa: SLF001
-    relay = await start_relay(("127.0.0.1", port), delay, loss, seed)
+    relay = await start_relay(("127.0.0.1", port), path, seed)
     client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["bench"],
                                    verify_mode=ssl.CERT_NONE)
     host, rport = relay.address
@@ -165,26 +182,36 @@ async def run_aioquic(payload: bytes, delay: float, loss: float, seed: int) -> d
 # --------------------------------------------------------------------------------- main
 async def main(args: argparse.Namespace) -> None:
     payload = random.Random(42).randbytes(int(args.size * MiB))
-    results: dict[str, list[float]] = {}
-    runners: list[tuple[str, Callable[[int], Any]]] = [
-        (f"roamlink-{args.cc}",
-         lambda s: run_roamlink(payload, args.delay, args.loss, s, args.cc)),
-        ("aioquic", lambda s: run_aioquic(payload, args.delay, args.loss, s)),
-    ]
-    for run in range(args.runs):
-        for name, runner in runners:
-            res = await asyncio.wait_for(runner(run + 1), 600)
-            res.update({"run": run, "delay_each_way_s": args.delay, "loss_each_way": args.loss})
-            print(json.dumps(res), flush=True)
-            if not res["exact"]:
-                raise SystemExit(f"{name}: received data differs from what was sent")
-            results.setdefault(name, []).append(res["goodput_MBps"])
-    ours = statistics.median(results[f"roamlink-{args.cc}"])
-    theirs = statistics.median(results["aioquic"])
-    print(json.dumps({"summary": True, "size_MiB": args.size, "delay_each_way_s": args.delay,
-                      "loss_each_way": args.loss, "runs": args.runs,
-                      f"roamlink_{args.cc}_MBps_median": ours, "aioquic_MBps_median": theirs,
-                      "ratio": round(ours / theirs, 2) if theirs else None}), flush=True)
+    controllers = [c for c in args.cc.split(",") if c]
+    rate = args.rate_mbit * 1e6 if args.rate_mbit else None
+    for jitter_ms in (float(j) for j in args.jitter.split(",")):
+        path = Path(args.delay, args.loss, jitter_ms / 1e3, args.jitter_mode, rate)
+        results: dict[str, list[float]] = {}
+        runners: list[tuple[str, Callable[[int], Any]]] = [
+            (f"roamlink-{cc}", lambda s, cc=cc, p=path: run_roamlink(payload, p, s, cc))
+            for cc in controllers]
+        if not args.no_aioquic:
+            runners.append(("aioquic", lambda s, p=path: run_aioquic(payload, p, s)))
+        for run in range(args.runs):
+            for name, runner in runners:
+                res = await asyncio.wait_for(runner(run + 1), 600)
+                res.update({"run": run, "delay_each_way_s": args.delay,
+                            "loss_each_way": args.loss, "jitter_ms": jitter_ms,
+                            "jitter_mode": args.jitter_mode, "rate_mbit": args.rate_mbit})
+                print(json.dumps(res), flush=True)
+                if not res["exact"]:
+                    raise SystemExit(f"{name}: received data differs from what was sent")
+                results.setdefault(name, []).append(res["goodput_MBps"])
+        medians = {name: statistics.median(v) for name, v in results.items()}
+        summary: dict[str, Any] = {
+            "summary": True, "size_MiB": args.size, "delay_each_way_s": args.delay,
+            "loss_each_way": args.loss, "jitter_ms": jitter_ms, "jitter_mode": args.jitter_mode,
+            "rate_mbit": args.rate_mbit, "runs": args.runs, "MBps_median": medians}
+        theirs = medians.get("aioquic")
+        if theirs:
+            summary["ratio_to_aioquic"] = {name: round(v / theirs, 2)
+                                           for name, v in medians.items() if name != "aioquic"}
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
@@ -193,5 +220,10 @@ if __name__ == "__main__":
     parser.add_argument("--delay", type=float, default=0.010, help="one-way delay, s")
     parser.add_argument("--loss", type=float, default=0.01, help="loss each way")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cc", default="vegas", choices=["vegas", "newreno"])
+    parser.add_argument("--cc", default="vegas",
+                        help="comma-separated controllers (vegas, newreno, bbr)")
+    parser.add_argument("--jitter", default="0", help="comma-separated jitters, ms (+-)")
+    parser.add_argument("--jitter-mode", default="reorder", choices=["reorder", "fifo"])
+    parser.add_argument("--rate-mbit", type=float, default=None, help="bottleneck, Mbit/s")
+    parser.add_argument("--no-aioquic", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -1,10 +1,15 @@
-"""Issue 7's congestion-control figures on the simulated network (virtual clock); prints JSON.
+"""Congestion-control figures on the simulated network (virtual clock); prints JSON.
 
-Scenario: 20 ms RTT, 100 Mbit/s bottleneck with a 100-packet queue, random loss both ways.
-The tests (tests/test_congestion_figures.py) run the same scenarios for a few simulated
-seconds; this script runs them for as long as asked (issue 7: 30 s).
+Issue 7's scenario: 20 ms RTT, 100 Mbit/s bottleneck with a 100-packet queue, random loss both
+ways (``loss``, ``two_flows``, ``back_off``, ``mixed``). Issue 15's, on jittery links
+(``jitter``, ``jitter_bottleneck``, ``reorder``, ``fairness``): delay jitter as the relay
+makes it (``--jitter J``: each one-way delay is ``d +- J``, here ``delay=d-J`` plus up to
+``2J``), in order ("fifo", a cellular link) or reordering (netem). The tests
+(tests/test_congestion_figures.py, tests/test_congestion_jitter.py) run the same scenarios
+for a few simulated seconds; this script runs them for as long as asked.
 
 Usage: PYTHONPATH=src python3 bench/sim_figures.py [--seconds 30] [--only NAME ...]
+       [--controllers vegas,newreno,bbr]
 """
 
 from __future__ import annotations
@@ -15,10 +20,18 @@ import time
 from typing import Any
 
 from roamlink.config import Config
-from roamlink.testing.bulk import QueueProbe, drive, finish, open_flow, run_bottleneck
+from roamlink.testing.bulk import (
+    BottleneckRun,
+    QueueProbe,
+    drive,
+    finish,
+    open_flow,
+    run_bottleneck,
+)
 from roamlink.testing.simnet import LinkConfig, SimNetwork
 
 RATE = 100e6 / 8
+CONTROLLERS = ["vegas", "newreno", "bbr"]
 
 
 def emit(name: str, data: dict[str, Any], wall: float) -> None:
@@ -27,7 +40,7 @@ def emit(name: str, data: dict[str, Any], wall: float) -> None:
 
 
 def goodput_vs_loss(seconds: float) -> None:
-    for cc in ("vegas", "newreno"):
+    for cc in CONTROLLERS:
         for loss in (0.0, 0.01, 0.05):
             t = time.perf_counter()
             run = run_bottleneck(cc, loss=loss, seconds=seconds, rate=RATE)
@@ -35,12 +48,13 @@ def goodput_vs_loss(seconds: float) -> None:
 
 
 def two_flows(seconds: float) -> None:
-    for cc in ("vegas", "newreno"):
+    for cc in CONTROLLERS:
         t = time.perf_counter()
         run = run_bottleneck(cc, seconds=seconds, rate=RATE, flows=2, stagger=1.0,
                              warmup=seconds / 2, seed=2)
         a, b = run.goodputs
-        emit("two_flows", {**run.summary(), "share_deviation": round(abs(a - b) / (a + b), 3)},
+        emit("two_flows", {**run.summary(), "share_deviation": round(abs(a - b) / (a + b), 3),
+                           "jain": round(jain(run.goodputs), 4)},
              time.perf_counter() - t)
 
 
@@ -55,7 +69,7 @@ def mixed(seconds: float) -> None:
 
 def back_off(seconds: float) -> None:
     """5% random loss on a fast link; halfway the link slows to a quarter."""
-    for cc in ("vegas", "newreno"):
+    for cc in CONTROLLERS:
         t = time.perf_counter()
         net = SimNetwork(seed=3)
         cfg = Config(congestion_control=cc)
@@ -90,13 +104,80 @@ def back_off(seconds: float) -> None:
              time.perf_counter() - t)
 
 
+def jain(shares: list[float]) -> float:
+    """Jain's fairness index: 1 when all shares are equal, 1/n when one flow takes all."""
+    return sum(shares) ** 2 / (len(shares) * sum(x * x for x in shares)) if any(shares) else 0.0
+
+
+def jittery(cc: str, seconds: float, *, jitter: float, mode: str, loss: float = 0.0,
+            rate: float = RATE, flows: int = 1, stagger: float = 0.0, warmup: float = 0.0,
+            seed: int = 1) -> BottleneckRun:
+    """20 ms RTT through a ``rate`` bottleneck, each one-way delay 10 ms +- ``jitter``."""
+    return run_bottleneck(cc, loss=loss, seconds=seconds, rate=rate,
+                          one_way_delay=0.01 - jitter, jitter=2 * jitter,
+                          jitter_mode="fifo" if mode == "fifo" else "reorder", flows=flows,
+                          stagger=stagger, warmup=warmup, seed=seed)
+
+
+def jitter_figure(seconds: float) -> None:
+    """1% random loss, FIFO jitter 0 / 5 / 10 ms: goodput against the same controller's
+    jitter-free goodput (issue 15: >= 70% at 5 ms)."""
+    for cc in CONTROLLERS:
+        base = 0.0
+        for j in (0.0, 0.005, 0.01):
+            t = time.perf_counter()
+            run = jittery(cc, seconds, jitter=j, mode="fifo", loss=0.01)
+            if j == 0.0:
+                base = run.goodput
+            emit("jitter_fifo", {**run.summary(), "jitter_ms": j * 1e3,
+                                 "of_jitter_free": round(run.goodput / base, 3) if base else None},
+                 time.perf_counter() - t)
+
+
+def jitter_bottleneck(seconds: float) -> None:
+    """50 Mbit/s bottleneck, FIFO jitter 5 ms, no loss: link utilisation (issue 15: >= 80%)."""
+    for cc in CONTROLLERS:
+        t = time.perf_counter()
+        run = jittery(cc, seconds, jitter=0.005, mode="fifo", rate=50e6 / 8)
+        emit("jitter_bottleneck", {**run.summary(), "jitter_ms": 5.0},
+             time.perf_counter() - t)
+
+
+def reorder(seconds: float) -> None:
+    """Per-packet jitter that reorders (netem-like), 5 ms, 50 Mbit/s: spurious retransmissions
+    as a share of packets sent (issue 15: < 1%)."""
+    for cc in CONTROLLERS:
+        t = time.perf_counter()
+        run = jittery(cc, seconds, jitter=0.005, mode="reorder", rate=50e6 / 8)
+        st = run.stats[0]
+        emit("reorder", {**run.summary(), "jitter_ms": 5.0, "packets_sent": st.packets_sent,
+                         "spurious_share": round(st.spurious_losses / max(st.packets_sent, 1),
+                                                 5)},
+             time.perf_counter() - t)
+
+
+def fairness(seconds: float) -> None:
+    """Two flows of one controller through a 50 Mbit/s bottleneck, the second 1 s later,
+    without and with 5 ms FIFO jitter: Jain's index over the second half (>= 0.95)."""
+    for cc in CONTROLLERS:
+        for j in (0.0, 0.005):
+            t = time.perf_counter()
+            run = jittery(cc, seconds, jitter=j, mode="fifo", rate=50e6 / 8, flows=2,
+                          stagger=1.0, warmup=seconds / 2, seed=2)
+            emit("fairness", {**run.summary(), "jitter_ms": j * 1e3,
+                              "jain": round(jain(run.goodputs), 4)}, time.perf_counter() - t)
+
+
 FIGURES = {"loss": goodput_vs_loss, "two_flows": two_flows, "back_off": back_off,
-           "mixed": mixed}
+           "mixed": mixed, "jitter": jitter_figure, "jitter_bottleneck": jitter_bottleneck,
+           "reorder": reorder, "fairness": fairness}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--only", nargs="*", choices=sorted(FIGURES), default=sorted(FIGURES))
+    parser.add_argument("--controllers", default=",".join(CONTROLLERS))
     args = parser.parse_args()
+    CONTROLLERS[:] = args.controllers.split(",")
     for name in args.only:
         FIGURES[name](args.seconds)

@@ -217,7 +217,7 @@ def test_candidate_paths_are_bounded() -> None:
     run_pumps(net, [pump], 0.1)
     real = [d for src, dst, d in net.captured if src == client.addr and d[0] == wire.SHORT][-1]
     for i in range(50):  # a flood of spoofed sources, each with a "newest" packet
-        pn = s.acks.largest + 10 + i
+        pn = s.acks.largest + 10_000 + i  # newer than anything the client sends meanwhile
         net.send((f"10.77.0.{i + 1}", 1000), SERVER, real[:9] + pn.to_bytes(8, "big") + real[17:])
     net.run(until=net.now + 0.05)
     assert len(s.paths.candidates) <= 2 and s.paths.candidates_refused >= 48

@@ -100,8 +100,9 @@ def test_slow_start_again_after_idle(controller: str) -> None:
 
 def test_pacing_spreads_a_large_window() -> None:
     """With a large window and much to send, one call sends at most a pacing burst, and the
-    connection's timer says when to send the rest (well before any retransmission timeout)."""
-    cfg = Config()
+    connection's timer says when to send the rest (well before any retransmission timeout).
+    (Vegas: its pacing rate follows the window set here; BBR's follows its model.)"""
+    cfg = Config(congestion_control="vegas")
     net, flow = _flow(cfg, LinkConfig(delay=0.01))
     conn = flow.sender
     conn.rtt.update(0.02, 0.0)
@@ -128,7 +129,7 @@ def test_unpaced_connection_sends_the_window_at_once() -> None:
 
 
 def test_stats_expose_recovery_and_congestion_state() -> None:
-    cfg = Config()
+    cfg = Config(congestion_control="vegas")
     net, flow = _flow(cfg, LinkConfig(delay=0.01, loss=0.03, rate=2.5e6), seed=7)
     drive(net, [flow], net.now + 2.0)
     st = flow.sender.stats()

@@ -112,6 +112,24 @@ def test_model_jitter_stays_in_band_and_never_before_now() -> None:
     assert all(model.decide(5.0, 100)[0] >= 5.0 for _ in range(2000))
 
 
+def test_model_fifo_jitter_varies_the_delay_but_keeps_the_order() -> None:
+    """--jitter-mode fifo: the delay still varies over the whole band, yet no datagram ever
+    leaves before one that arrived ahead of it; the default mode reorders."""
+    fifo = ImpairmentModel(Impairment(delay=0.01, jitter=0.005, jitter_mode="fifo"),
+                           random.Random(3))
+    sends = [i * 0.002 for i in range(3000)]  # one datagram every 2 ms
+    times = [fifo.decide(t, 1200)[0] for t in sends]
+    assert times == sorted(times)
+    delays = [r - t for r, t in zip(times, sends, strict=True)]
+    assert min(delays) >= 0.005 - 1e-12 and max(delays) <= 0.015 + 1e-12
+    assert max(delays) - min(delays) > 0.006
+    free = ImpairmentModel(Impairment(delay=0.01, jitter=0.005), random.Random(3))
+    times = [free.decide(t, 1200)[0] for t in sends]
+    assert times != sorted(times)
+    with pytest.raises(ValueError, match="jitter_mode"):
+        Impairment(jitter_mode="random")
+
+
 def test_model_loss_fraction_and_determinism() -> None:
     imp = Impairment(loss=0.1, seed=42)
     model = ImpairmentModel(imp)

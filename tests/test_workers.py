@@ -75,6 +75,21 @@ async def read_json(stream: roamlink.Stream) -> dict[str, Any]:
     return result
 
 
+async def _migrate(stream: roamlink.Stream) -> tuple[Any, ...]:
+    """Move to a fresh local port. Moves follow each other as fast as paths validate, so the
+    peer's replacement connection ID may still be on its way: then wait for it (the error
+    says "yet"), as an application that moves this often would."""
+    for _ in range(100):
+        try:
+            local, _ = await stream.migrate(local_addr=0)
+            return tuple(local)
+        except roamlink.MigrationError as exc:
+            if "yet" not in str(exc):
+                raise
+            await asyncio.sleep(0.01)
+    raise AssertionError("no spare connection ID within a second")
+
+
 async def moving_transfer(port: int, moves: int, size: int) -> tuple[dict[str, Any],
                                                                       dict[str, Any], bytes]:
     """Send ``size`` bytes, moving to a fresh local port ``moves`` times on the way."""
@@ -87,7 +102,7 @@ async def moving_transfer(port: int, moves: int, size: int) -> tuple[dict[str, A
         stream.write(payload[i * step:(i + 1) * step if i < moves else size])
         await stream.drain()
         if i < moves:
-            local, _ = await stream.migrate(local_addr=0)
+            local = await _migrate(stream)
             ports.add(local[1])
     assert len(ports) == moves + 1  # every move a new local port (a new 4-tuple)
     stream.write_eof()

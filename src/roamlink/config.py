@@ -59,8 +59,9 @@ class Config:
     receive_window: int = 4 * 1024 * 1024
     #: ``drain()`` blocks while more than this many bytes are buffered to send.
     send_buffer_size: int = 4 * 1024 * 1024
-    #: Congestion controller, by name (see roamlink.core.congestion.CONTROLLERS).
-    congestion_control: str = "vegas"
+    #: Congestion controller, by name (see roamlink.core.congestion.CONTROLLERS): "bbr"
+    #: (model-based, the default), "vegas" (delay-based) or "newreno" (loss-based).
+    congestion_control: str = "bbr"
     #: Initial congestion window, in full-size packets.
     initial_window_packets: int = 32
     #: Pace sends over the RTT instead of bursting the whole window.

@@ -51,7 +51,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--delay", type=_parsed(relay.parse_duration, "duration"), default=0.0,
                    help="one-way delay, e.g. 20ms")
     p.add_argument("--jitter", type=_parsed(relay.parse_duration, "duration"), default=0.0,
-                   help="delay varies uniformly by +- this, e.g. 5ms (can reorder)")
+                   help="delay varies uniformly by +- this, e.g. 5ms (see --jitter-mode)")
+    p.add_argument("--jitter-mode", choices=relay.JITTER_MODES, default="reorder",
+                   help="reorder (default): each datagram's jitter is independent, so "
+                        "datagrams overtake one another, as netem; fifo: each direction "
+                        "stays in order, as a cellular or Wi-Fi link (a queue of varying "
+                        "depth)")
     p.add_argument("--loss", type=_parsed(relay.parse_percent, "percentage"), default=0.0,
                    help="drop probability, e.g. 1%%")
     p.add_argument("--reorder", type=_parsed(relay.parse_percent, "percentage"), default=0.0,
@@ -74,7 +79,8 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
     try:
         impairment = relay.Impairment(
             delay=args.delay, jitter=args.jitter, loss=args.loss, reorder=args.reorder,
-            duplicate=args.duplicate, rate=args.rate, seed=args.seed)
+            duplicate=args.duplicate, rate=args.rate, seed=args.seed,
+            jitter_mode=args.jitter_mode)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     listen = _numeric(args.listen)
@@ -116,7 +122,7 @@ def _describe(args: argparse.Namespace) -> str:
     if args.delay:
         parts.append(f"delay {args.delay * 1e3:g} ms")
     if args.jitter:
-        parts.append(f"jitter {args.jitter * 1e3:g} ms")
+        parts.append(f"jitter {args.jitter * 1e3:g} ms ({args.jitter_mode})")
     for name in ("loss", "reorder", "duplicate"):
         if getattr(args, name):
             parts.append(f"{name} {getattr(args, name) * 100:g}%")

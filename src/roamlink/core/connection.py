@@ -44,6 +44,7 @@ from .ack_state import MAX_PACKET_NUMBER_JUMP, AckState
 from .buffers import RecvBuffer, SendBuffer
 from .cids import ConnectionIds
 from .congestion import create_controller
+from .delivery_rate import DeliveryRateEstimator
 from .events import (
     Address,
     ConnectionStats,
@@ -130,6 +131,7 @@ class Connection:
         self.cc = create_controller(config.congestion_control, config.max_datagram_size,
                                     config.initial_window_packets)
         self.pacer = Pacer(config.max_datagram_size) if config.pacing else None
+        self.rate_estimator = DeliveryRateEstimator()
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
         self.flow = FlowControl(config.receive_window)
@@ -137,6 +139,7 @@ class Connection:
         self.counters = Counters()
         self.packets = PacketBuilder(config, send_buf=self.send_buf, recovery=self.recovery,
                                      cc=self.cc, rtt=self.rtt, pacer=self.pacer,
+                                     rate_estimator=self.rate_estimator,
                                      acks=self.acks, flow=self.flow, counters=self.counters,
                                      now=now)
 

@@ -50,7 +50,12 @@ def on_ack(conn: Connection, ack: wire.AckFrame, now: float) -> None:
         if run_end > run_start:
             send_buf.on_acked(run_start, run_end - run_start, False)
         conn.acks.on_peer_saw(peer_saw)
-        conn.cc.on_packets_acked(acked, conn.rtt, now, recovery.bytes_in_flight)
+        rtt = conn.rtt
+        estimator = conn.rate_estimator
+        sample = estimator.on_ack(acked, now, rtt.min_rtt if rtt.has_sample else 0.0)
+        if sample is not None:
+            conn.cc.on_delivery(sample, estimator.delivered)
+        conn.cc.on_packets_acked(acked, rtt, now, recovery.bytes_in_flight)
     if lost:
         on_lost(conn, lost, now)
 

@@ -79,3 +79,9 @@ class ConnectionStats:
     send_buffered: int
     recv_buffered: int
     flow_control_blocked: int
+    #: latest delivery-rate sample (bytes/s) and whether the application limited it
+    delivery_rate: float = 0.0
+    delivery_rate_app_limited: bool = False
+    #: rate the pacer is set to (bytes/s; 0 when pacing is off)
+    pacing_rate: float = 0.0
+    tail_loss_probes: int = 0

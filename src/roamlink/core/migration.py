@@ -120,6 +120,7 @@ def on_path_validated(conn: Connection, result: ValidationResult, now: float) ->
         conn.cc.on_path_change()
         conn.rtt.reset()
         conn.recovery.on_new_path()
+        conn.rate_estimator.reset()
         if conn.pacer is not None:
             conn.packets.pace_at = None
     # what was in flight on the old path is resent on the new one (the receiver drops

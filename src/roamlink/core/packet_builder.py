@@ -17,6 +17,7 @@ from . import wire
 from .ack_state import AckState
 from .buffers import SendBuffer
 from .congestion import CongestionController
+from .delivery_rate import DeliveryRateEstimator
 from .events import Address
 from .flow_control import FlowControl
 from .pacing import Pacer
@@ -40,19 +41,21 @@ HANDSHAKE_MARK = _HandshakeMark()
 class PacketBuilder:
     """Turns what waits to be sent into packets, and records each one as sent."""
 
-    __slots__ = ("mtu", "send_buf", "recovery", "cc", "rtt", "pacer", "acks", "flow",
-                 "counters", "control", "next_pn", "probe_pending", "pace_at", "last_sent",
+    __slots__ = ("mtu", "send_buf", "recovery", "cc", "rtt", "pacer", "rate_estimator", "acks",
+                 "flow", "counters", "control", "next_pn", "probe_pending", "pace_at", "last_sent",
                  "_ack_in_packet", "_ack_only_sent")
 
     def __init__(self, config: Config, *, send_buf: SendBuffer, recovery: Recovery,
                  cc: CongestionController, rtt: RttEstimator, pacer: Pacer | None,
-                 acks: AckState, flow: FlowControl, counters: Counters, now: float) -> None:
+                 rate_estimator: DeliveryRateEstimator, acks: AckState, flow: FlowControl,
+                 counters: Counters, now: float) -> None:
         self.mtu = config.max_datagram_size
         self.send_buf = send_buf
         self.recovery = recovery
         self.cc = cc
         self.rtt = rtt
         self.pacer = pacer
+        self.rate_estimator = rate_estimator
         self.acks = acks
         self.flow = flow
         self.counters = counters
@@ -182,6 +185,20 @@ class PacketBuilder:
                 self.probe_pending -= 1
             if not eliciting or not may_fly:
                 break
+        if pacer is not None and self.pace_at is None:
+            pacer.wake_at = -1.0  # not waiting for the pacer (the window or the data stops us)
+        if not send_buf.has_data_to_send() and recovery.bytes_in_flight + mtu <= self.cc.cwnd:
+            # the window has room but the application gave us nothing: rate samples until
+            # this flight is delivered measure the application, not the path
+            self.rate_estimator.mark_app_limited(recovery.bytes_in_flight)
+        elif pacer is not None and pacer.fell_behind:
+            # a wake-up came so late that what the pacer allowed could not all leave: the
+            # host (a busy event loop), not the path, limited this flight, so its samples
+            # must not pull the bandwidth model down. (Not during start-up, which ends when
+            # the delivery rate stops growing, whatever limits it.)
+            pacer.fell_behind = False
+            if self.cc.state != "startup":
+                self.rate_estimator.mark_app_limited(recovery.bytes_in_flight)
 
     def _ack(self, now: float) -> bytes:
         """The ACK frame owed, remembering which packet of the peer's it reports."""
@@ -203,6 +220,8 @@ class PacketBuilder:
                 and recovery.last_ack_eliciting_time is not None
                 and now - recovery.last_ack_eliciting_time > recovery.pto_interval()):
             self.cc.on_idle()  # the window is stale after an idle period: slow start again
+        if eliciting:
+            self.rate_estimator.on_packet_sent(pkt, now, recovery.bytes_in_flight)
         recovery.on_packet_sent(pkt)
         if eliciting:
             self.cc.on_packet_sent(size, now, recovery.bytes_in_flight)

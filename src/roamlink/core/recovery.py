@@ -1,11 +1,28 @@
 """Loss recovery: which packets are in flight, which were acknowledged, which are lost.
 
-Follows RFC 9002: a packet is lost when a packet sent ``PACKET_THRESHOLD`` later was
-acknowledged, or when it is older than ``TIME_THRESHOLD`` x RTT and a later one was
-acknowledged. Both thresholds grow when a loss turns out spurious (the path reorders more
-than they allow, as jittery radio links do), the way TCP RACK widens its reordering window.
-A probe timeout (PTO) with exponential backoff recovers a lost tail. Lost packets are never
-resent as such: their frames are handed back to be sent in new packets.
+Loss detection is RACK-TLP (RFC 8985) on top of RFC 9002's packet threshold:
+
+* **RACK** (time): once a packet sent *later* than ``p`` has been acknowledged, ``p`` is lost
+  when it has been out for longer than ``rack_rtt + reo_wnd``, where ``rack_rtt`` is the RTT
+  of the most recently sent packet acknowledged so far and ``reo_wnd``, the reordering window,
+  is ``reo_wnd_mult x min_rtt / 4`` (at most one smoothed RTT). A loss timer fires at that
+  moment if no ACK comes first. Time, not a packet count, is what reordering on a jittery link
+  is measured in: 5 ms of reordering is 4 packets at 10 Mbit/s and 40 at 100 Mbit/s.
+* **Packet threshold** (RFC 9002's kPacketThreshold, TCP's DupThresh): ``p`` is lost at once
+  when a packet sent ``packet_threshold`` later was acknowledged; quick on a path that keeps
+  order (the common case, including FIFO jitter) and needs no RTT.
+* **Adapting to reordering**: when an ACK covers a packet declared lost, the retransmission
+  was spurious (counted in ``spurious_losses``): the reordering window grows by min_rtt/4
+  (``reo_wnd_mult += 1``, at most once per round trip) and the packet threshold by half. After
+  ``_NARROW_AFTER`` losses with none spurious they step back toward the defaults.
+* **Tail-loss probe** (TLP): the last packets of a flight have no later packet whose ACK
+  could reveal their loss, so ``2 x srtt`` after the last send (plus the peer's ACK delay if
+  only one packet is out) one probe goes out: new data if there is some, else the newest
+  unacknowledged data again. Its ACK reveals the loss for RACK. If that goes unanswered too,
+  the probe timeout (PTO, RFC 9002) with exponential backoff sends two probes.
+
+Lost packets are never resent as such: their frames are handed back to be sent in new
+packets.
 """
 
 from __future__ import annotations
@@ -16,11 +33,14 @@ from .rtt import RttEstimator
 from .wire import AckFrame, Frame
 
 PACKET_THRESHOLD = 3
-TIME_THRESHOLD = 9 / 8
+#: Loss delay in units of the RTT with the default reordering window (RTT + min_rtt / 4).
+TIME_THRESHOLD = 5 / 4
 TIMER_GRANULARITY = 0.001
 #: Ceilings of the adapted thresholds: loss detection never waits longer than this.
-MAX_PACKET_THRESHOLD = 64
-MAX_TIME_THRESHOLD = 2.0
+MAX_PACKET_THRESHOLD = 256
+#: The tail-loss probe waits this many smoothed RTTs after the last send (at least TLP_MIN).
+TLP_RTTS = 2.0
+TLP_MIN = 0.01
 #: After this many losses with none found spurious, the thresholds step back toward RFC 9002's.
 _NARROW_AFTER = 64
 _REMEMBER_LOST = 2048  # lost packet numbers kept to detect spurious retransmissions
@@ -30,7 +50,8 @@ class SentPacket:
     """What we must know about a packet until it is acknowledged or declared lost."""
 
     __slots__ = ("number", "time_sent", "size", "ack_eliciting", "in_flight", "stream",
-                 "control", "largest_acked")
+                 "control", "largest_acked", "delivered", "delivered_time",
+                 "first_sent_time", "is_app_limited")
 
     def __init__(self, number: int, time_sent: float, size: int, ack_eliciting: bool,
                  stream: list[tuple[int, int, bool]], control: list[Frame]) -> None:
@@ -45,6 +66,12 @@ class SentPacket:
         #: (-1: none); once this packet is acknowledged the peer knows it, so older ranges
         #: need not be reported again
         self.largest_acked = -1
+        # delivery-rate stamps (see delivery_rate.py): the path's delivered count and times when
+        # this packet left, and whether the sender was application-limited then
+        self.delivered = 0
+        self.delivered_time = 0.0
+        self.first_sent_time = 0.0
+        self.is_app_limited = False
 
 
 class Recovery:
@@ -63,13 +90,36 @@ class Recovery:
         self.loss_time: float | None = None
         self.last_ack_eliciting_time: float | None = None
         self._lost_pns: list[int] = []  # sorted; recently declared lost
+        self._lost_times: dict[int, float] = {}  # their send times
         self.packet_threshold = PACKET_THRESHOLD
-        self.time_threshold = TIME_THRESHOLD
+        self.reo_wnd_mult = 1
+        self._last_widened = float("-inf")
         self._losses_since_spurious = 0
+        #: RACK state: send time and RTT of the most recently sent packet acknowledged so far
+        self.rack_time_sent = float("-inf")
+        self.rack_rtt = 0.0
+        self.tlp_armed = True  # a tail-loss probe may fire before the next PTO
+        #: probe packets the last timeout asks for (1 for a TLP, 2 for a PTO)
+        self.probe_packets = 0
+        self.last_probe_was_tlp = False
         # counters
         self.packets_lost = 0
         self.spurious_losses = 0
         self.pto_fired = 0
+        self.tlp_fired = 0
+
+    @property
+    def reo_wnd(self) -> float:
+        """RACK's reordering window: how much later than expected a packet may still come
+        (``reo_wnd_mult`` quarters of the minimum RTT, at most the smoothed RTT)."""
+        rtt = self.rtt
+        wnd = self.reo_wnd_mult * rtt.base / 4
+        return wnd if wnd < rtt.smoothed else rtt.smoothed
+
+    @property
+    def time_threshold(self) -> float:
+        """The loss delay in units of the RTT (RTT + reo_wnd_mult x min_rtt / 4)."""
+        return 1 + self.reo_wnd_mult / 4
 
     # -- sending ------------------------------------------------------------------------------
     def on_packet_sent(self, packet: SentPacket) -> None:
@@ -110,8 +160,17 @@ class Recovery:
                 j = bisect_right(lost_pns, hi)
                 if i < j:
                     self.spurious_losses += j - i
+                    # how far it was overtaken (at most: later ones arrived since), and how
+                    # much later than RACK expected it came
+                    distance = max(self.largest_acked, ack.largest) - lost_pns[i]
+                    times = self._lost_times
+                    late = 0.0
+                    for pn in lost_pns[i:j]:
+                        sent_at = times.pop(pn, now)
+                        if now - sent_at - self.rack_rtt > late:
+                            late = now - sent_at - self.rack_rtt
                     del lost_pns[i:j]
-                    self._widen_thresholds()
+                    self._widen_thresholds(now, distance, late)
                     if not lost_pns:
                         break
         rtt_updated = False
@@ -125,23 +184,31 @@ class Recovery:
             ack_delay = min(ack.ack_delay_us / 1e6, self.max_ack_delay)
             self.rtt.update(max(now - newest.time_sent, 1e-6), ack_delay)
             rtt_updated = True
+        if newest.time_sent >= self.rack_time_sent:
+            # packets leave in number order, so the newest number is the latest sent
+            self.rack_time_sent = newest.time_sent
+            self.rack_rtt = now - newest.time_sent
         for pkt in acked:
             if pkt.in_flight:
                 self.bytes_in_flight -= pkt.size
         lost = self._detect_lost(now)
         self.pto_count = 0
+        self.tlp_armed = True
         return acked, lost, rtt_updated
 
     def _detect_lost(self, now: float) -> list[SentPacket]:
+        """RACK and the packet threshold over the packets sent before the largest acked."""
         self.loss_time = None
-        rtt = self.rtt
-        loss_delay = max(self.time_threshold * max(rtt.latest, rtt.smoothed), TIMER_GRANULARITY)
+        loss_delay = self.rack_rtt + self.reo_wnd
+        if loss_delay < TIMER_GRANULARITY:
+            loss_delay = TIMER_GRANULARITY
         threshold = self.packet_threshold
         lost_send_time = now - loss_delay
         largest = self.largest_acked
+        rack_time_sent = self.rack_time_sent
         lost: list[SentPacket] = []
         for pn, pkt in self.sent.items():
-            if pn > largest:
+            if pn > largest or pkt.time_sent > rack_time_sent:
                 break
             if pkt.time_sent <= lost_send_time or largest - pn >= threshold:
                 lost.append(pkt)
@@ -156,15 +223,33 @@ class Recovery:
     def on_new_path(self) -> None:
         """A new network path: its reordering is unknown, so start from RFC 9002's thresholds."""
         self.packet_threshold = PACKET_THRESHOLD
-        self.time_threshold = TIME_THRESHOLD
+        self.reo_wnd_mult = 1
         self._losses_since_spurious = 0
+        self.rack_time_sent = float("-inf")
+        self.rack_rtt = 0.0
+        self.tlp_armed = True
 
-    def _widen_thresholds(self) -> None:
-        """A loss was spurious: tolerate more reordering (by half again, and 1/8 RTT)."""
-        self.packet_threshold = min(self.packet_threshold + max(self.packet_threshold // 2, 1),
-                                    MAX_PACKET_THRESHOLD)
-        self.time_threshold = min(self.time_threshold + 0.125, MAX_TIME_THRESHOLD)
+    def _widen_thresholds(self, now: float, distance: int, late: float) -> None:
+        """A loss was spurious: tolerate more reordering. The packet threshold grows to the
+        distance the packet was overtaken by (as Linux TCP's ``tp->reordering``), and at
+        least by half; RACK's window grows by min_rtt/4 at most once per round trip (RFC 8985
+        section 6.2), or at once to how late the packet came (``late``: a jittery link shows
+        its reordering within the first round trips, and a short transfer should not pay a
+        spurious retransmission per round trip until the window has caught up). It never
+        exceeds the smoothed RTT (see ``reo_wnd``)."""
         self._losses_since_spurious = 0
+        grown = max(self.packet_threshold + max(self.packet_threshold // 2, 1), distance + 1)
+        if grown > self.packet_threshold:
+            self.packet_threshold = min(grown, MAX_PACKET_THRESHOLD)
+        if now - self._last_widened < self.rtt.smoothed:
+            return  # the same reordering event: one window step per round trip
+        self._last_widened = now
+        quarter = self.rtt.base / 4
+        if quarter <= 0.0:
+            return
+        wanted = max(self.reo_wnd_mult + 1, int(late / quarter) + 1)
+        ceiling = int(self.rtt.smoothed / quarter) + 1  # beyond it, reo_wnd is the SRTT
+        self.reo_wnd_mult = max(self.reo_wnd_mult, min(wanted, ceiling))
 
     def _forget_lost(self, pkt: SentPacket) -> None:
         del self.sent[pkt.number]
@@ -176,14 +261,20 @@ class Recovery:
             # no reordering seen for a while: detect real losses sooner again
             self._losses_since_spurious = 0
             self.packet_threshold = max(self.packet_threshold * 2 // 3, PACKET_THRESHOLD)
-            self.time_threshold = max(self.time_threshold - 0.125, TIME_THRESHOLD)
+            if self.reo_wnd_mult > 1:
+                self.reo_wnd_mult -= 1
         lost_pns = self._lost_pns
         if not lost_pns or pkt.number > lost_pns[-1]:
             lost_pns.append(pkt.number)
         else:
             lost_pns.insert(bisect_left(lost_pns, pkt.number), pkt.number)
+        self._lost_times[pkt.number] = pkt.time_sent
         if len(lost_pns) > _REMEMBER_LOST:
-            del lost_pns[:len(lost_pns) - _REMEMBER_LOST // 2]
+            cut = len(lost_pns) - _REMEMBER_LOST // 2
+            times = self._lost_times
+            for pn in lost_pns[:cut]:
+                times.pop(pn, None)
+            del lost_pns[:cut]
 
     # -- timers -------------------------------------------------------------------------------
     def rto(self) -> float:
@@ -197,27 +288,60 @@ class Recovery:
         """The probe timeout: the RTO doubled per unanswered probe (capped)."""
         return min(self.rto() * (1 << min(self.pto_count, 16)), self.max_rto * 4)
 
+    def tlp_interval(self) -> float:
+        """RFC 8985 section 7.2: 2 x SRTT, plus the peer's ACK delay when a single packet is
+        out (its ACK may be delayed), never later than the PTO."""
+        rtt = self.rtt
+        pto = self.pto_interval()
+        if not rtt.has_sample:
+            return pto
+        interval = TLP_RTTS * rtt.smoothed
+        if len(self.sent) == 1:
+            interval += self.max_ack_delay
+        if interval < TLP_MIN:
+            interval = TLP_MIN
+        return interval if interval < pto else pto
+
     def timer(self) -> float | None:
         if self.loss_time is not None:
             return self.loss_time
         if self.bytes_in_flight <= 0 or self.last_ack_eliciting_time is None:
             return None
+        if self.tlp_armed and self.pto_count == 0:
+            return self.last_ack_eliciting_time + self.tlp_interval()
         return self.last_ack_eliciting_time + self.pto_interval()
 
     def on_timeout(self, now: float) -> tuple[list[SentPacket], bool]:
-        """Handle the loss timer: ``(lost, probe_needed)``."""
+        """Handle the loss timer: ``(lost, probe_needed)``; ``probe_packets`` says how many
+        probes (1 for a tail-loss probe, 2 for a PTO) and ``last_probe_was_tlp`` which."""
         if self.loss_time is not None and now >= self.loss_time:
             return self._detect_lost(now), False
         deadline = self.timer()
         if deadline is None or now < deadline:
             return [], False
+        if self.tlp_armed and self.pto_count == 0:
+            # one tail-loss probe per flight; if it goes unanswered too, the PTO follows
+            self.tlp_armed = False
+            self.tlp_fired += 1
+            self.probe_packets = 1
+            self.last_probe_was_tlp = True
+            return [], True
         self.pto_count += 1
         self.pto_fired += 1
+        self.probe_packets = 2
+        self.last_probe_was_tlp = False
         return [], True
 
     def oldest_unacked(self) -> SentPacket | None:
         for pkt in self.sent.values():
             if pkt.ack_eliciting:
+                return pkt
+        return None
+
+    def newest_unacked(self) -> SentPacket | None:
+        """The last packet sent still unacknowledged (what a tail-loss probe repeats)."""
+        for pkt in reversed(self.sent.values()):
+            if pkt.ack_eliciting and pkt.stream:
                 return pkt
         return None
 
@@ -233,6 +357,8 @@ class Recovery:
         if lost:
             gone = {p.number for p in lost}
             self._lost_pns = [pn for pn in self._lost_pns if pn not in gone]
+            for pn in gone:
+                self._lost_times.pop(pn, None)
         self.sent.clear()
         self.bytes_in_flight = 0
         self.loss_time = None

@@ -65,4 +65,8 @@ def snapshot(conn: Connection) -> ConnectionStats:
         send_buffered=conn.send_buf.buffered,
         recv_buffered=conn.recv_buf.buffered,
         flow_control_blocked=conn.flow.blocked_count,
+        delivery_rate=conn.rate_estimator.latest.delivery_rate,
+        delivery_rate_app_limited=conn.rate_estimator.latest.is_app_limited,
+        pacing_rate=conn.pacer.rate if conn.pacer is not None else 0.0,
+        tail_loss_probes=recovery.tlp_fired,
     )

@@ -170,15 +170,18 @@ def _loss_timeout(conn: Connection, now: float) -> bool:
     if lost:
         delivery.on_lost(conn, lost, now)
     if probe:
-        conn.packets.probe_pending = 2
+        recovery = conn.recovery
+        conn.packets.probe_pending = recovery.probe_packets  # 1 for a TLP, 2 for a PTO
         send_buf = conn.send_buf
         if conn.state is State.HANDSHAKING:
             conn.handshake.pending = True
         elif not send_buf.unsent:
-            # nothing new to probe with: resend the oldest unacknowledged data
-            oldest = conn.recovery.oldest_unacked()
-            if oldest is not None:
-                for offset, length, fin in oldest.stream:
+            # nothing new to probe with: a tail-loss probe repeats the newest data (its ACK
+            # then reveals what before it was lost), a PTO the oldest
+            again = (recovery.newest_unacked() if recovery.last_probe_was_tlp
+                     else recovery.oldest_unacked())
+            if again is not None:
+                for offset, length, fin in again.stream:
                     send_buf.on_lost(offset, length, fin)
     return False
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..config import Config
 from ..core.connection import Connection
@@ -191,7 +192,8 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
                    rate: float = 100e6 / 8, queue_packets: int = 100, one_way_delay: float = 0.01,
                    flows: int = 1, stagger: float = 0.0, warmup: float = 0.0, seed: int = 1,
                    config: Config | None = None, finish_timeout: float = 60.0,
-                   controllers: list[str] | None = None) -> BottleneckRun:
+                   controllers: list[str] | None = None, jitter: float = 0.0,
+                   jitter_mode: Literal["reorder", "fifo"] = "fifo") -> BottleneckRun:
     """Bulk flows from one host to another through a bottleneck (issue 7's scenario).
 
     The forward link has the rate limit, the finite queue and ``loss``; the reverse link
@@ -199,14 +201,18 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
     seconds after the first; goodput and queueing delay are measured from ``warmup`` to
     ``seconds`` after the first flow started. Then every flow closes and must end hash-exact.
     ``controllers`` gives each flow's sender its own controller (default: ``controller``).
+    ``jitter`` adds up to that much delay per packet in both directions (``jitter_mode``: in
+    order, as a cellular link, or reordering, as netem).
     """
     cfg = (config or Config()).replace(congestion_control=controller)
     net = SimNetwork(seed=seed)
     server = net.add_node(("10.0.0.1", 4433), cfg, listen=True)
     net.set_link("10.0.0.2", "10.0.0.1", LinkConfig(delay=one_way_delay, loss=loss, rate=rate,
-                                                    queue_packets=queue_packets),
+                                                    queue_packets=queue_packets, jitter=jitter,
+                                                    jitter_mode=jitter_mode),
                  both_ways=False)
-    net.set_link("10.0.0.1", "10.0.0.2", LinkConfig(delay=one_way_delay, loss=loss),
+    net.set_link("10.0.0.1", "10.0.0.2", LinkConfig(delay=one_way_delay, loss=loss,
+                                                    jitter=jitter, jitter_mode=jitter_mode),
                  both_ways=False)
     client = net.add_node(("10.0.0.2", 5000), cfg)
     link = net.link_stats("10.0.0.2", "10.0.0.1")

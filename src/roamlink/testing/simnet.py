@@ -19,6 +19,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..config import Config
 from ..core.connection import Connection
@@ -32,7 +33,11 @@ class LinkConfig:
     """Impairments of one direction of a link."""
 
     delay: float = 0.01
-    jitter: float = 0.0
+    jitter: float = 0.0  # extra delay, uniform in [0, jitter], per packet
+    #: "reorder": each packet's jitter is independent, so packets overtake one another (netem's
+    #: default); "fifo": a packet never arrives before the one sent ahead of it on this link,
+    #: as behind a queue of varying depth (cellular and Wi-Fi links): delay varies, order holds
+    jitter_mode: Literal["reorder", "fifo"] = "reorder"
     loss: float = 0.0
     reorder: float = 0.0  # probability that a packet is held back by reorder_delay
     reorder_delay: float = 0.005
@@ -61,6 +66,7 @@ class _Link:
     config: LinkConfig
     stats: LinkStats = field(default_factory=LinkStats)
     busy_until: float = 0.0  # when the bottleneck finishes its current backlog
+    last_arrival: float = 0.0  # fifo jitter: the previous packet's arrival time
     queue_release: list[float] = field(default_factory=list)
 
 
@@ -227,6 +233,10 @@ class SimNetwork:
             arrive = depart + cfg.delay
             if cfg.jitter:
                 arrive += self.rng.uniform(0, cfg.jitter)
+                if cfg.jitter_mode == "fifo":
+                    if arrive < link.last_arrival:
+                        arrive = link.last_arrival
+                    link.last_arrival = arrive
             if cfg.reorder and self.rng.random() < cfg.reorder:
                 arrive += cfg.reorder_delay
                 st.reordered += 1

@@ -145,12 +145,20 @@ def parse_rate(text: str) -> float:
 
 
 # -------------------------------------------------------------------------- impairment
+#: ``--jitter-mode`` values: independent per-datagram jitter (can reorder) or in-order jitter.
+JITTER_MODES = ("reorder", "fifo")
+
+
 @dataclass(frozen=True, slots=True)
 class Impairment:
     """What one direction of the relay does to datagrams.
 
     delay/jitter are seconds (each datagram waits ``delay + U(-jitter, +jitter)``, never less
-    than zero; jitter alone can reorder).  loss/reorder/duplicate are probabilities.  A
+    than zero).  ``jitter_mode`` says what jitter does to order: ``"reorder"`` (the default,
+    as netem) draws each datagram's delay independently, so a datagram can overtake the one
+    before it; ``"fifo"`` never releases a datagram before the one that arrived ahead of it in
+    the same direction, as a queue of varying depth on a cellular or Wi-Fi link does (the
+    delay varies, the order holds).  loss/reorder/duplicate are probabilities.  A
     reordered datagram is held back an extra ``reorder_gap`` seconds so later ones overtake
     it.  rate (bits/s of UDP payload) adds serialization delay through a FIFO holding at most
     ``queue_packets`` datagrams; arrivals that find it full are dropped (tail drop).
@@ -166,8 +174,12 @@ class Impairment:
     queue_packets: int = 1000
     seed: int | None = None
     reorder_gap: float = 0.005
+    jitter_mode: str = "reorder"
 
     def __post_init__(self) -> None:
+        if self.jitter_mode not in JITTER_MODES:
+            raise ValueError(f"jitter_mode must be one of {', '.join(JITTER_MODES)}, "
+                             f"got {self.jitter_mode!r}")
         for name in ("delay", "jitter", "reorder_gap"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -216,6 +228,7 @@ class ImpairmentModel:
         "dropped_queue",
         "duplicated",
         "reordered",
+        "_last_release",
     )
 
     def __init__(self, impairment: Impairment, rng: random.Random | None = None) -> None:
@@ -227,6 +240,7 @@ class ImpairmentModel:
         self.dropped_queue = 0
         self.duplicated = 0
         self.reordered = 0
+        self._last_release = -math.inf  # fifo jitter: the previous datagram's release time
 
     def decide(self, now: float, size: int) -> list[float]:
         imp = self.impairment
@@ -249,6 +263,10 @@ class ImpairmentModel:
         t = base + imp.delay
         if imp.jitter:
             t = max(base, t + imp.jitter * (2.0 * rnd() - 1.0))
+            if imp.jitter_mode == "fifo":
+                if t < self._last_release:
+                    t = self._last_release  # never overtake the datagram ahead
+                self._last_release = t
         if imp.reorder and rnd() < imp.reorder:
             self.reordered += 1
             t += imp.reorder_gap
@@ -257,6 +275,9 @@ class ImpairmentModel:
             t2 = base + imp.delay
             if imp.jitter:
                 t2 = max(base, t2 + imp.jitter * (2.0 * rnd() - 1.0))
+                if imp.jitter_mode == "fifo":
+                    t2 = max(t2, t)  # the copy follows the original
+                    self._last_release = t2
             return [t, t2]
         return [t]
 

@@ -3,17 +3,21 @@
 Every controller implements :class:`~.base.CongestionController`; ``Config.congestion_control``
 names one of :data:`CONTROLLERS` (the one registry ``Config`` validates against):
 
-* ``vegas`` (:mod:`.vegas`, the default): delay-based; random loss does not shrink it.
+* ``bbr`` (:mod:`.bbr`, the default): model-based (bottleneck bandwidth and propagation
+  delay); neither random loss nor delay jitter shrinks it.
+* ``vegas`` (:mod:`.vegas`): delay-based; random loss does not shrink it, jitter does.
 * ``newreno`` (:mod:`.newreno`): loss-based, the RFC 9002 reference.
 """
 
 from __future__ import annotations
 
 from .base import CongestionController, Phase
+from .bbr import Bbr
 from .newreno import NewReno
 from .vegas import Vegas
 
 CONTROLLERS: dict[str, type[CongestionController]] = {
+    "bbr": Bbr,
     "vegas": Vegas,
     "newreno": NewReno,
 }
@@ -24,5 +28,5 @@ def create_controller(name: str, max_datagram_size: int,
     return CONTROLLERS[name](max_datagram_size, initial_window_packets)
 
 
-__all__ = ["CONTROLLERS", "CongestionController", "NewReno", "Phase", "Vegas",
+__all__ = ["CONTROLLERS", "Bbr", "CongestionController", "NewReno", "Phase", "Vegas",
            "create_controller"]

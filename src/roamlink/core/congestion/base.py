@@ -5,13 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Literal
 
+from ..delivery_rate import RateSample
 from ..recovery import SentPacket
 from ..rtt import RttEstimator
 
 #: What a controller is doing, as ``stats().congestion_state`` reports it. NewReno uses the
-#: first two; Vegas (see :mod:`.vegas`) all but ``congestion_avoidance``.
+#: first two; Vegas (see :mod:`.vegas`) ``slow_start`` and ``ramp_up`` .. ``recovery``; BBR
+#: (see :mod:`.bbr`) ``startup``, ``drain``, ``probe_bw`` and ``probe_rtt``.
 Phase = Literal["slow_start", "congestion_avoidance", "ramp_up", "steady", "probe_rtt",
-                "competing", "recovery"]
+                "competing", "recovery", "startup", "drain", "probe_bw"]
 
 
 class CongestionController(ABC):
@@ -38,6 +40,11 @@ class CongestionController(ABC):
     def on_packet_sent(self, size: int, now: float,  # noqa: B027 - optional hook
                        bytes_in_flight: int = 0) -> None:
         """Called for every in-flight packet sent (``bytes_in_flight`` includes it)."""
+
+    def on_delivery(self, sample: RateSample,  # noqa: B027 - optional hook
+                    delivered: int) -> None:
+        """Called before :meth:`on_packets_acked` with the ACK's delivery-rate sample and
+        the path's total delivered bytes (model-based controllers use them)."""
 
     @abstractmethod
     def on_packets_acked(self, packets: list[SentPacket], rtt: RttEstimator, now: float,
