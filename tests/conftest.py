@@ -39,6 +39,8 @@ atexit.register(shutil.rmtree, _CONFIG_DIR, ignore_errors=True)
 #: ``sim``, ``loopback`` in it), or from its fixtures (a netns topology), else ``unit``.
 TIERS: dict[str, str] = {
     "test_buffers.py": "unit",
+    "test_idle_sessions.py": "sim",
+    "test_forward_bridge.py": "loopback",
     "test_config.py": "unit",
     "test_congestion_vegas.py": "unit",
     "test_recovery_rack.py": "unit",
@@ -98,6 +100,8 @@ SLOW: set[str] = {
     "test_recovery_timers.py::test_rtt_estimate_with_delayed_acks_and_jitter",
     "test_recovery_timers.py::test_reordering_beyond_the_thresholds_is_counted_as_spurious",
     "test_recovery_flow_control.py::test_memory_stays_bounded_during_a_long_lossy_transfer",
+    "test_forward_bridge.py::test_slow_tcp_reader_bounds_the_buffers_of_both_sides",
+    "test_forward_bridge.py::test_vanished_client_releases_the_target_after_the_idle_timeout",
 }
 _SLOW_TIERS = frozenset({"cli", "netns"})
 

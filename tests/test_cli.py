@@ -26,9 +26,10 @@ import pytest
 
 from roamlink.cli.common import parse_hostport
 from roamlink.cli.transfer import Reply, unsafe_name_reason, verify
+from tests.support.paths import PACKAGE_PARENT
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = str(ROOT / "src")
+SRC = PACKAGE_PARENT  # the roamlink under test (installed or src/)
 TIMEOUT = 30.0
 
 

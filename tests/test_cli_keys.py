@@ -13,9 +13,10 @@ import pytest
 
 from roamlink.cli.known_hosts import KnownHosts, KnownHostsError, config_dir, host_entry
 from roamlink.keys import KeyPair, encode_key
+from tests.support.paths import PACKAGE_PARENT
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = str(ROOT / "src")
+SRC = PACKAGE_PARENT  # the roamlink under test (installed or src/)
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -29,12 +28,13 @@ from roamlink.forward import (
     bridge,
     forward_stream,
 )
+from tests.support.paths import PACKAGE_PARENT
 
 from .conftest import run
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = PACKAGE_PARENT  # the roamlink under test (installed or src/)
 TargetHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

@@ -1,5 +1,6 @@
 """``roamlink forward``, ``serve --forward`` and ``connect`` as a ProxyCommand, as subprocesses
-on loopback (real clients through them: tests/test_forward_real_clients.py)."""
+on loopback, with 50 parallel curl downloads (across real NAT rebindings, with ssh too:
+tests/test_forward_netns.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from roamlink.cli.main import main
+from tests.support.real_clients import random_file, require_programs
 
 from .test_cli import ROOT, _env, _read_line, json_lines, roamlink, server
 
@@ -161,3 +163,52 @@ def test_forward_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0 and "--idle-timeout" in capsys.readouterr().out
+
+
+def test_fifty_parallel_curl_downloads_through_forward(tmp_path: Path) -> None:
+    require_programs("curl")
+    n, size = 50, 1024 * 1024
+    files = {f"f{i}.bin": random_file(tmp_path / f"f{i}.bin", size) for i in range(n)}
+    out_dir = tmp_path / "got"
+    out_dir.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+        procs.append(proc)
+        return proc
+
+    try:
+        http = start([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                      "--directory", str(tmp_path)])
+        assert http.stdout is not None
+        line = _read_line(http.stdout, http, 20.0).decode()
+        http_port = int(line.split(" port ")[1].split()[0])
+        serve = start([sys.executable, "-m", "roamlink", "--json", "serve", "0", "--forward",
+                       f"127.0.0.1:{http_port}"])
+        assert serve.stdout is not None
+        port = json.loads(_read_line(serve.stdout, serve, 20.0))["port"]
+        forward = start([sys.executable, "-m", "roamlink", "--json", "forward", "0",
+                         f"127.0.0.1:{port}"])
+        assert forward.stdout is not None
+        fport = json.loads(_read_line(forward.stdout, forward, 20.0))["port"]
+        curls = [start(["curl", "-sS", "--fail", "-o", str(out_dir / name),
+                        f"http://127.0.0.1:{fport}/{name}"]) for name in files]
+        for curl in curls:
+            _, err = curl.communicate(timeout=120)
+            assert curl.returncode == 0, err.decode()
+        got = {name: hashlib.sha256((out_dir / name).read_bytes()).hexdigest()
+               for name in files}
+        assert got == files  # all 50 hash-exact
+        time.sleep(0.5)
+        forward.send_signal(signal.SIGTERM)
+        out, _ = forward.communicate(timeout=20)
+        closed = [e for e in json_lines(out) if e["event"] == "closed"]
+        assert len(closed) == n and all(e["outcome"] == "closed" for e in closed)
+        assert len({e["connection_id"] for e in closed}) == n  # one connection each
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()

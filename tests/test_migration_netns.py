@@ -11,10 +11,11 @@ import pytest
 
 from roamlink.testing.netpeer import expected_sha256
 from tests.support.netns import NatTopology
+from tests.support.paths import PACKAGE_PARENT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(os.path.dirname(HERE), "src", "roamlink", "testing", "netpeer.py")
-ENV = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(HERE), "src"))
+ENV = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.support import netns
+from tests.support.paths import PACKAGE_PARENT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def test_vegas_and_newreno_through_a_tbf_bottleneck_are_byte_exact() -> None:
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "netns_bottleneck.py"),
                           "--mib", "2", "--rate-mbit", "20"],
                          capture_output=True, text=True, timeout=240,
-                         env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
+                         env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT))
     assert out.returncode == 0, out.stderr
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["cc"] for r in results] == ["vegas", "newreno"]

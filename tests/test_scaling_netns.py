@@ -16,12 +16,13 @@ import pytest
 
 from roamlink.testing.netpeer import expected_sha256
 from tests.support.balancer import BalancedTopology
+from tests.support.paths import PACKAGE_PARENT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(os.path.dirname(HERE), "src", "roamlink", "testing", "netpeer.py")
 SERVER = os.path.join(HERE, "workers_server.py")
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [os.path.join(os.path.dirname(HERE), "src"), os.path.dirname(HERE)]))
+    [PACKAGE_PARENT, os.path.dirname(HERE)]))
 
 pytestmark = pytest.mark.timeout(180)
 

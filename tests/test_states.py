@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from roamlink.core.states import TRANSITIONS, InvalidTransition, State, Trigger, next_state
+from roamlink.core.states import TRANSITIONS, State, Trigger, next_state
+from roamlink.errors import InvalidTransition
 
 
 def test_lifecycle_paths() -> None:

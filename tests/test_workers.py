@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import roamlink
+from tests.support.paths import PACKAGE_PARENT
 
 from .conftest import run
 
@@ -46,7 +47,7 @@ class Server:
 @contextlib.contextmanager
 def serve(workers: int, *args: str, stop: int = signal.SIGINT) -> Iterator[Server]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parent.parent / "src")
+    src = PACKAGE_PARENT
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen([sys.executable, str(SERVER), str(workers), *args], env=env,
                             stdout=subprocess.PIPE, text=True)
@@ -198,7 +199,7 @@ def test_connections_spread_over_workers() -> None:
 @pytest.mark.parametrize("command", [["serve", "--echo"], ["perf", "server"]])
 def test_cli_workers_json_events_name_the_worker(command: list[str]) -> None:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parent.parent / "src")
+    src = PACKAGE_PARENT
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "roamlink", "--json", *command, "127.0.0.1:0",
             "--workers", "2"]

@@ -8,6 +8,7 @@
 from . import errors, forward
 from .api import Listener, Stream, connect, listen, run_server
 from .config import PROTOCOL_VERSION, Config
+from .core import connection as _core_connection
 from .core.events import ConnectionStats, PathChanged
 from .errors import (
     ConfigError,
@@ -25,6 +26,10 @@ from .errors import (
 from .keys import KeyPair
 
 __version__ = "0.1.0"
+
+#: True when the protocol core runs as mypyc-compiled C extensions (``pip install .`` with a C
+#: compiler), False for the pure-Python fallback (``ROAMLINK_PURE=1``, editable installs).
+compiled: bool = not str(_core_connection.__file__).endswith(".py")
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -46,6 +51,7 @@ __all__ = [
     "Stream",
     "VersionMismatch",
     "connect",
+    "compiled",
     "errors",
     "forward",
     "listen",

@@ -149,3 +149,11 @@ __all__ = [
     "RoamlinkError",
     "VersionMismatch",
 ]
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: the connection tried a transition that the state table does not allow.
+
+    It lives here, not in ``core/states.py``, because mypyc cannot compile a class that
+    subclasses a builtin type such as ``RuntimeError``.
+    """

@@ -7,6 +7,7 @@ support installs iproute2; elsewhere :func:`require_programs` skips the test and
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -58,6 +59,19 @@ def require_programs(*programs: str) -> None:
     still = [p for p in programs if _which(p) is None]
     if still:
         pytest.skip(f"{', '.join(still)} missing and could not be installed: {error}")
+
+
+def random_file(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; return their SHA-256 (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            block = os.urandom(min(left, 1024 * 1024))
+            fh.write(block)
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
 
 
 def sshd_config(directory: Path, listen: str = "127.0.0.1", port: int = 22) -> tuple[Path, Path]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import __version__, compiled
 from ..api import Stream, connect, listen
 from ..config import Config
 from ..core.events import Address, PathChanged
@@ -55,6 +56,9 @@ async def run_demo(size: int = 8 * 1024 * 1024, *, out: Callable[[str], None] = 
     can_migrate = migrate and hasattr(Stream, "migrate")
     server_moves: list[tuple[PathChanged, int]] = []
 
+    say("build", f"roamlink {__version__}: "
+        + ("compiled core (mypyc)" if compiled else "pure Python"),
+        compiled=compiled)
     async with await listen("127.0.0.1", 0, config=config) as listener:
         say("listening", f"server: listening on udp {_addr(listener.local_addr)}",
             address=_addr(listener.local_addr))

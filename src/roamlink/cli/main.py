@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 
-from .. import __version__
+from .. import __version__, compiled
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, CliError, describe_error, load_config
 from .output import Output
 
@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 ok, 1 local error (port in use, file not found, permission "
                "denied), 2 usage or configuration error, 3 connection error (timeout, "
                "version mismatch, reset), 4 transfer refused or not verified, 130 interrupted.")
-    parser.add_argument("--version", action="version", version=f"roamlink {__version__}")
+    variant = "compiled core (mypyc)" if compiled else "pure Python"
+    parser.add_argument("--version", action="version",
+                        version=f"roamlink {__version__} ({variant})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = [_common_flags(True)]
     demo_cmd.add_parser(sub, parents)

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from .. import compiled
 from ..api import Stream
 from ..config import Config
 from ..errors import RoamlinkError
@@ -158,9 +159,10 @@ async def run_client(args: argparse.Namespace, config: Config, out: Output) -> i
 
 
 async def _run_test(stream: Stream, seconds: float, interval: float, out: Output) -> int:
+    variant = "compiled core" if compiled else "pure Python"
     out.report("connected", f"connected to {show(stream.remote_addr)}, sending for "
-               f"{seconds:g} s", remote=show(stream.remote_addr),
-               connection_id=stream.connection_id, seconds=seconds)
+               f"{seconds:g} s ({variant})", remote=show(stream.remote_addr),
+               connection_id=stream.connection_id, seconds=seconds, compiled=compiled)
     payload = os.urandom(_WRITE)
     stream.write(MAGIC)
     written = len(MAGIC)

@@ -305,12 +305,14 @@ class Connection:
         try:
             self._receive(data, addr, now,
                           self.paths.socket_id if socket_id is None else socket_id)
-        except wire.MalformedPacket as exc:
+        # Distinct names per handler: mypyc types an ``except ... as`` variable once per
+        # function, so a shared name would reject the second exception type at run time.
+        except wire.MalformedPacket as malformed:
             self.counters.dropped_packets += 1
-            self.log.debug("dropped malformed packet from %s: %s", addr, exc)
-        except ProtocolViolation as exc:
-            self.log.warning("protocol violation by peer: %s", exc.reason)
-            self._enter_closing(now, exc.code, exc.reason, exc)
+            self.log.debug("dropped malformed packet from %s: %s", addr, malformed)
+        except ProtocolViolation as violation:
+            self.log.warning("protocol violation by peer: %s", violation.reason)
+            self._enter_closing(now, violation.code, violation.reason, violation)
 
     def _receive(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
         first = data[0] if data else -1

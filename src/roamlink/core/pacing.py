@@ -42,9 +42,9 @@ class Pacer:
         burst = rate * BURST_TIME
         mss = self.mss
         if burst < MIN_BURST_PACKETS * mss:
-            burst = MIN_BURST_PACKETS * mss
+            burst = float(MIN_BURST_PACKETS * mss)
         elif burst > MAX_BURST_PACKETS * mss:
-            burst = MAX_BURST_PACKETS * mss
+            burst = float(MAX_BURST_PACKETS * mss)
         self.burst = burst
 
     def next_send_time(self, now: float) -> float | None:

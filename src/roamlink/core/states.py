@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from ..errors import InvalidTransition
+
 
 class State(Enum):
     HANDSHAKING = "Handshaking"
@@ -57,10 +59,6 @@ IGNORED: frozenset[tuple[State, Trigger]] = frozenset(
                                 T.LOCAL_CLOSE, T.STREAMS_DONE, T.HANDSHAKE_DONE)}
     | {(s, T.HANDSHAKE_DONE) for s in _LIVE}
 )
-
-
-class InvalidTransition(RuntimeError):
-    """A bug: the connection tried a transition that the table does not allow."""
 
 
 def next_state(state: State, trigger: Trigger) -> State:

@@ -68,7 +68,7 @@ class CongestionController(ABC):
         the old window as the slow-start threshold (RFC 2861 / RFC 7661 in spirit).
         """
         if self.cwnd > self.initial_window:
-            self.ssthresh = self.cwnd * 3 // 4
+            self.ssthresh = float(self.cwnd * 3 // 4)
             self.cwnd = self.initial_window
 
     def pacing_rate(self, rtt: RttEstimator) -> float:

@@ -37,4 +37,4 @@ class NewReno(CongestionController):
         self._recovery_start = now
         self.congestion_events += 1
         self.cwnd = max(self.cwnd // 2, self.min_window)
-        self.ssthresh = self.cwnd
+        self.ssthresh = float(self.cwnd)

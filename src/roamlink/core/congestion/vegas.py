@@ -165,7 +165,7 @@ class Vegas(CongestionController):
         """Delay rose: drop the queue slow start built and continue with the Vegas update."""
         target = self.cwnd * base / rtt_sample + (ALPHA + BETA) / 2 * self.mss
         self.cwnd = max(int(min(self.cwnd, target)), self.min_window)
-        self.ssthresh = self.cwnd
+        self.ssthresh = float(self.cwnd)
         self._phase = "steady"
         self._settling = True
         self._round_start = now
@@ -178,7 +178,7 @@ class Vegas(CongestionController):
             self._next_probe = now + PROBE_INTERVAL
         if self._phase == "slow_start":
             if self._loss_fraction() > SLOW_START_LOSS:
-                self.ssthresh = self.cwnd  # loss too frequent to be only random noise
+                self.ssthresh = float(self.cwnd)  # loss too frequent to be only random noise
                 self._phase = "ramp_up"
                 self._settling = True
         elif self._phase == "probe_rtt":
@@ -213,7 +213,7 @@ class Vegas(CongestionController):
             else:
                 delta = GAIN * ((ALPHA + BETA) / 2 - queued) * self.mss
                 if delta > 0 and not limited:
-                    delta = 0
+                    delta = 0.0
                 delta = max(min(delta, self.cwnd), -self.cwnd * MIN_DECREASE)
                 self.cwnd = max(int(self.cwnd + delta), self.min_window)
                 self._phase = "steady"
@@ -308,7 +308,7 @@ class Vegas(CongestionController):
             self.congestion_events += 1
             self._last_congestive = now
             self.cwnd = max(int(self.cwnd * COMPETE_DECREASE), self.min_window)
-            self.ssthresh = self.cwnd
+            self.ssthresh = float(self.cwnd)
             return
         if not heavy and not self._delay_rose(rtt, BETA):
             # random loss: the delay says the queue is not growing; repair, keep the rate
@@ -325,7 +325,7 @@ class Vegas(CongestionController):
         # the delay tells how much of the window the path carries: shrink to that
         self.cwnd = max(int(max(min(fitted, self.cwnd), self.cwnd * MIN_DECREASE)),
                         self.min_window)
-        self.ssthresh = self.cwnd
+        self.ssthresh = float(self.cwnd)
         self._probe_saved = min(self._probe_saved, self.cwnd)
         self._phase = "recovery"
         self._settling = True
