@@ -84,3 +84,29 @@ def test_send_buffer_respects_flow_control_limit() -> None:
     assert sb.next_range(4000, 2500) is None
     r = sb.next_range(4000, 6000)
     assert r is not None and r[0] == 2500 and len(r[1]) == 3500
+
+
+def test_lost_range_acknowledged_late_is_not_resent_from_released_memory() -> None:
+    """A range declared lost and then acknowledged after all (a late ACK of its first copy:
+    reordering, or a migration's requeue) was still popped for retransmission, from chunks
+    already released: an empty or wrong frame, or IndexError in the send path (found by
+    bench/soak.py)."""
+    from roamlink.core.buffers import SendBuffer
+
+    for compact in (False, True):
+        buf = SendBuffer()
+        chunks = [bytes([i]) * 500 for i in range(200 if compact else 2)]
+        for chunk in chunks:
+            buf.write(chunk)
+        first = buf.next_range(500, 1 << 30)
+        assert first is not None and first[0] == 0
+        sent = [buf.next_range(500, 1 << 30) for _ in range(len(chunks) - 1)]
+        buf.on_lost(0, 500, False)  # declared lost ...
+        for rng in sent[:-1] if compact else []:
+            assert rng is not None
+            buf.on_acked(rng[0], len(rng[1]), False)
+        buf.on_acked(0, 500, False)  # ... and acknowledged late: released
+        got = buf.next_range(500, 1 << 30)
+        # nothing of [0, 500) comes again; whatever comes is the right bytes
+        assert got is None or (got[0] >= 500 and got[1] == b"".join(chunks)[got[0]:got[0]
+                                                                         + len(got[1])])

@@ -63,6 +63,8 @@ def test_connection_survives_random_datagrams_in_every_state(
         net, server, client, c, s = _established(seed)
         _bring_to(state, net, c, s)
         targets = [c, s]
+    before = [(conn.state, conn.remote_addr, conn.paths.socket_id, conn.peer_cid)
+              for conn in targets]
     for conn in targets:
         cid = conn.local_cid
         valid = wire.encode_short_header(cid, 10**6) + wire.encode_frame(wire.PingFrame())
@@ -71,6 +73,28 @@ def test_connection_survives_random_datagrams_in_every_state(
             conn.datagrams_to_send(net.now)
             conn.handle_timer(net.now + 0.001)
         conn.stats()
+    # garbage from an address that never answers changes nothing that matters
+    for conn, (state0, addr0, local0, peer_cid0) in zip(targets, before, strict=True):
+        assert conn.remote_addr == addr0 and conn.paths.socket_id == local0
+        assert conn.peer_cid == peer_cid0
+        if state0 is State.HANDSHAKING:
+            assert conn.state is State.HANDSHAKING
+        elif state0 is State.ESTABLISHED:
+            # a mutated packet with a valid CID may start a validation of the attacker's
+            # address (it never answers), but the connection stays up on its path
+            assert conn.is_established and conn.error is None
+        else:
+            assert conn.is_terminated
+    if state == "established":
+        for node in net.nodes.values():
+            net.flush(node)  # re-arm the timers the direct calls above bypassed
+        payload = rng.randbytes(200_000)
+        pump = Pump(net, c, client, s, server, payload)
+        back = Pump(net, s, server, c, client, payload[::-1])
+        assert run_pumps(net, [pump, back], 60)
+        assert pump.exact() and back.exact()
+        assert c.remote_addr == before[0][1] and s.remote_addr == before[1][1]
+        assert c.paths.path_changes == 0 and s.paths.path_changes == 0
 
 
 def test_bad_input_for_one_connection_never_disturbs_another() -> None:
@@ -111,17 +135,41 @@ def test_flow_control_violation_closes_only_the_offender() -> None:
     assert s.error is not None and "credit" in str(s.error)
 
 
-def test_syn_floods_are_bounded_by_the_backlog() -> None:
+def test_syn_floods_are_bounded_by_the_half_open_limits() -> None:
+    """Forged SYNs fill the half-open table (its own bound, per source IP too), never the
+    accept backlog, and expire after ``half_open_timeout``: a genuine client gets in."""
+    config = Config(backlog=16, max_half_open=32, max_half_open_per_source=4,
+                    half_open_timeout=0.5, connect_timeout=5.0)
     net = SimNetwork(seed=8)
-    server = net.add_node(("10.0.0.1", 4433), Config(backlog=16), listen=True)
+    server = net.add_node(("10.0.0.1", 4433), config, listen=True)
     rng = random.Random(1)
-    for i in range(100):
-        syn = wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0)
-        syn += bytes(1200 - len(syn))
-        net.send((f"10.7.{i // 250}.{i % 250}", 1000 + i), server.addr, syn)
-    net.run(until=net.now + 0.5)
-    stats = server.dispatcher.stats
-    assert stats.connections_accepted == 16 and stats.dropped_backlog_full == 84
+
+    def syn() -> bytes:
+        raw = wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0)
+        return raw + bytes(1200 - len(raw))
+
+    for i in range(100):  # 100 sources
+        net.send((f"10.7.{i // 250}.{i % 250}", 1000 + i), server.addr, syn())
+    for i in range(10):  # one source, many ports
+        net.send(("10.9.9.9", 2000 + i), server.addr, syn())
+    net.run(until=net.now + 0.1)
+    disp = server.dispatcher
+    stats = disp.stats
+    assert stats.connections_accepted == 32 and len(disp.half_open) == 32
+    assert stats.dropped_half_open_full == 100 + 10 - 32
+    assert stats.dropped_backlog_full == 0 and disp.pending_established() == 0
+    # under pressure (8 = a quarter of the table pending), all of them, the first ones
+    # too, live only half_open_timeout, not connect_timeout
+    net.run(until=net.now + 1.0)
+    assert len(disp.half_open) == 0 and stats.half_open_expired == 32
+    disp.accept_queue.clear()
+    for i in range(10):
+        net.send(("10.9.9.9", 3000 + i), server.addr, syn())
+    net.run(until=net.now + 0.1)
+    assert stats.dropped_per_source == 6 and len(disp.half_open) == 4
+    client = net.add_node(("10.0.0.2", 50000))
+    c, s = establish(net, client, server)  # a genuine client is not locked out
+    assert c.is_established and s.is_established
     # short SYNs are refused: an unpadded SYN could be used to amplify
     net.send(("10.8.0.1", 1), server.addr,
              wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0))

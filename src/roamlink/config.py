@@ -75,8 +75,27 @@ class Config:
     #: Batch datagrams through the kernel with UDP GSO/GRO where the platform has them (Linux);
     #: False forces one system call per datagram (so does ROAMLINK_UDP_OFFLOAD=0).
     udp_offload: bool = True
-    #: Pending connections a listener queues before refusing new ones.
+    #: Established connections a listener queues for ``accept()`` before refusing new ones
+    #: (handshakes still in progress do not count: they have their own bounds below).
     backlog: int = 1024
+    #: Live connections a listener holds at most (0: no limit); a client beyond it is
+    #: refused at once (``ConnectionRefused``), not left to time out.
+    max_connections: int = 0
+    #: Handshakes a listener keeps half-open at once (a SYN flood fills this, never the
+    #: backlog); SYNs beyond it are dropped (or answered with RETRY, see retry_threshold).
+    max_half_open: int = 1024
+    #: Half-open handshakes from one source IP address at once (SYNs whose address a
+    #: RETRY token proved are not limited per source, only by max_half_open).
+    max_half_open_per_source: int = 64
+    #: How long a listener under SYN pressure (half of retry_threshold, or a quarter of
+    #: max_half_open, pending) keeps a half-open handshake (each retransmitted SYN renews
+    #: it): ten initial RTTs, not ``connect_timeout``, so forged SYNs cannot hold its
+    #: memory for long.
+    half_open_timeout: float = 1.0
+    #: With this many half-open handshakes pending, a listener answers a SYN that carries no
+    #: token with a stateless RETRY (the client repeats its SYN with the token: one more
+    #: round trip) instead of keeping state for it. 0: always; None: never.
+    retry_threshold: int | None = 64
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -111,6 +130,14 @@ class Config:
                "must be between 1 and 16")
         _check(1 <= self.spare_cids <= 16, "spare_cids", "must be between 1 and 16")
         _check(self.backlog >= 1, "backlog", "must be >= 1")
+        _check(self.max_connections >= 0, "max_connections", "must be >= 0 (0: no limit)")
+        _check(self.max_half_open >= 1, "max_half_open", "must be >= 1")
+        _check(self.max_half_open_per_source >= 1, "max_half_open_per_source", "must be >= 1")
+        _positive(self, "half_open_timeout")
+        _check(self.retry_threshold is None or (isinstance(self.retry_threshold, int)
+                                                and not isinstance(self.retry_threshold, bool)
+                                                and self.retry_threshold >= 0),
+               "retry_threshold", "must be None (never) or an integer >= 0 (0: always)")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated)."""

@@ -34,6 +34,11 @@ class ConnectTimeout(ConnectError, TimeoutError):
     """The handshake did not complete within ``Config.connect_timeout``."""
 
 
+class ConnectionRefused(ConnectError, ConnectionRefusedError):
+    """The server refused the connection: nothing listens at that port (its host answered
+    with ICMP port unreachable), or the listener is full (``Config.max_connections``)."""
+
+
 class VersionMismatch(ConnectError):
     """Client and server share no protocol version."""
 
@@ -137,6 +142,7 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionAborted",
     "ConnectionClosed",
+    "ConnectionRefused",
     "ConnectionReset",
     "HandshakeFailed",
     "IdleTimeout",

@@ -18,7 +18,9 @@ async def connect(host: str, port: int, *, config: Config | None = None,
 
     ``early_data`` travels in the first packet (0-RTT): the server may see it twice if the
     first packet is replayed, so send only idempotent requests that way. Raises
-    :class:`~roamlink.errors.ConnectTimeout` or :class:`~roamlink.errors.VersionMismatch`.
+    :class:`~roamlink.errors.ConnectTimeout`, :class:`~roamlink.errors.ConnectionRefused`
+    (nothing listens there, or the listener is full) or
+    :class:`~roamlink.errors.VersionMismatch`.
     """
     config = config or Config()
     family, remote = await resolve(host, port)
@@ -28,6 +30,7 @@ async def connect(host: str, port: int, *, config: Config | None = None,
             local_addr = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
         endpoint = await Endpoint.create(config, local_addr, family=family)
         endpoint.owns_lifetime = True
+        endpoint.report_unreachable()  # nothing listening there: fail fast, not after 10 s
     conn = endpoint.connect(remote, early_data=early_data, config=config)
     stream = Stream(endpoint, conn)
     try:

@@ -31,14 +31,15 @@ class Listener:
     def _on_new_connection(self, conn: Connection) -> None:
         stream = Stream(self._endpoint, conn)
         self._pending.add(stream)
-        self._endpoint.dispatcher.held += 1
         stream.on_handshake.add_done_callback(lambda fut: self._on_handshake(stream, fut))
 
     def _on_handshake(self, stream: Stream, fut: asyncio.Future[None]) -> None:
         self._pending.discard(stream)
         if fut.cancelled() or fut.exception() is not None or self._closing:
-            self._endpoint.dispatcher.held -= 1
             return
+        # only established connections wait in the backlog: half-open handshakes have
+        # their own bounds (Config.max_half_open), so a SYN flood cannot fill it
+        self._endpoint.dispatcher.held += 1
         self._ready.put_nowait(stream)
 
     async def accept(self) -> Stream:
@@ -85,7 +86,10 @@ class Listener:
         self._endpoint.dispatcher.accept_new = False
         now = self._endpoint.now()
         for conn in self._endpoint.live_connections:
-            conn.close(now)
+            if conn.is_established:
+                conn.close(now)
+            else:  # half-open: nobody accepted it, nothing to deliver; do not wait for it
+                conn.abort(now, 0, "listener closed")
             self._endpoint.mark(conn)
         while not self._ready.empty():
             stream = self._ready.get_nowait()

@@ -26,6 +26,32 @@ from ..errors import (
 from ..io.endpoint import Endpoint
 from .addresses import parse_address, resolve
 
+#: Events one queue from :meth:`Stream.events` (or :meth:`Stream.path_events`) holds. A
+#: connection can live for months and change paths thousands of times; an application that
+#: asked for events and stopped reading them must not make it grow without end. When a queue
+#: is full, its oldest event is dropped (and counted in ``EventQueue.dropped``): the newest
+#: events (the current path, the end of the connection) are the ones worth keeping.
+EVENT_QUEUE_LIMIT = 256
+
+
+class EventQueue(asyncio.Queue[Event]):
+    """A bounded queue of connection events: full, it drops its oldest event."""
+
+    def __init__(self, limit: int = EVENT_QUEUE_LIMIT) -> None:
+        if limit < 1:
+            raise ValueError("an event queue holds at least one event")
+        super().__init__(maxsize=limit)
+        #: events dropped because the queue was full (the application read too slowly)
+        self.dropped = 0
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event``; when full, drop the oldest queued one first (never blocks)."""
+        if self.full():
+            self.get_nowait()
+            self.task_done()
+            self.dropped += 1
+        self.put_nowait(event)
+
 
 class Stream:
     """A reliable, ordered byte stream over roamlink.
@@ -44,8 +70,9 @@ class Stream:
         self._handshake: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()
         self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._event_listeners: list[asyncio.Queue[Event]] = []
+        #: every coroutine blocked in drain() (asyncio's StreamWriter allows several)
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._event_listeners: list[EventQueue] = []
         self._migrations: dict[tuple[int, Address], asyncio.Future[Event]] = {}
         self._migration_waiters: dict[tuple[int, Address], int] = {}
         self.on_handshake: asyncio.Future[None] = self._handshake
@@ -59,7 +86,7 @@ class Stream:
             if event is None:
                 break
             for queue in self._event_listeners:
-                queue.put_nowait(event)
+                queue.offer(event)
             if isinstance(event, ConnectionTerminated):
                 self._on_terminated(event.error)
             elif isinstance(event, PathChanged):
@@ -72,8 +99,9 @@ class Stream:
             self._handshake.set_result(None)
         if conn.readable or conn.at_eof or conn.is_terminated:
             _wake(self._read_waiter)
-        if conn.send_buffered <= conn.config.send_buffer_size or conn.is_terminated:
-            _wake(self._drain_waiter)
+        if self._drain_waiters and (conn.send_buffered <= conn.config.send_buffer_size
+                                    or conn.is_terminated):
+            self._wake_drainers()
 
     def _on_terminated(self, error: RoamlinkError | None) -> None:
         if not self._handshake.done():
@@ -84,7 +112,7 @@ class Stream:
         if not self._closed.done():
             self._closed.set_result(None)
         _wake(self._read_waiter)
-        _wake(self._drain_waiter)
+        self._wake_drainers()
         for fut in self._migrations.values():
             if not fut.done():
                 fut.set_exception(MigrationError("the connection closed during migration"))
@@ -187,7 +215,7 @@ class Stream:
         iterator; it starts listening at once, so nothing after this call is missed."""
         return self._path_events(self.events())
 
-    async def _path_events(self, queue: asyncio.Queue[Event]
+    async def _path_events(self, queue: EventQueue
                            ) -> AsyncIterator[PathChanged | PathValidationFailed]:
         try:
             while True:
@@ -201,7 +229,15 @@ class Stream:
 
     # ------------------------------------------------------------------ reading
     async def read(self, n: int = -1) -> bytes:
-        """Read up to ``n`` bytes (``n < 0``: until end of stream); ``b""`` at end of stream."""
+        """Read up to ``n`` bytes (``n < 0``: until end of stream); ``b""`` at end of stream.
+
+        One reader at a time: like asyncio's ``StreamReader``, a second coroutine calling
+        ``read`` while another waits for data gets ``RuntimeError`` (which of the two would
+        get the next bytes is not defined, so interleaved readers would corrupt the stream).
+        """
+        if self._read_waiter is not None:
+            raise RuntimeError("read() called while another coroutine is already waiting "
+                               "for incoming data on this stream")
         if n == 0:
             return b""
         if n < 0:
@@ -218,7 +254,12 @@ class Stream:
             if conn.is_terminated:
                 self._raise_if_failed()
                 return b""
-            await self._wait("_read_waiter")
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._read_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
         data = conn.read(n)
         if conn.credit_update_due:
             self._endpoint.mark(conn)  # tell the peer about the released credit
@@ -250,13 +291,22 @@ class Stream:
             self.write(chunk)
 
     async def drain(self) -> None:
-        """Wait until the send buffer is below ``Config.send_buffer_size``."""
+        """Wait until the send buffer is below ``Config.send_buffer_size``.
+
+        Several coroutines may wait at once (as with asyncio's ``StreamWriter``): all wake.
+        """
         conn = self._conn
         limit = conn.config.send_buffer_size
         while conn.send_buffered > limit:
             if conn.is_terminated:
                 break
-            await self._wait("_drain_waiter")
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._drain_waiters:  # cancelled: not woken
+                    self._drain_waiters.remove(waiter)
         if conn.is_terminated and conn.error is not None and conn.send_buffered:
             raise conn.error
 
@@ -319,9 +369,13 @@ class Stream:
     def stats(self) -> ConnectionStats:
         return self._conn.stats()
 
-    def events(self) -> asyncio.Queue[Event]:
-        """A queue that receives every later event of this connection (e.g. PathChanged)."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+    def events(self, limit: int = EVENT_QUEUE_LIMIT) -> EventQueue:
+        """A queue that receives every later event of this connection (e.g. PathChanged).
+
+        It holds at most ``limit`` events: if the application stops reading, the oldest are
+        dropped (``queue.dropped`` counts them), so an unread queue cannot grow forever.
+        """
+        queue = EventQueue(limit)
         self._event_listeners.append(queue)
         return queue
 
@@ -336,13 +390,10 @@ class Stream:
                                     and type(err) is ConnectionClosed):
             raise err
 
-    async def _wait(self, slot: str) -> None:
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        setattr(self, slot, waiter)
-        try:
-            await waiter
-        finally:
-            setattr(self, slot, None)
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            _wake(waiter)
 
 
 def _settle(fut: asyncio.Future[Event] | None, event: Event) -> None:

@@ -66,8 +66,13 @@ class SendBuffer:
         ``limit`` is the flow-control limit on new data (offsets at or above it are not sent).
         Returns None when nothing can be sent.
         """
-        if self._lost:
+        while self._lost:
             start, stop = self._lost.pop_first()
+            # the range may have been acknowledged since it was declared lost (a late ACK of
+            # the first copy: reordering, or a migration's requeue) and its bytes released
+            if stop <= self.base:
+                continue
+            start = max(start, self.base)
             if stop > start + max_len:
                 self._lost.add(start + max_len, stop)
                 stop = start + max_len

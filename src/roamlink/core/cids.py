@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import wire
+from .ranges import RangeSet
 
 #: Peer CIDs we store at most (a peer cannot make us hoard them).
 MAX_PEER_CIDS = 16
-#: Retired peer sequence numbers remembered (8 bytes each; one per migration or failed probe).
-MAX_RETIRED_REMEMBERED = 4096
+#: Ranges of retired peer sequence numbers remembered; anything below the oldest range
+#: counts as retired too (sequence numbers only grow), so the memory stays a few hundred
+#: bytes however often the peer makes us retire CIDs.
+MAX_RETIRED_RANGES = 32
 
 
 class ConnectionIds:
@@ -36,7 +39,8 @@ class ConnectionIds:
         #: peer CIDs we retired: a retransmitted NEW_CONNECTION_ID (our ACK of the first copy
         #: was lost) must not bring one back, or a later migration would probe with a CID the
         #: peer no longer routes and fail
-        self._peer_retired: set[int] = set()
+        self._peer_retired = RangeSet()
+        self._retired_below = 0  # older ranges forgotten: every sequence below counts retired
         self.issued_total = 1
         self.retired_by_peer = 0
 
@@ -79,15 +83,25 @@ class ConnectionIds:
         for s in retire:
             del self.peer[s]
             self._forget(s)
-        if (frame.sequence not in self.peer and frame.sequence not in self._peer_retired
+        if (frame.sequence not in self.peer and not self._is_retired(frame.sequence)
                 and len(self.peer) < MAX_PEER_CIDS):
             self.peer[frame.sequence] = frame.cid
         return retire
 
     def _forget(self, seq: int) -> None:
-        self._peer_retired.add(seq)
-        if len(self._peer_retired) > MAX_RETIRED_REMEMBERED:
-            self._peer_retired.discard(min(self._peer_retired))
+        retired = self._peer_retired
+        retired.add(seq, seq + 1)
+        while len(retired) > MAX_RETIRED_RANGES:
+            _, end = retired.pop_first()
+            self._retired_below = max(self._retired_below, end)
+
+    def _is_retired(self, seq: int) -> bool:
+        return seq < self._retired_below or self._peer_retired.contains(seq)
+
+    @property
+    def retired_ranges(self) -> int:
+        """Ranges of retired peer sequence numbers held (bounded by MAX_RETIRED_RANGES)."""
+        return len(self._peer_retired)
 
     def reserve_unused_peer_cid(self) -> tuple[int, bytes] | None:
         """Pick a peer CID never used on any path (for a path we are about to probe)."""

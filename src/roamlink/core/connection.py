@@ -33,6 +33,7 @@ from ..config import Config
 from ..errors import (
     ConnectionAborted,
     ConnectionClosed,
+    ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
     ProtocolViolation,
@@ -70,6 +71,9 @@ CloseCode = wire.CloseCode
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
 MAX_SEGMENTS = 8192
 _MAX_CLOSE_RESENDS = 8
+#: ICMP port-unreachable answers to our SYNs after which a client gives up (the SYN and two
+#: retransmissions: about a second with the default initial RTT, not ``connect_timeout``).
+REFUSALS_TO_FAIL = 3
 
 RandomBytes = Callable[[int], bytes]
 
@@ -147,9 +151,19 @@ class Connection:
         self._events: deque[Event] = deque()
         self.error: RoamlinkError | None = None
         self._created = now
+        #: how long an unfinished handshake lives; a listener under SYN pressure shortens it
+        #: for new half-open handshakes (see ``limit_half_open``)
+        self.handshake_lifetime = config.connect_timeout
+        #: when an unfinished handshake is given up (a retransmitted SYN renews it)
+        self.handshake_deadline = now + self.handshake_lifetime
+        #: the handshake completed once (a listener remembers such a client's SYN)
+        self.was_established = False
+        #: ICMP port-unreachable reports while handshaking (see ``on_unreachable``)
+        self.refusals = 0
         self._last_received = now
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since data last arrived (backoff)
+        self._keepalive_queued = 0.0  # when the keepalive timer last queued a PING
         self._drain_deadline: float | None = None
         self._close_deadline: float | None = None
         self._close_frame: wire.CloseFrame | None = None
@@ -267,6 +281,30 @@ class Connection:
         cancelled); the connection stays on its path. Does nothing once it was validated."""
         migration.cancel(self, cand)
 
+    def on_unreachable(self, now: float) -> None:
+        """The socket layer reports ICMP port unreachable from our peer's address.
+
+        ICMP is not authenticated and an established connection may be roaming through
+        NATs whose stale mappings draw such errors, so it is ignored except while a client
+        waits for its SYN-ACK: then, after ``REFUSALS_TO_FAIL`` refusals (the SYN and its
+        retransmissions, about a second), nothing listens there and the connection fails
+        with :class:`ConnectionRefused` instead of waiting out ``connect_timeout``.
+        """
+        if not self.is_client or self.state is not _HANDSHAKING:
+            return
+        self.refusals += 1
+        if self.refusals >= REFUSALS_TO_FAIL:
+            self._terminate(ConnectionRefused(
+                f"{self.remote_addr} refused the connection (ICMP port unreachable "
+                f"{self.refusals} times: nothing listens there)"), Trigger.TIMEOUT)
+
+    def limit_half_open(self, lifetime: float, now: float) -> None:
+        """A listener under SYN pressure keeps this half-open handshake only ``lifetime``
+        seconds (each retransmitted SYN renews it), instead of ``connect_timeout``: forged
+        SYNs then hold its memory briefly, while a genuine client keeps it alive."""
+        self.handshake_lifetime = lifetime
+        self.handshake_deadline = min(self.handshake_deadline, now + lifetime)
+
     def routed_cids(self) -> list[bytes]:
         """Every CID of ours the peer may use: the socket layer routes them all here."""
         return list(self.cids.local.values())
@@ -325,6 +363,12 @@ class Connection:
             if first == wire.VERSION_NEGOTIATION:
                 self._on_version_negotiation(hdr, data)
                 return
+            if first == wire.RETRY:
+                self._on_retry(hdr)
+                return
+            if first == wire.REJECT:
+                self._on_reject(hdr, data)
+                return
             verdict = self.handshake.accept_long_header(hdr, self.local_cid, self.peer_cid,
                                                         self.state is _HANDSHAKING)
             if verdict is _DROP:
@@ -333,6 +377,10 @@ class Connection:
             if verdict is _SERVER_HELLO:
                 self.peer_cid = hdr.scid
                 self._complete_handshake()
+            elif not self.is_client and self.state is _HANDSHAKING:
+                # a retransmitted SYN: the client is alive, keep the half-open state a while
+                self.handshake_deadline = max(self.handshake_deadline,
+                                              now + self.handshake_lifetime)
             pn, offset = hdr.packet_number, hdr.payload_offset
         else:
             raise wire.MalformedPacket("unknown packet type")
@@ -344,6 +392,11 @@ class Connection:
         if self.state is _DRAINING and not self._graceful_drain:
             return
         if self.state is _CLOSING:
+            if any(type(f) is wire.CloseFrame for f in frames):
+                # both ends closed at once: the peer's CLOSE tells us ours is known or moot,
+                # so stop answering and just drain (RFC 9000 section 10.2.2)
+                self._set_state(Trigger.PEER_CLOSE)
+                return
             self._close_resend_due = self._close_resends < _MAX_CLOSE_RESENDS
             return
         counters = self.counters
@@ -353,8 +406,9 @@ class Connection:
             if any(_ack_eliciting(f) for f in frames):
                 acks.pending = True  # our ACK may have been lost
             return
-        if (self.recv_buf.segment_count >= MAX_SEGMENTS
-                and any(isinstance(f, wire.PushFrame) for f in frames)):
+        if (self.recv_buf.segment_count + len(frames) > MAX_SEGMENTS
+                and self.recv_buf.segment_count + sum(
+                    type(f) is wire.PushFrame for f in frames) > MAX_SEGMENTS):
             counters.dropped_packets += 1  # not acknowledged: the peer will send it again
             return
 
@@ -420,11 +474,37 @@ class Connection:
             self._terminate(VersionMismatch(tuple(self.config.versions), supported),
                             Trigger.TIMEOUT)
 
+    def _on_retry(self, hdr: wire.LongHeader) -> None:
+        if not self.handshake.on_retry(hdr, self.local_cid, self.state is _HANDSHAKING):
+            self.counters.dropped_packets += 1
+            return
+        self.counters.handshake_retries += 1  # one extra round trip
+        self.log.info("listener under load asked for a retry: repeating the SYN with its token")
+        # the first SYN will never be acknowledged: what it carried (0-RTT data) goes again
+        for pkt in self.recovery.take_all_in_flight():
+            delivery.requeue(self, pkt)
+
+    def _on_reject(self, hdr: wire.LongHeader, data: bytes) -> None:
+        """A listener refused our SYN. Unauthenticated, so it only ends a handshake in
+        progress (never an established connection)."""
+        body = data[hdr.payload_offset:]
+        if (not self.is_client or self.state is not _HANDSHAKING or hdr.dcid != self.local_cid
+                or len(body) < 1):
+            self.counters.dropped_packets += 1
+            return
+        if body[0] == wire.REJECT_BUSY:
+            self._terminate(ConnectionRefused(
+                f"{self.remote_addr} refused the connection: the listener is full "
+                "(max_connections)"), Trigger.TIMEOUT)
+        else:
+            self.counters.dropped_packets += 1
+
     def _complete_handshake(self) -> None:
         if self.state is _HANDSHAKING:
             if self.is_client:
                 self.cids.set_handshake_peer_cid(self.peer_cid)
             migration.issue_cids(self)
+            self.was_established = True
             self._set_state(Trigger.HANDSHAKE_DONE)
             self._events.append(HandshakeCompleted())
             self.log.debug("handshake complete")
@@ -550,8 +630,8 @@ class Connection:
         if state is _HANDSHAKING and not self.peer_cid:
             if handshake.pending:
                 handshake.pending = False
-                out.append((packets.build_handshake(wire.SYN, handshake.version, b"",
-                                                    self.local_cid, [], now),
+                out.append((packets.build_handshake(wire.SYN, handshake.version,
+                                                    handshake.token, self.local_cid, [], now),
                             self.remote_addr))
             return out
         if handshake.pending and not self.is_client:

@@ -79,6 +79,10 @@ class ConnectionStats:
     send_buffered: int
     recv_buffered: int
     flow_control_blocked: int
+    #: RETRYs the listener answered our SYN with (each costs one round trip)
+    handshake_retries: int = 0
+    #: packets in flight on a path the connection left, resent on the new one (not lost)
+    packets_requeued: int = 0
     #: latest delivery-rate sample (bytes/s) and whether the application limited it
     delivery_rate: float = 0.0
     delivery_rate_app_limited: bool = False

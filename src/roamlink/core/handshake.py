@@ -33,13 +33,25 @@ class VersionVerdict(Enum):
 class Handshake:
     """The version in use, the versions left to try, and whether SYN/SYN-ACK is owed."""
 
-    __slots__ = ("is_client", "version", "offered", "pending")
+    __slots__ = ("is_client", "version", "offered", "pending", "token")
 
     def __init__(self, is_client: bool, versions: tuple[int, ...], version: int) -> None:
         self.is_client = is_client
         self.version = version
         self.offered = list(versions)
         self.pending = True  # SYN / SYN-ACK must be (re)sent
+        #: the listener's RETRY token: our SYN repeats it as its destination CID
+        self.token = b""
+
+    def on_retry(self, hdr: wire.LongHeader, local_cid: bytes, handshaking: bool) -> bool:
+        """A RETRY from a listener under load: take its token (once per handshake, as in
+        QUIC, so a forged RETRY cannot keep us looping) and repeat the SYN with it."""
+        if (not self.is_client or not handshaking or self.token or hdr.dcid != local_cid
+                or hdr.version != self.version or not 1 <= len(hdr.scid) <= wire.MAX_CID_LENGTH):
+            return False
+        self.token = hdr.scid
+        self.pending = True
+        return True
 
     def accept_long_header(self, hdr: wire.LongHeader, local_cid: bytes, peer_cid: bytes,
                            handshaking: bool) -> LongHeaderVerdict:

@@ -104,6 +104,7 @@ class Recovery:
         self.last_probe_was_tlp = False
         # counters
         self.packets_lost = 0
+        self.packets_requeued = 0  # handed back in flight on a path change (not lost)
         self.spurious_losses = 0
         self.pto_fired = 0
         self.tlp_fired = 0
@@ -346,23 +347,20 @@ class Recovery:
         return None
 
     def take_all_in_flight(self) -> list[SentPacket]:
-        """Declare everything in flight lost (e.g. its path is gone); for retransmission.
+        """Hand back everything in flight for retransmission (its path is gone, or the
+        handshake restarts with another version).
 
-        These were not judged lost by the thresholds, so a late ACK for one of them is not a
-        spurious loss and must not widen the reordering thresholds: they are not remembered.
+        These packets were not judged lost: they count in ``packets_requeued``, not in
+        ``packets_lost``, and they do not move the loss-detection thresholds (a migration
+        must not look like a burst of loss). A late ACK for one of them is ignored (it is
+        neither in flight nor remembered as lost), so it cannot count as a spurious loss.
         """
-        lost = [p for p in self.sent.values() if p.ack_eliciting]
-        for pkt in lost:
-            self._forget_lost(pkt)
-        if lost:
-            gone = {p.number for p in lost}
-            self._lost_pns = [pn for pn in self._lost_pns if pn not in gone]
-            for pn in gone:
-                self._lost_times.pop(pn, None)
-        self.sent.clear()
+        taken = [p for p in self.sent.values() if p.ack_eliciting]
+        self.packets_requeued += len(taken)
+        self.sent = {}
         self.bytes_in_flight = 0
         self.loss_time = None
-        return lost
+        return taken
 
 
 def _number(p: SentPacket) -> int:

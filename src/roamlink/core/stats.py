@@ -19,7 +19,7 @@ class Counters:
 
     __slots__ = ("bytes_sent", "bytes_received", "packets_sent", "packets_received",
                  "duplicate_packets", "dropped_packets", "retransmissions",
-                 "unvalidated_packets")
+                 "unvalidated_packets", "handshake_retries")
 
     def __init__(self) -> None:
         self.bytes_sent = 0
@@ -30,6 +30,7 @@ class Counters:
         self.dropped_packets = 0  # malformed, unroutable or over a limit
         self.retransmissions = 0  # packets that carried retransmitted stream data
         self.unvalidated_packets = 0  # processed from a path not (yet) validated
+        self.handshake_retries = 0  # RETRYs from a listener under load (one round trip each)
 
 
 def snapshot(conn: Connection) -> ConnectionStats:
@@ -65,6 +66,8 @@ def snapshot(conn: Connection) -> ConnectionStats:
         send_buffered=conn.send_buf.buffered,
         recv_buffered=conn.recv_buf.buffered,
         flow_control_blocked=conn.flow.blocked_count,
+        handshake_retries=counters.handshake_retries,
+        packets_requeued=recovery.packets_requeued,
         delivery_rate=conn.rate_estimator.latest.delivery_rate,
         delivery_rate_app_limited=conn.rate_estimator.latest.is_app_limited,
         pacing_rate=conn.pacer.rate if conn.pacer is not None else 0.0,

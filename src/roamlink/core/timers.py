@@ -126,13 +126,16 @@ def _nothing_to_do(now: float) -> bool:
 def _connect_deadline(conn: Connection) -> float | None:
     if conn.state is not State.HANDSHAKING:
         return None
-    return conn._created + conn.config.connect_timeout
+    return conn.handshake_deadline
 
 
 def _connect_timeout(conn: Connection, now: float) -> bool:
-    conn._terminate(ConnectTimeout(
-        f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s"),
-        Trigger.TIMEOUT)
+    if conn.is_client:
+        err = ConnectTimeout(
+            f"no answer from {conn.remote_addr} within {conn.config.connect_timeout} s")
+    else:
+        err = ConnectTimeout(f"half-open handshake from {conn.remote_addr} expired")
+    conn._terminate(err, Trigger.TIMEOUT)
     return True
 
 
@@ -209,14 +212,21 @@ def _gap_probe(conn: Connection, now: float) -> bool:
 
 
 def _keepalive_deadline(conn: Connection) -> float | None:
+    """One interval after the last packet sent, or after the last keepalive PING queued: a
+    connection blocked by its congestion window (e.g. towards a dead peer) cannot send the
+    PING at once, and a deadline counted from the last send alone would stay in the past and
+    fire again and again (a spinning timer queueing PINGs without end)."""
     interval = conn.config.keepalive_interval
     if not interval or not conn.is_established:
         return None
-    return conn.packets.last_sent + interval
+    return max(conn.packets.last_sent, conn._keepalive_queued) + interval
 
 
 def _keepalive(conn: Connection, now: float) -> bool:
-    conn.packets.control.append(wire.PingFrame())
+    conn._keepalive_queued = now
+    control = conn.packets.control
+    if not any(type(frame) is wire.PingFrame for frame in control):
+        control.append(wire.PingFrame())  # one PING waiting is enough
     return False
 
 

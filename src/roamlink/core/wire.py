@@ -19,10 +19,14 @@ from typing import Final
 # --- packet types (first byte) ---------------------------------------------------------------
 SYN: Final = 0x01
 SYN_ACK: Final = 0x02
+RETRY: Final = 0x03  # a listener under load: "repeat your SYN with this token" (stateless)
+REJECT: Final = 0x04  # a listener refuses a SYN (reason byte), e.g. it is full
 VERSION_NEGOTIATION: Final = 0x05
 SHORT: Final = 0x40
 
-LONG_TYPES: Final = frozenset({SYN, SYN_ACK, VERSION_NEGOTIATION})
+LONG_TYPES: Final = frozenset({SYN, SYN_ACK, RETRY, REJECT, VERSION_NEGOTIATION})
+#: REJECT reasons
+REJECT_BUSY: Final = 6  # the listener holds Config.max_connections connections
 
 # --- frame types -----------------------------------------------------------------------------
 PADDING: Final = 0x00
@@ -424,12 +428,27 @@ def decode_long_header(data: bytes | memoryview) -> LongHeader:
         raise MalformedPacket("bad source CID length")
     scid = bytes(data[pos:pos + slen])
     pos += slen
-    if packet_type == VERSION_NEGOTIATION:
-        return LongHeader(packet_type, version, dcid, scid, 0, pos)
+    if packet_type in (VERSION_NEGOTIATION, RETRY, REJECT):
+        return LongHeader(packet_type, version, dcid, scid, 0, pos)  # no packet number
     if pos + 8 > len(data):
         raise MalformedPacket("truncated packet number")
     (pn,) = _PN.unpack_from(data, pos)
     return LongHeader(packet_type, version, dcid, scid, pn, pos + 8)
+
+
+def encode_retry(version: int, client_cid: bytes, token: bytes) -> bytes:
+    """RETRY: the client's CID as destination, the token as source CID (the client puts it
+    in its repeated SYN's destination CID); no packet number, no payload. Far smaller than
+    the SYN it answers (no amplification)."""
+    return (_LONG_FIXED.pack(RETRY, version) + bytes((len(client_cid),)) + client_cid
+            + bytes((len(token),)) + token)
+
+
+def encode_reject(version: int, client_cid: bytes, reason: int) -> bytes:
+    """REJECT: the client's CID as destination, no source CID, then the reason (1 byte) and
+    an empty key field (1 byte, 0). Unauthenticated: it can only end a handshake."""
+    return (_LONG_FIXED.pack(REJECT, version) + bytes((len(client_cid),)) + client_cid
+            + b"\x00" + bytes((reason, 0)))
 
 
 _SHORT_TYPE = bytes((SHORT,))

@@ -24,12 +24,16 @@ from ..config import Config
 from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
+from ..core.states import State
+from .retry_token import RetryTokens
 from .steering import CidLayout
 
 logger = logging.getLogger("roamlink.dispatcher")
 
+#: Stateless answers (RETRY, REJECT, version negotiation) queued per batch of datagrams.
+_MAX_STATELESS = 256
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
-_ENDED_KEYS = 65536
+ENDED_KEYS = 65536
 
 
 @dataclass
@@ -43,6 +47,20 @@ class DispatcherStats:
     version_negotiations_sent: int = 0
     connections_accepted: int = 0
     handed_over: int = 0  # short headers passed to the worker their CID names
+    #: SYNs dropped because ``Config.max_half_open`` handshakes were already pending
+    dropped_half_open_full: int = 0
+    #: SYNs dropped because their source IP had ``Config.max_half_open_per_source`` pending
+    dropped_per_source: int = 0
+    #: SYNs refused because ``Config.max_connections`` connections were live
+    refused_max_connections: int = 0
+    #: half-open handshakes that expired (``Config.half_open_timeout``) or failed
+    half_open_expired: int = 0
+    #: SYNs answered with RETRY (no state kept) because ``retry_threshold`` was reached
+    retries_sent: int = 0
+    #: repeated SYNs whose token checked out (the client's address is proven)
+    retry_tokens_valid: int = 0
+    #: SYNs with a token that was forged, expired, or for another address or handshake
+    retry_tokens_invalid: int = 0
 
 
 class Dispatcher:
@@ -76,6 +94,14 @@ class Dispatcher:
         self.held = 0
         #: handshake keys of ended connections: a late or replayed SYN must not reopen them
         self._ended: OrderedDict[tuple[Address, bytes], None] = OrderedDict()
+        self.ended_keys_limit = ENDED_KEYS
+        #: server connections still handshaking, by source IP: they have their own bounds
+        #: (``Config.max_half_open`` in all, ``max_half_open_per_source`` per IP) and do not
+        #: count against the application's accept backlog
+        self.half_open: dict[Connection, str] = {}
+        self._retry_tokens: RetryTokens | None = None
+        self._under_pressure = False  # half-open handshakes above half_open_pressure()
+        self._half_open_by_host: dict[str, int] = {}
 
     # ------------------------------------------------------------------ connections
     def new_cid(self) -> bytes:
@@ -111,6 +137,8 @@ class Dispatcher:
             for old, new in conn.addr_changes:
                 self.update_addr(conn, old, new)
             conn.addr_changes.clear()
+        if self.half_open and conn in self.half_open and conn.state is not State.HANDSHAKING:
+            self._half_open_done(conn)
         if conn.is_closed:
             self.forget(conn)
             return
@@ -126,17 +154,47 @@ class Dispatcher:
         self._owned_cids[conn] = wanted
         self._synced[conn] = conn.cid_version
 
+    def _half_open_done(self, conn: Connection) -> None:
+        """``conn`` left the handshake (established, failed or expired)."""
+        host = self.half_open.pop(conn)
+        left = self._half_open_by_host[host] - 1
+        if left:
+            self._half_open_by_host[host] = left
+        else:
+            del self._half_open_by_host[host]
+        if not conn.is_established:
+            self.stats.half_open_expired += 1
+
+    def half_open_pressure(self) -> int:
+        """Half-open handshakes beyond which they live only ``half_open_timeout`` (under a
+        flood, forged SYNs must not hold memory for ``connect_timeout``; without one, a
+        client on a slow, lossy path keeps the time it needs): a quarter of the table, or
+        half the RETRY threshold, whichever comes first."""
+        config = self.config
+        limit = config.max_half_open // 4
+        if config.retry_threshold is not None:
+            limit = min(limit, config.retry_threshold // 2)
+        return max(limit, 1)
+
+    def pending_established(self) -> int:
+        """Established connections the application has not accepted yet (the backlog)."""
+        return self.held + sum(1 for c in self.accept_queue if c.is_established)
+
     def forget(self, conn: Connection) -> None:
         """Stop routing ``conn`` here (it closed, or migrated to another socket)."""
+        if conn in self.half_open:
+            self._half_open_done(conn)
         self._synced.pop(conn, None)
         for cid in self._owned_cids.pop(conn, set()):
             if self.connections.get(cid) is conn:
                 del self.connections[cid]
         for key in [k for k, v in self.addr_map.items() if v == conn.local_cid]:
             del self.addr_map[key]
-            if conn.is_closed:
+            # a connection that never completed its handshake delivered nothing: a later
+            # SYN from that client may open it afresh (its half-open state merely expired)
+            if conn.is_closed and conn.was_established:
                 self._ended[key] = None
-                if len(self._ended) > _ENDED_KEYS:
+                if len(self._ended) > self.ended_keys_limit:
                     self._ended.popitem(last=False)
 
     def update_addr(self, conn: Connection, old: Address, new: Address) -> None:
@@ -145,6 +203,18 @@ class Dispatcher:
         if self.addr_map.get(key_old) == conn.local_cid:
             del self.addr_map[key_old]
         self.addr_map[(new, conn.peer_cid)] = conn.local_cid
+
+    def unreachable(self, addr: Address, now: float) -> list[Connection]:
+        """ICMP port unreachable from ``addr`` reached this socket: tell the connections to
+        that address (only a client still handshaking acts on it). Returns them."""
+        told = []
+        for conn in self._owned_cids:
+            if conn.remote_addr == addr and conn.is_client:
+                conn.on_unreachable(now)
+                told.append(conn)
+        for conn in told:
+            self.sync_routes(conn)
+        return told
 
     # ------------------------------------------------------------------ receiving
     def datagram_received(self, data: bytes, addr: Address, now: float,
@@ -220,8 +290,42 @@ class Dispatcher:
             return None
         if len(data) < 1200 or not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
             raise wire.MalformedPacket("SYN too small or with a bad CID")
-        if len(self.accept_queue) + self.held >= self.config.backlog:
-            self.stats.dropped_backlog_full += 1
+        config = self.config
+        stats = self.stats
+        if config.max_connections and len(self._owned_cids) >= config.max_connections:
+            # a clear answer, so the client fails at once instead of timing out (it is tiny
+            # and answers a full-size SYN: no amplification)
+            stats.refused_max_connections += 1
+            self._answer(wire.encode_reject(hdr.version, hdr.scid, wire.REJECT_BUSY), addr)
+            return None
+        validated = False
+        if hdr.dcid:
+            # a SYN repeated after our RETRY: its destination CID is the token, checked
+            # before anything is created
+            if not self.retry_tokens().check(hdr.dcid, addr, hdr.scid, now):
+                stats.retry_tokens_invalid += 1
+                return None
+            stats.retry_tokens_valid += 1
+            validated = True
+        if self.pending_established() >= config.backlog:
+            stats.dropped_backlog_full += 1
+            return None
+        if not validated and self.retry_due():
+            # under load: no state for an address that has not proven itself, just a token
+            stats.retries_sent += 1
+            self._answer(wire.encode_retry(hdr.version, hdr.scid,
+                                           self.retry_tokens().mint(addr, hdr.scid, now)), addr)
+            return None
+        if len(self.half_open) >= config.max_half_open:
+            self.stats.dropped_half_open_full += 1
+            return None
+        # the per-source limit is for addresses that have not proven themselves: a SYN
+        # with a valid token did (and counts only against max_half_open), so forged SYNs
+        # from a client's own IP (a shared NAT, or loopback) cannot lock that client out
+        host = "" if validated else addr[0]
+        if (not validated
+                and self._half_open_by_host.get(host, 0) >= config.max_half_open_per_source):
+            self.stats.dropped_per_source += 1
             return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
@@ -229,10 +333,41 @@ class Dispatcher:
                           cid_taken=self.connections.__contains__,
                           cid_source=self.cid_source)
         self._track(conn)
+        if len(self.half_open) >= self.half_open_pressure():
+            if not self._under_pressure:
+                # a flood began: every half-open handshake, old and new, now lives only
+                # half_open_timeout (a genuine client's retransmitted SYN renews it)
+                self._under_pressure = True
+                for other in self.half_open:
+                    other.limit_half_open(config.half_open_timeout, now)
+            conn.limit_half_open(config.half_open_timeout, now)
+        else:
+            self._under_pressure = False
         self.addr_map[key] = conn.local_cid
+        self.half_open[conn] = host
+        self._half_open_by_host[host] = self._half_open_by_host.get(host, 0) + 1
         self.accept_queue.append(conn)
         self.stats.connections_accepted += 1
         return conn
+
+    def retry_due(self) -> bool:
+        """Whether a SYN without a token gets a RETRY instead of a half-open connection:
+        ``Config.retry_threshold`` half-open handshakes are pending (0: always)."""
+        threshold = self.config.retry_threshold
+        return threshold is not None and len(self.half_open) >= threshold
+
+    def retry_tokens(self) -> RetryTokens:
+        """This listener's token minter (made on first use; its secret lives in memory only,
+        so a restart invalidates outstanding tokens, which live seconds anyway)."""
+        tokens = self._retry_tokens
+        if tokens is None:
+            tokens = self._retry_tokens = RetryTokens(random_bytes=os.urandom)
+        return tokens
+
+    def _answer(self, datagram: bytes, addr: Address) -> None:
+        """A stateless answer (RETRY, REJECT), bounded per batch of datagrams read."""
+        if len(self.stateless_out) < _MAX_STATELESS:
+            self.stateless_out.append((datagram, addr))
 
     # ------------------------------------------------------------------ sending
     def take_stateless(self) -> list[tuple[bytes, Address]]:

@@ -182,6 +182,22 @@ class Endpoint:
         elif disp.stateless_out:
             self._schedule_flush()
 
+    def report_unreachable(self) -> None:
+        """A client's socket: have ICMP port unreachable reported, so that a connect() to a
+        port nobody listens on fails with ConnectionRefused in about a second."""
+        self.udp.on_unreachable = self._on_unreachable
+        self.udp.report_unreachable()
+
+    def _on_unreachable(self, addrs: set[Address] | None) -> None:
+        now = self.now()
+        if addrs is None:  # the kernel did not say which address: our clients' peers
+            addrs = {c.remote_addr for c in self.observers if c.is_client}
+        for addr in addrs:
+            for conn in self.dispatcher.unreachable(addr, now):
+                self._dirty[conn] = None
+        if self._dirty:
+            self._schedule_flush()
+
     # ------------------------------------------------------------------ connections
     def _take_new_connections(self) -> None:
         queue = self.dispatcher.accept_queue

@@ -46,6 +46,10 @@ MAX_READS_PER_WAKEUP = 128
 #: Datagrams queued while the socket's send buffer is full; beyond this they are dropped
 #: (loss recovery resends them).
 MAX_BACKLOG = 8192
+#: Linux socket options that queue ICMP errors for an unconnected UDP socket (the socket
+#: module does not name them).
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
 _SEGMENT_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
@@ -103,6 +107,9 @@ class UdpSocket:
         self._backlog: list[tuple[bytes, Address]] = []
         self._writer_armed = False
         self.transport: asyncio.DatagramTransport | None = None  # fallback path only
+        #: told of ICMP port unreachable: the addresses concerned, or None when unknown
+        self.on_unreachable: Callable[[set[Address] | None], None] | None = None
+        self._recverr = False  # the kernel queues ICMP errors for us (report_unreachable)
 
     @property
     def family(self) -> int:
@@ -185,10 +192,45 @@ class UdpSocket:
         io.datagrams_in += len(out)
         return out
 
+    def report_unreachable(self) -> bool:
+        """Ask the kernel to report ICMP errors for datagrams this (unconnected) socket sent
+        (``IP_RECVERR``): a client whose SYN finds no listener then fails at once. Linux
+        only; elsewhere (or on the fallback path) the handshake simply times out."""
+        sock = self.sock
+        if sock is None or not sys.platform.startswith("linux") or self.transport is not None:
+            return False
+        level, option = ((socket.IPPROTO_IPV6, _IPV6_RECVERR) if sock.family == socket.AF_INET6
+                         else (socket.IPPROTO_IP, _IP_RECVERR))
+        try:
+            sock.setsockopt(level, option, 1)
+        except OSError:
+            return False
+        self._recverr = True
+        return True
+
     def error_received(self, exc: Exception) -> None:
-        """ICMP errors (e.g. port unreachable from a stale NAT mapping) never close anything."""
+        """ICMP errors (e.g. port unreachable from a stale NAT mapping) never close anything
+        here; a refusal is passed to ``on_unreachable`` with the addresses it concerns (None:
+        unknown), and the owner decides (only a handshaking client acts on it)."""
         self.errors += 1
-        logger.debug("socket error ignored: %s", exc)
+        logger.debug("socket error: %s", exc)
+        if isinstance(exc, ConnectionRefusedError) and self.on_unreachable is not None:
+            self.on_unreachable(self._unreachable_addresses())
+
+    def _unreachable_addresses(self) -> set[Address] | None:
+        """Destinations of the datagrams the kernel's error queue reports (IP_RECVERR)."""
+        sock = self.sock
+        if not self._recverr or sock is None:
+            return None
+        found: set[Address] = set()
+        for _ in range(64):
+            try:
+                _, _, _, addr = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # (BlockingIOError: the queue is empty)
+                break
+            if addr:
+                found.add(addr)
+        return found
 
     # ------------------------------------------------------------------ sending
     def send(self, datagrams: list[tuple[bytes, Address]]) -> None:

@@ -15,13 +15,21 @@ def establish(net: SimNetwork, client: SimNode, server: SimNode, *,
     conn = client.connect(server.addr, early_data=early_data)
     queue = server.dispatcher.accept_queue
 
+    def mine() -> Connection | None:
+        # the server end answers our CID (other SYNs, e.g. forged ones, queue there too)
+        return next((c for c in queue if c.peer_cid == conn.local_cid), None)
+
     def ready() -> bool:
-        return conn.is_established and bool(queue) and queue[0].is_established
+        theirs = mine()
+        return conn.is_established and theirs is not None and theirs.is_established
 
     if not net.run_until(ready, timeout):
         raise AssertionError(f"handshake did not complete: client {conn.state}, "
                              f"server queue {[c.state for c in queue]}")
-    return conn, queue.popleft()
+    theirs = mine()
+    assert theirs is not None
+    queue.remove(theirs)
+    return conn, theirs
 
 
 @dataclass

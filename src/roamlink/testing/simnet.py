@@ -138,6 +138,9 @@ class SimNetwork:
         self._scheduled: dict[Connection, float] = {}
         self._seq = 0
         self.delivered_datagrams = 0
+        #: hosts that answer a datagram to a port nobody listens on with ICMP port
+        #: unreachable (delivered to the sender's socket at once)
+        self.refusing_hosts: set[str] = set()
         #: when True, every datagram sent is appended to ``captured`` as (src, dst, data)
         self.capture = False
         self.captured: list[tuple[Address, Address, bytes]] = []
@@ -245,7 +248,14 @@ class SimNetwork:
     def deliver(self, src: Address, dst: Address, data: bytes) -> None:
         node = self.nodes.get(dst)
         if node is None:
-            return  # nobody at that address any more (e.g. an old NAT mapping)
+            # nobody at that address (e.g. an old NAT mapping); a host that says so
+            # answers with ICMP port unreachable, which reaches the sender's socket
+            if dst[0] in self.refusing_hosts:
+                sender = self.nodes.get(src)
+                if sender is not None:
+                    for refused in sender.dispatcher.unreachable(dst, self.now):
+                        self.driver.serve(refused, self.now, sender)
+            return
         if node.record:
             node.received.append((data, src))
         self.delivered_datagrams += 1
