@@ -124,3 +124,20 @@ def test_fully_acknowledged_connection_drops_its_grown_packet_table() -> None:
         client.datagram_received(data, B, 0.03)
     assert conn.recovery.sent == {}
     assert sys.getsizeof(conn.recovery.sent) <= sys.getsizeof({})
+
+
+def test_a_paced_sender_waits_for_its_pacer_and_says_when() -> None:
+    """The pacer stops a burst mid-pass and the pass records when to resume (``pace_at``).
+
+    Compiled with mypyc this pass once raised TypeError ("None object expected; got float")
+    and aborted every paced bulk transfer: the attribute was narrowed to None by an earlier
+    assignment in the same method. CI runs this file against the compiled core too.
+    """
+    cfg = Config(initial_window_packets=64)
+    _, _, conn, _ = _pair(cfg)
+    assert conn.pacer is not None
+    conn.send(bytes(200_000))
+    sent = conn.datagrams_to_send(0.01)
+    assert 0 < len(sent) < 64  # the pacer, not the window, stopped the pass
+    assert conn.packets.pace_at is not None and conn.packets.pace_at > 0.01
+    assert conn.packets.pacer is not None and conn.packets.pacer.wake_at == conn.packets.pace_at

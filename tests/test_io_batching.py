@@ -52,8 +52,8 @@ needs_offload = pytest.mark.skipif(
 
 
 async def _transfer(server_cfg: Config, client_cfg: Config, size: int
-                    ) -> tuple[Endpoint, Endpoint]:
-    """Send ``size`` bytes client -> server and back; return both endpoints' (stats kept)."""
+                    ) -> tuple[UdpSocket, UdpSocket]:
+    """Send ``size`` bytes client -> server and back; return both sockets (stats kept)."""
     payload = os.urandom(size)
     async with await roamlink.listen("127.0.0.1", 0, config=server_cfg) as listener:
         async def serve() -> None:
@@ -73,7 +73,7 @@ async def _transfer(server_cfg: Config, client_cfg: Config, size: int
         stream.close()
         await stream.wait_closed()
         await server
-        return listener.endpoint, client_ep
+        return listener.endpoint.udp, client_ep.udp
 
 
 @needs_offload
@@ -85,7 +85,7 @@ def test_offload_batches_both_ways_on_loopback() -> None:
         assert client_ep.io.datagrams_out > client_ep.io.send_calls
         assert server_ep.io.gro_batches > 0  # and arrived coalesced in one recvmsg
         assert server_ep.io.datagrams_in > server_ep.io.recv_calls
-        assert server_ep.socket_errors == 0 and client_ep.io.send_dropped == 0
+        assert server_ep.errors == 0 and client_ep.io.send_dropped == 0
 
     run(main(), 60)
 
@@ -299,7 +299,7 @@ def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> Non
         clock = VirtualClock()
         listener, stream, server = await virtual_pair(clock, Config())
         async with listener:
-            ep = stream._endpoint  # noqa: SLF001 - the test inspects the socket layer
+            ep = stream._endpoint.udp  # noqa: SLF001 - the test inspects the socket layer
             await clock.sleep(0.5)  # the handshake's packets are acknowledged meanwhile
             assert stream.stats().bytes_in_flight == 0
             before = ep.io.datagrams_out
@@ -406,7 +406,7 @@ def test_loop_without_add_reader_falls_back_to_a_datagram_transport() -> None:
         loop.add_reader = no_readiness  # type: ignore[method-assign]
         server_ep, client_ep = await _transfer(Config(), Config(), 256 * 1024)
         for ep in (server_ep, client_ep):
-            assert ep.udp.transport is not None and not ep.gso and not ep.gro
+            assert ep.transport is not None and not ep.gso and not ep.gro
             assert ep.io.datagrams_in > 0 and ep.io.datagrams_out > 0
 
     run(main(), 60)

@@ -113,6 +113,6 @@ def test_icmp_errors_never_close_anything() -> None:
             assert await stream.read() == b"ok"
             digest, _ = await server
             assert digest == hashlib.sha256(b"x" * 200_000 + b"y" * 200_000).digest()
-            assert listener.endpoint.socket_errors == 50
+            assert listener.endpoint.udp.errors == 50
 
     run(main(), 60)

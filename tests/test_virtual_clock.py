@@ -38,7 +38,7 @@ def test_connect_timeout_over_a_real_socket_takes_no_wall_time() -> None:
             silent.close()
         assert 10.0 <= clock.now() - 1000.0 < 11.0  # the connect timeout, on the virtual clock
         assert time.monotonic() - started < 5.0  # ...not on the wall clock (typically ~50 ms)
-        assert endpoint.io.datagrams_out >= 3  # the SYN went out, and was retransmitted
+        assert endpoint.udp.io.datagrams_out >= 3  # the SYN went out, and was retransmitted
 
     run(main(), 30)
 

@@ -80,6 +80,10 @@ class PacketBuilder:
         """Stream data, control frames or a credit update wait to go."""
         return bool(self.send_buf.has_data_to_send() or self.control or self.flow.send_max_data)
 
+    def waiting_for_pacer(self) -> bool:
+        """The pacer holds the next packet back (its deadline is ``pace_at``)."""
+        return self.pace_at is not None
+
     def _pacer_allows(self, now: float) -> bool:
         """Whether the pacer lets an in-flight packet go now; if not, arm its timer."""
         pacer = self.pacer
@@ -185,7 +189,10 @@ class PacketBuilder:
                 self.probe_pending -= 1
             if not eliciting or not may_fly:
                 break
-        if pacer is not None and self.pace_at is None:
+        # (read through a method: mypy narrows ``self.pace_at`` to None after the
+        # assignment above, since calls do not reset the narrowing, and mypyc-compiled code
+        # then raised TypeError whenever the pacer had set it to a time meanwhile)
+        if pacer is not None and not self.waiting_for_pacer():
             pacer.wake_at = -1.0  # not waiting for the pacer (the window or the data stops us)
         if not send_buf.has_data_to_send() and recovery.bytes_in_flight + mtu <= self.cc.cwnd:
             # the window has room but the application gave us nothing: rate samples until
