@@ -34,20 +34,13 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
+from _common import rss_kib  # noqa: E402  (bench/ is the script's own folder)
+
 import roamlink  # noqa: E402
 from roamlink.core import wire  # noqa: E402
 
 MiB = 1024 * 1024
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ------------------------------------------------------------------ the server (child)
@@ -79,7 +72,8 @@ async def serve(retry_threshold: int | None) -> None:
             await asyncio.sleep(0.05)
             half_open_max = max(half_open_max, len(disp.half_open))
         stats = dict(vars(disp.stats))
-        print(json.dumps({"event": "server", "rss": rss_bytes(), "half_open": len(disp.half_open),
+        rss = rss_kib() * 1024
+        print(json.dumps({"event": "server", "rss": rss, "half_open": len(disp.half_open),
                           "half_open_max": half_open_max,
                           "connections": len(listener.endpoint.live_connections),
                           **stats}), flush=True)

@@ -30,6 +30,8 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "src"))
 
+from _common import rss_kib  # noqa: E402  (bench/ is the script's own folder)
+
 import roamlink  # noqa: E402
 
 BLOCK = 16 * 1024
@@ -38,17 +40,7 @@ BLOCK = 16 * 1024
 #: drain after the stop takes minutes.
 WINDOW = 64 * 1024
 MiB = 1024 * 1024
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-
-def rss_bytes() -> int:
-    """Resident set size now (Linux /proc; elsewhere the peak, which is the best we have)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def slope_per_minute(samples: list[tuple[float, int]]) -> float:
@@ -198,7 +190,7 @@ async def soak(args: argparse.Namespace) -> int:
     try:
         while (elapsed := time.monotonic() - start) < duration:
             await asyncio.sleep(1.0)
-            samples.append((elapsed, rss_bytes()))
+            samples.append((elapsed, rss_kib() * 1024))
             failed = [t for t in tasks if t.done() and t.exception() is not None]
             if failed:
                 break  # a connection died: stop early, the summary says why
