@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -75,7 +76,7 @@ async def serve(retry_threshold: int | None) -> None:
         for _ in range(5):
             await asyncio.sleep(0.05)
             half_open_max = max(half_open_max, len(disp.half_open))
-        stats = dict(vars(disp.stats))
+        stats = dataclasses.asdict(disp.stats)
         rss = rss_kib() * 1024
         print(json.dumps({"event": "server", "rss": rss, "half_open": len(disp.half_open),
                           "half_open_max": half_open_max,
