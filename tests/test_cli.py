@@ -73,10 +73,11 @@ class Server:
 
 
 @contextmanager
-def server(*args: str, reports_on_stderr: bool = False) -> Iterator[Server]:
+def server(*args: str, reports_on_stderr: bool = False,
+           env: dict[str, str] | None = None) -> Iterator[Server]:
     proc = subprocess.Popen([sys.executable, "-m", "roamlink", "--json", *args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT, env=_env())
+                            stderr=subprocess.PIPE, cwd=ROOT, env=env or _env())
     try:
         pipe = proc.stderr if reports_on_stderr else proc.stdout
         assert pipe is not None
