@@ -342,3 +342,47 @@ def test_a_path_left_on_purpose_can_carry_the_connection_again_later() -> None:
     net.nodes.pop(second.addr)  # the second address goes away
     assert run_pumps(net, [up], 60) and up.exact()
 
+
+
+def _moved_beyond_reach(seed: int) -> tuple[SimNetwork, SimNode, Connection, Connection, float]:
+    """The client moves to an address the server's packets cannot reach (a NAT that remaps
+    faster than a path validates does this in effect): its packets still arrive, sealed and
+    numbered past anything seen, but the new path never validates."""
+    net = SimNetwork(seed=seed, default_link=LinkConfig(delay=0.01))
+    server = net.add_node(SERVER, Config(idle_timeout=3.0), listen=True)
+    client = net.add_node(CLIENT, Config(idle_timeout=60.0))
+    c, s = establish(net, client, server)
+    pump = Pump(net, c, client, s, server, _payload(1 * MiB, seed), eof=False)
+    run_pumps(net, [pump], 0.3)
+    net.set_link(SERVER[0], "10.0.0.3", LinkConfig(loss=1.0), both_ways=False)
+    net.rebind(client, ("10.0.0.3", 40000))
+    moved = net.now
+    return net, client, c, s, moved
+
+
+def test_authenticated_packets_from_an_unvalidated_path_keep_the_connection_alive() -> None:
+    """Only the peer can seal a packet, so a sealed, newest packet proves it alive even from a
+    path that has not validated yet: the idle timer must not expire under it (the 10-minute
+    soak lost connections this way when a starved host could not validate paths as fast as
+    the NAT moved its clients)."""
+    net, client, c, s, moved = _moved_beyond_reach(21)
+    net.run(until=moved + 4.5)  # 1.5 s past the server's idle timeout
+    assert not s.is_terminated, s.error
+    assert s.counters.unvalidated_packets > 0
+
+
+def test_replaying_one_sealed_packet_does_not_keep_a_connection_alive() -> None:
+    """A replay is no proof of life: only a packet numbered past every earlier one is."""
+    net, client, c, s, moved = _moved_beyond_reach(22)
+    net.capture = True
+    net.run(until=moved + 0.2)
+    sealed = [d for src, _, d in net.captured
+              if src == client.addr and wire.is_short_header(d[0])]
+    assert sealed
+    net.set_link("10.0.0.4", SERVER[0], LinkConfig(loss=1.0), both_ways=False)
+    net.rebind(client, ("10.0.0.4", 40000))  # the client goes away for good...
+    for i in range(40):  # ... and an attacker replays its last packet every 100 ms
+        net.call_at(net.now + 0.1 * i, lambda: net.send(("10.0.0.3", 40000), SERVER,
+                                                        sealed[-1]))
+    net.run(until=moved + 4.5)
+    assert s.is_terminated

@@ -192,6 +192,8 @@ class Connection:
         #: ICMP port-unreachable reports while handshaking (see ``on_unreachable``)
         self.refusals = 0
         self._last_received = now
+        #: the newest packet number that refreshed _last_received from an unvalidated path
+        self._alive_pn = -1
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since data last arrived (backoff)
         self._keepalive_queued = 0.0  # when the keepalive timer last queued a PING
@@ -475,6 +477,12 @@ class Connection:
             # packet number is neither recorded nor acknowledged, so a forged "newest" packet
             # cannot poison our ACKs or hide a genuine packet as a duplicate later
             counters.unvalidated_packets += 1
+            if pn > self._alive_pn and is_newest and self.packets.protection is not None:
+                # it authenticated (only the peer holds the keys) and is numbered past every
+                # packet before it (no replay): the peer is alive, even while a NAT moves it
+                # faster than a path validates, so the idle timer must not expire under it
+                self._alive_pn = pn
+                self._last_received = now
             migration.on_packet_from_other_path(self, socket_id, addr, len(data), pn,
                                                 is_newest, now)
 
