@@ -7,14 +7,17 @@ server, a *target* connection brought into that state, and a *bystander* connect
 data both ways. Then ``--per-state`` datagrams are fed to both ends of the target, from
 attacker addresses and from spoofed genuine addresses: random bytes, mutations (bit flips,
 truncations, splices, extensions) of datagrams captured from the target's own traffic,
-well-formed headers with random frames, and handshake packets with random fields.
+well-formed headers with random frames, and handshake packets with random fields. Since
+every packet is sealed, most of those die at authentication; so a fifth of the datagrams are
+sent by an *insider*: random frames sealed with the keys of one end of the target (a broken or
+hostile peer), from its own address or a spoofed one, which the other end must parse.
 
 Checked per chunk: no exception escapes (the socket layer's "failed on input" guard must never
 fire: an ERROR log record counts as an escape), the bystander's transfer is hash-exact and the
 bystander never leaves its state or drops a packet, and the simulation keeps running. The
-target itself may leave its state (clear-text packets are not authenticated yet: a forged
-CLOSE with its connection ID closes it); it is then replaced by a fresh target in the same
-state, so every datagram counted reached a connection in that state.
+target itself may leave its state (an insider's sealed CLOSE closes it, as it may); it is then
+replaced by a fresh target in the same state, so every datagram counted reached a connection
+in that state.
 
 Real-socket part: the same generator against a ``roamlink.listen`` socket on 127.0.0.1 (from
 a plain UDP socket) while a bystander connection echoes data, hash-checked; afterwards the
@@ -177,8 +180,9 @@ def make_datagram(rng: random.Random, corpus: Corpus) -> bytes:
     if roll < 0.15:  # pure noise, with an interesting first byte half the time
         body = rng.randbytes(rng.choice((0, 1, 7, 16, 40, rng.randrange(1500))))
         if body and rng.random() < 0.5:
-            body = bytes((rng.choice((wire.SHORT, wire.SYN, wire.SYN_ACK,
-                                      wire.VERSION_NEGOTIATION)),)) + body[1:]
+            body = bytes((rng.choice((wire.SHORT, wire.SHORT | wire.KEY_PHASE,
+                                      *(wire.LONG_FORM | wire.FIXED_BIT | t
+                                        for t in wire.LONG_TYPES), wire.LONG_FORM)),)) + body[1:]
         return body
     if roll < 0.55 and corpus.captured:  # a mutated capture of the target's own traffic
         return _mutate(rng, rng.choice(corpus.captured), corpus)
@@ -302,7 +306,8 @@ def _run_chunk(state: str, count: int, chunk_seed: int, rng: random.Random,
     by_node = net.add_node(BYSTANDER, config)
     b, sb = _establish(net, by_node, server, config)
     if state == "handshake":
-        net.link(SERVER[0], TARGET[0]).drop_if = lambda data, src, dst: data[:1] == b"\x02"
+        syn_ack = bytes((wire.LONG_FORM | wire.FIXED_BIT | wire.SYN_ACK,))
+        net.link(SERVER[0], TARGET[0]).drop_if = lambda data, src, dst: data[:1] == syn_ack
     by_state = (b.state, sb.state)
     by_dropped = (b.stats().dropped_packets, sb.stats().dropped_packets)
     payload = rng.randbytes(150_000)
@@ -328,11 +333,23 @@ def _run_chunk(state: str, count: int, chunk_seed: int, rng: random.Random,
             if not _in_state(state, targets):
                 raise RuntimeError(f"could not bring a target into {state}: "
                                    f"{[t.state.value for t in targets]}")
-        data = make_datagram(rng, corpus)
-        dst = SERVER if rng.random() < 0.6 else TARGET
-        src = rng.choice(ATTACKERS) if rng.random() < 0.7 else (
-            TARGET if dst == SERVER else SERVER)
-        net.send(src, dst, data)
+        insiders = [t for t in targets if t.protection is not None and t.peer_cid]
+        if insiders and rng.random() < 0.2:
+            # an insider: random frames sealed with one end's keys, to the other end
+            sender = rng.choice(insiders)
+            dst = SERVER if sender.is_client else TARGET
+            src = rng.choice(ATTACKERS) if rng.random() < 0.3 else (
+                TARGET if dst == SERVER else SERVER)
+            pn = rng.choice((sender.packets.allocate_pn(), rng.randrange(1 << 20),
+                             sender.packets.next_pn + rng.randrange(64)))
+            frames = [_random_frame(rng) for _ in range(rng.randint(1, 5))]
+            net.send(src, dst, sender.packets.seal(sender.peer_cid, pn, frames))
+        else:
+            data = make_datagram(rng, corpus)
+            dst = SERVER if rng.random() < 0.6 else TARGET
+            src = rng.choice(ATTACKERS) if rng.random() < 0.7 else (
+                TARGET if dst == SERVER else SERVER)
+            net.send(src, dst, data)
         net.run(until=net.now + gap)
         result.fed += 1
         if result.fed % 64 == 0:
