@@ -106,8 +106,12 @@ def test_version_negotiation_mismatch_and_fallback() -> None:
     assert conn.error.supported == (1,) and server.dispatcher.stats.version_negotiations_sent
     # a client that also speaks version 1 falls back to it
     client2 = net.add_node(("10.0.0.3", 50000), Config(versions=(7, 1)))
-    c, s = establish(net, client2, server)
+    c, s = establish(net, client2, server, early_data=b"0-RTT data in the first SYN")
     assert c.version == 1 and s.version == 1
+    # what the refused SYN carried goes in the new one: nothing is lost on the way
+    early = b"0-RTT data in the first SYN"
+    assert net.run_until(lambda: s.readable >= len(early), 5), s.readable
+    assert s.read() == early
 
 
 def test_late_packets_after_close_neither_error_nor_reopen() -> None:

@@ -35,13 +35,11 @@ from ..crypto.packet_protection import PacketProtection
 from ..errors import (
     ConnectionAborted,
     ConnectionClosed,
-    ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
     HandshakeFailed,
     ProtocolViolation,
     RoamlinkError,
-    VersionMismatch,
 )
 from . import delivery, migration, wire
 from .ack_state import MAX_PACKET_NUMBER_JUMP, AckState
@@ -60,14 +58,11 @@ from .flow_control import FlowControl
 from .handshake import (
     Handshake,
     LongHeaderVerdict,
-    VersionVerdict,
     build_client_hello,
     build_server_hello,
     make_client_handshake,
-    on_client_hello,
-    on_reject,
-    on_retry,
-    on_server_hello,
+    on_unreachable,
+    receive_long,
     resolve_handshake_packets,
 )
 from .pacing import Pacer
@@ -86,9 +81,6 @@ CloseCode = wire.CloseCode
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
 MAX_SEGMENTS = 8192
 _MAX_CLOSE_RESENDS = 8
-#: ICMP port-unreachable answers to our SYNs after which a client gives up (the SYN and two
-#: retransmissions: about a second with the default initial RTT, not ``connect_timeout``).
-REFUSALS_TO_FAIL = 3
 
 RandomBytes = Callable[[int], bytes]
 
@@ -330,21 +322,9 @@ class Connection:
         migration.cancel(self, cand)
 
     def on_unreachable(self, now: float) -> None:
-        """The socket layer reports ICMP port unreachable from our peer's address.
-
-        ICMP is not authenticated and an established connection may be roaming through
-        NATs whose stale mappings draw such errors, so it is ignored except while a client
-        waits for its SYN-ACK: then, after ``REFUSALS_TO_FAIL`` refusals (the SYN and its
-        retransmissions, about a second), nothing listens there and the connection fails
-        with :class:`ConnectionRefused` instead of waiting out ``connect_timeout``.
-        """
-        if not self.is_client or self.state is not _HANDSHAKING:
-            return
-        self.refusals += 1
-        if self.refusals >= REFUSALS_TO_FAIL:
-            self._terminate(ConnectionRefused(
-                f"{self.remote_addr} refused the connection (ICMP port unreachable "
-                f"{self.refusals} times: nothing listens there)"), Trigger.TIMEOUT)
+        """The socket layer reports ICMP port unreachable from our peer's address (see
+        :func:`roamlink.core.handshake.on_unreachable`: it fails only a handshake)."""
+        on_unreachable(self, now)
 
     def limit_half_open(self, lifetime: float, now: float) -> None:
         """A listener under SYN pressure keeps this half-open handshake only ``lifetime``
@@ -432,7 +412,7 @@ class Connection:
                 self.counters.auth_failures += 1  # no keys yet: it cannot be genuine
                 return
         elif first & wire.LONG_FORM:
-            self._receive_long(data, addr, now, socket_id)
+            receive_long(self, data, addr, now, socket_id)
             return
         else:
             raise wire.MalformedPacket("unknown packet type")
@@ -520,81 +500,6 @@ class Connection:
             # the peer retransmits it until its idle timeout
             acks.send_delayed_now()
 
-    def _receive_long(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
-        """SYN, SYN-ACK, REJECT, version negotiation: the handshake's packets."""
-        hdr = wire.decode_long_header(data)
-        if hdr.packet_type == wire.VERSION_NEGOTIATION:
-            self._on_version_negotiation(hdr, data)
-            return
-        if hdr.packet_type == wire.RETRY:
-            self._on_retry(hdr, now)
-            return
-        handshaking = self.state is _HANDSHAKING
-        handshake = self.handshake
-        verdict = handshake.accept_long_header(hdr, self.local_cid, self.peer_cid, handshaking)
-        if verdict is _DROP:
-            self.counters.dropped_packets += 1
-            return
-        counters = self.counters
-        if verdict is _REJECT:
-            err = on_reject(self, data, hdr)
-            if err is not None:
-                self.log.info("handshake refused: %s", err)
-                self._terminate(err, Trigger.TIMEOUT)
-            return
-        if verdict is _SERVER_HELLO:
-            try:
-                frames = on_server_hello(self, hdr, data, now)
-            except HandshakeFailed as err:
-                self.log.info("handshake failed: %s", err)
-                self._terminate(err, Trigger.TIMEOUT)
-                return
-            self.peer_cid = hdr.scid
-            self._complete_handshake(now)
-            counters.packets_received += 1
-            counters.bytes_received += len(data)
-            self._last_received = now
-            # the SYN-ACK counts as the server's packet 0: acknowledging it at once is what
-            # completes the handshake on the server's side
-            self.acks.record(0, now, True)
-            self.acks.on_ack_eliciting(now, True, self.config.ack_every,
-                                       self.config.max_ack_delay)
-            self._handshake_frames(frames, socket_id, addr, now, True)
-            return
-        if verdict is _CLIENT_HELLO:
-            syn_frames = on_client_hello(self, data, hdr, handshaking)
-            if syn_frames is not None:
-                counters.packets_received += 1
-                counters.bytes_received += len(data)
-                self._handshake_frames(syn_frames, socket_id, addr, now,
-                                       handshake.early_accepted)
-            else:
-                counters.duplicate_packets += 1
-                counters.bytes_received += len(data)  # anti-amplification budget
-                if handshaking:
-                    # a retransmitted SYN: the client is alive, keep the half-open state a while
-                    self.handshake_deadline = max(self.handshake_deadline,
-                                                  now + self.handshake_lifetime)
-            return
-        # a repeated SYN-ACK after we completed: our acknowledgement was lost
-        counters.duplicate_packets += 1
-        self.acks.pending = True
-
-    def _handshake_frames(self, payload: bytes, socket_id: int, addr: Address, now: float,
-                          take_data: bool) -> None:
-        """Apply the frames of a SYN or SYN-ACK payload (authenticated with it).
-
-        ``take_data`` False: 0-RTT data the server did not accept (outside the replay
-        window) is skipped; the client sends it again after the handshake."""
-        for frame in wire.decode_frames(payload):
-            if isinstance(frame, wire.PushFrame):
-                if take_data:
-                    self._on_push(frame)
-                continue
-            if isinstance(frame, wire.AckFrame):
-                continue  # handshake packets carry no packet numbers to acknowledge
-            self._on_frame(frame, socket_id, addr, now)
-
     def on_stateless_reset(self, now: float) -> None:
         """The peer answered with our stateless-reset token: it lost the connection."""
         if self.state is _CLOSED:
@@ -609,25 +514,6 @@ class Connection:
         if self.packets.protection is None:
             return []
         return self.cids.peer_reset_tokens()
-
-    def _on_version_negotiation(self, hdr: wire.LongHeader, data: bytes) -> None:
-        refused = self.handshake.version
-        verdict, supported = self.handshake.on_version_negotiation(
-            hdr, data, self.local_cid, self.state is _HANDSHAKING)
-        if verdict is VersionVerdict.RETRY:
-            self.log.info("version %d refused; retrying with %d", refused,
-                          self.handshake.version)
-            self.recovery.take_all_in_flight()  # the old SYN will never be acknowledged
-        elif verdict is VersionVerdict.FAIL:
-            self._terminate(VersionMismatch(tuple(self.config.versions), supported),
-                            Trigger.TIMEOUT)
-
-    def _on_retry(self, hdr: wire.LongHeader, now: float) -> None:
-        if self.state is not _HANDSHAKING or not on_retry(self, hdr, now):
-            self.counters.dropped_packets += 1
-            return
-        self.counters.handshake_retries += 1  # one extra round trip
-        self.log.info("listener under load asked for a retry: repeating the SYN with its token")
 
     def _complete_handshake(self, now: float) -> None:
         if self.state is _HANDSHAKING:

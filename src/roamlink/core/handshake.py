@@ -46,8 +46,14 @@ from ..crypto import handshake as hs
 from ..crypto.noise import private_key
 from ..crypto.packet_protection import PacketProtection
 from ..crypto.replay import ReplayVerdict
-from ..errors import ConnectionRefused, HandshakeFailed, RoamlinkError
+from ..errors import ConnectionRefused, HandshakeFailed, RoamlinkError, VersionMismatch
 from . import wire
+from .events import Address
+from .states import State, Trigger
+
+#: ICMP port-unreachable reports that fail a handshake in progress (the SYN and two
+#: retransmissions: about a second), see :func:`on_unreachable`
+REFUSALS_TO_FAIL = 3
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -348,6 +354,126 @@ def resolve_handshake_packets(conn: Connection, delivered: bool, now: float) -> 
                 send_buf.on_lost(offset, length, fin)
     if handshake.times_sent == 1:
         conn.rtt.update(max(now - handshake.first_sent, 1e-6), 0.0)
+
+
+# ---------------------------------------------------------------------- the handshake's packets
+def receive_long(conn: Connection, data: bytes, addr: Address, now: float, socket_id: int) -> None:
+    """SYN, SYN-ACK, REJECT, version negotiation: the handshake's packets."""
+    hdr = wire.decode_long_header(data)
+    if hdr.packet_type == wire.VERSION_NEGOTIATION:
+        _on_version_negotiation(conn, hdr, data, now)
+        return
+    if hdr.packet_type == wire.RETRY:
+        _on_retry_packet(conn, hdr, now)
+        return
+    handshaking = conn.state is State.HANDSHAKING
+    handshake = conn.handshake
+    verdict = handshake.accept_long_header(hdr, conn.local_cid, conn.peer_cid, handshaking)
+    if verdict is LongHeaderVerdict.DROP:
+        conn.counters.dropped_packets += 1
+        return
+    counters = conn.counters
+    if verdict is LongHeaderVerdict.REJECT:
+        err = on_reject(conn, data, hdr)
+        if err is not None:
+            conn.log.info("handshake refused: %s", err)
+            conn._terminate(err, Trigger.TIMEOUT)
+        return
+    if verdict is LongHeaderVerdict.SERVER_HELLO:
+        try:
+            frames = on_server_hello(conn, hdr, data, now)
+        except HandshakeFailed as err:
+            conn.log.info("handshake failed: %s", err)
+            conn._terminate(err, Trigger.TIMEOUT)
+            return
+        conn.peer_cid = hdr.scid
+        conn._complete_handshake(now)
+        counters.packets_received += 1
+        counters.bytes_received += len(data)
+        conn._last_received = now
+        # the SYN-ACK counts as the server's packet 0: acknowledging it at once is what
+        # completes the handshake on the server's side
+        conn.acks.record(0, now, True)
+        conn.acks.on_ack_eliciting(now, True, conn.config.ack_every,
+                                   conn.config.max_ack_delay)
+        _handshake_frames(conn, frames, socket_id, addr, now, True)
+        return
+    if verdict is LongHeaderVerdict.CLIENT_HELLO:
+        syn_frames = on_client_hello(conn, data, hdr, handshaking)
+        if syn_frames is not None:
+            counters.packets_received += 1
+            counters.bytes_received += len(data)
+            _handshake_frames(conn, syn_frames, socket_id, addr, now,
+                                   handshake.early_accepted)
+        else:
+            counters.duplicate_packets += 1
+            counters.bytes_received += len(data)  # anti-amplification budget
+            if handshaking:
+                # a retransmitted SYN: the client is alive, keep the half-open state a while
+                conn.handshake_deadline = max(conn.handshake_deadline,
+                                              now + conn.handshake_lifetime)
+        return
+    # a repeated SYN-ACK after we completed: our acknowledgement was lost
+    counters.duplicate_packets += 1
+    conn.acks.pending = True
+
+
+def _handshake_frames(conn: Connection, payload: bytes, socket_id: int, addr: Address, now: float,
+                      take_data: bool) -> None:
+    """Apply the frames of a SYN or SYN-ACK payload (authenticated with it).
+
+    ``take_data`` False: 0-RTT data the server did not accept (outside the replay
+    window) is skipped; the client sends it again after the handshake."""
+    for frame in wire.decode_frames(payload):
+        if isinstance(frame, wire.PushFrame):
+            if take_data:
+                conn._on_push(frame)
+            continue
+        if isinstance(frame, wire.AckFrame):
+            continue  # handshake packets carry no packet numbers to acknowledge
+        conn._on_frame(frame, socket_id, addr, now)
+
+
+def _on_version_negotiation(conn: Connection, hdr: wire.LongHeader, data: bytes,
+                            now: float) -> None:
+    handshake = conn.handshake
+    refused = handshake.version
+    verdict, supported = handshake.on_version_negotiation(
+        hdr, data, conn.local_cid, conn.state is State.HANDSHAKING)
+    if verdict is VersionVerdict.RETRY:
+        conn.log.info("version %d refused; retrying with %d", refused, handshake.version)
+        # the old SYN will never be answered: what it carried (0-RTT data) goes in the new one
+        resolve_handshake_packets(conn, False, now)
+        handshake.times_sent = 0  # the new SYN's round trip gives the first RTT sample
+    elif verdict is VersionVerdict.FAIL:
+        conn._terminate(VersionMismatch(tuple(conn.config.versions), supported),
+                        Trigger.TIMEOUT)
+
+
+def _on_retry_packet(conn: Connection, hdr: wire.LongHeader, now: float) -> None:
+    if conn.state is not State.HANDSHAKING or not on_retry(conn, hdr, now):
+        conn.counters.dropped_packets += 1
+        return
+    conn.counters.handshake_retries += 1  # one extra round trip
+    conn.log.info("listener under load asked for a retry: repeating the SYN with its token")
+
+
+def on_unreachable(conn: Connection, now: float) -> None:
+    """The socket layer reports ICMP port unreachable from our peer's address.
+
+    ICMP is not authenticated and an established connection may be roaming through
+    NATs whose stale mappings draw such errors, so it is ignored except while a client
+    waits for its SYN-ACK: then, after ``REFUSALS_TO_FAIL`` refusals (the SYN and its
+    retransmissions, about a second), nothing listens there and the connection fails
+    with :class:`ConnectionRefused` instead of waiting out ``connect_timeout``.
+    """
+    if not conn.is_client or conn.state is not State.HANDSHAKING:
+        return
+    conn.refusals += 1
+    if conn.refusals >= REFUSALS_TO_FAIL:
+        conn._terminate(ConnectionRefused(
+            f"{conn.remote_addr} refused the connection (ICMP port unreachable "
+            f"{conn.refusals} times: nothing listens there)"), Trigger.TIMEOUT)
 
 
 # ---------------------------------------------------------------------- helpers
