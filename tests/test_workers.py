@@ -120,9 +120,12 @@ def test_client_moving_to_20_ports_stays_on_its_worker(steering: str) -> None:
         hello, result, digest = run(moving_transfer(server.port, 20, 4 << 20), 90)
     assert result["sha256"] == digest.hex() and result["bytes"] == 4 << 20  # hash-exact
     assert result["worker"] == hello["worker"] and result["pid"] == hello["pid"]
-    # the server followed every move (a hand-over can deliver an old path's late packet after
-    # a newer one from the new path, which may count as one more move)
-    assert result["path_changes"] >= 20
+    # the server followed the moves. Not necessarily every one: the client moves again as soon
+    # as its own validation of the new path succeeds, and on a loaded machine that can be
+    # before the server's challenge on that path was answered (the client closes the old
+    # socket), so the server goes straight to the next path; and a hand-over can deliver an
+    # old path's late packet after a newer one, which may count as one more move
+    assert result["path_changes"] >= 10
     if steering == "kernel":  # the kernel delivered every packet to the right socket
         assert result["stats"]["handed_in"] == 0
     else:  # other workers read packets of the moved paths and passed them on
