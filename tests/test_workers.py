@@ -98,14 +98,16 @@ async def moving_transfer(port: int, moves: int, size: int) -> tuple[dict[str, A
     hello = await read_json(stream)
     payload = os.urandom(size)
     step = size // (moves + 1)
-    ports = {stream.local_addr[1]}
+    port = stream.local_addr[1]
     for i in range(moves + 1):
         stream.write(payload[i * step:(i + 1) * step if i < moves else size])
         await stream.drain()
         if i < moves:
             local = await _migrate(stream)
-            ports.add(local[1])
-    assert len(ports) == moves + 1  # every move a new local port (a new 4-tuple)
+            # every move a new local port (a new 4-tuple); the kernel may hand out a port
+            # again once its socket closed, so only the step itself is checked
+            assert local[1] != port
+            port = local[1]
     stream.write_eof()
     result = await read_json(stream)
     await stream.wait_closed()
