@@ -10,7 +10,7 @@ line per ``--report`` seconds and a summary: bytes moved, migrations the server 
 a transfer is not exact, or the slope exceeds ``--max-rss-slope``.
 
 Usage: python bench/soak.py [--minutes 10 | --seconds 60] [--connections 32] [--loss 5%]
-       [--jitter 2ms] [--delay 5ms] [--rebind-every 2s] [--seed 1]
+       [--jitter 2ms] [--delay 5ms] [--rebind-every 2s] [--seed 1] [--tracemalloc N]
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
 import random
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,9 +190,13 @@ async def soak(args: argparse.Namespace) -> int:
     samples: list[tuple[float, int]] = []
     last_report = start
     try:
+        baseline = None
         while (elapsed := time.monotonic() - start) < duration:
             await asyncio.sleep(1.0)
             samples.append((elapsed, rss_kib() * 1024))
+            if args.tracemalloc and baseline is None and elapsed >= warmup:
+                gc.collect()
+                baseline = tracemalloc.take_snapshot()
             failed = [t for t in tasks if t.done() and t.exception() is not None]
             if failed:
                 break  # a connection died: stop early, the summary says why
@@ -219,6 +225,13 @@ async def soak(args: argparse.Namespace) -> int:
         listener.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(listener.wait_closed(), 15)
+    if args.tracemalloc and baseline is not None:
+        gc.collect()
+        growth = tracemalloc.take_snapshot().compare_to(baseline, "traceback")
+        for stat in growth[:args.tracemalloc]:  # where the memory that stayed was allocated
+            print(json.dumps({"event": "growth", "kib": round(stat.size_diff / 1024, 1),
+                              "blocks": stat.count_diff,
+                              "where": stat.traceback.format()[-12:]}), flush=True)
     totals.migrations = sum(s.stats().path_changes for s in totals.server_streams)
     elapsed = time.monotonic() - start
     steady = [(t, v) for t, v in samples if t >= warmup]
@@ -259,7 +272,12 @@ def main() -> int:
                         help="seconds between progress lines")
     parser.add_argument("--max-rss-slope", type=float, default=2.0,
                         help="MiB per minute after warm-up above which the soak fails")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                        help="print the N call sites whose memory grew most after warm-up "
+                             "(slow; pure-Python frames only)")
     args = parser.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start(12)
     return asyncio.run(soak(args))
 
 
