@@ -386,3 +386,32 @@ def test_replaying_one_sealed_packet_does_not_keep_a_connection_alive() -> None:
                                                         sealed[-1]))
     net.run(until=moved + 4.5)
     assert s.is_terminated
+
+
+def test_a_client_remapped_while_its_syn_ack_is_lost_still_connects() -> None:
+    """The NAT re-maps the client between two copies of its SYN: the copy from the new
+    address must reach the pending handshake (not be taken for a replayed SYN, which the
+    0-RTT replay cache drops), and the SYN-ACK must go to the new address."""
+    net = SimNetwork(seed=23, default_link=LinkConfig(delay=0.01))
+    server = net.add_node(SERVER, Config(), listen=True)
+    client = net.add_node(CLIENT, Config(connect_timeout=5.0))
+    lost = []
+
+    def first_syn_ack_lost(data: bytes, src: Addr, dst: Addr) -> bool:
+        if data[0] == wire.LONG_FORM | wire.FIXED_BIT | wire.SYN_ACK and not lost:
+            lost.append(data)
+            net.rebind(client, ("10.0.0.2", 50001))  # and the NAT re-maps the client
+            return False
+        return True
+
+    net.link(SERVER[0], CLIENT[0]).drop_if = lambda d, s, t: not first_syn_ack_lost(d, s, t)
+    c = client.connect(SERVER, early_data=b"sent once, delivered once")
+    assert net.run_until(lambda: c.is_established or c.is_terminated, 5), c.state
+    assert c.is_established and lost
+    queue = server.dispatcher.accept_queue
+    assert net.run_until(lambda: any(conn.is_established for conn in queue), 5)
+    (s,) = [conn for conn in queue if conn.is_established]
+    assert s.remote_addr == ("10.0.0.2", 50001) and s.read() == b"sent once, delivered once"
+    assert server.dispatcher.stats.connections_accepted == 1
+    pump = Pump(net, c, client, s, server, _payload(200 * KiB, 23))
+    assert run_pumps(net, [pump], 30) and pump.exact()

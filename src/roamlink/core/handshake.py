@@ -321,8 +321,8 @@ def on_reject(conn: Connection, data: bytes, hdr: wire.LongHeader) -> RoamlinkEr
     return None
 
 
-def on_client_hello(conn: Connection, data: bytes, hdr: wire.LongHeader,
-                    handshaking: bool) -> bytes | None:
+def on_client_hello(conn: Connection, data: bytes, hdr: wire.LongHeader, handshaking: bool,
+                    socket_id: int, addr: Address) -> bytes | None:
     """Server: the SYN's frames the first time (None afterwards: a repeated SYN, whose
     SYN-ACK is re-armed when it is the same SYN)."""
     handshake = conn.handshake
@@ -335,6 +335,14 @@ def on_client_hello(conn: Connection, data: bytes, hdr: wire.LongHeader,
             or data[hdr.payload_offset:hdr.payload_offset + 32] == server.ephemeral)
     if same and handshaking:
         handshake.pending = True  # our SYN-ACK was lost
+        paths = conn.paths
+        if not paths.is_current(socket_id, addr):
+            # the same SYN from a new address: the client's NAT re-mapped it while it waited
+            # for our SYN-ACK, which must go to where the client is now (a copy replayed
+            # from elsewhere gains nothing: the SYN-ACK opens only with the client's keys)
+            old = paths.remote_addr
+            paths.socket_id, paths.remote_addr = socket_id, addr
+            conn.addr_changes.append((old, addr))
     return None
 
 
@@ -399,12 +407,11 @@ def receive_long(conn: Connection, data: bytes, addr: Address, now: float, socke
         _handshake_frames(conn, frames, socket_id, addr, now, True)
         return
     if verdict is LongHeaderVerdict.CLIENT_HELLO:
-        syn_frames = on_client_hello(conn, data, hdr, handshaking)
+        syn_frames = on_client_hello(conn, data, hdr, handshaking, socket_id, addr)
         if syn_frames is not None:
             counters.packets_received += 1
             counters.bytes_received += len(data)
-            _handshake_frames(conn, syn_frames, socket_id, addr, now,
-                                   handshake.early_accepted)
+            _handshake_frames(conn, syn_frames, socket_id, addr, now, handshake.early_accepted)
         else:
             counters.duplicate_packets += 1
             counters.bytes_received += len(data)  # anti-amplification budget

@@ -134,6 +134,9 @@ class Dispatcher:
         self._retry_tokens: RetryTokens | None = None
         self._under_pressure = False  # half-open handshakes above half_open_pressure()
         self._half_open_by_host: dict[str, int] = {}
+        #: the same, by the client's CID (a client re-mapped while its handshake is pending)
+        self._half_open_by_scid: dict[bytes, Connection] = {}
+        self._half_open_scid: dict[Connection, bytes] = {}
 
     # ------------------------------------------------------------------ connections
     def new_cid(self) -> bytes:
@@ -191,6 +194,9 @@ class Dispatcher:
     def _half_open_done(self, conn: Connection) -> None:
         """``conn`` left the handshake (established, failed or expired)."""
         host = self.half_open.pop(conn)
+        scid = self._half_open_scid.pop(conn, b"")
+        if self._half_open_by_scid.get(scid) is conn:
+            del self._half_open_by_scid[scid]
         left = self._half_open_by_host[host] - 1
         if left:
             self._half_open_by_host[host] = left
@@ -417,6 +423,12 @@ class Dispatcher:
             conn = self.connections.get(existing)
             if conn is not None:
                 return conn
+        pending = self._half_open_by_scid.get(hdr.scid)
+        if pending is not None:
+            # the client's CID, from another address, while its handshake is pending: its NAT
+            # re-mapped it between two copies of its SYN (which the replay cache would drop
+            # as a new SYN). The connection checks that it is the same SYN.
+            return pending
         if self.foreign_cid is not None and self.foreign_cid(data, addr):
             self.stats.handed_over += 1  # another worker's handshake (by the client's CID)
             return None
@@ -498,6 +510,8 @@ class Dispatcher:
         self.addr_map[key] = conn.local_cid
         self.half_open[conn] = host
         self._half_open_by_host[host] = self._half_open_by_host.get(host, 0) + 1
+        self._half_open_by_scid[hdr.scid] = conn
+        self._half_open_scid[conn] = hdr.scid
         self.accept_queue.append(conn)
         self.stats.connections_accepted += 1
         return conn
