@@ -100,6 +100,7 @@ def _ack(cc: Bbr, rtt: RttEstimator, now: float, acked: int, rate: float = 0.0, 
          opens_flight: bool = False) -> None:
     rs = RateSample()
     rs.newly_acked, rs.delivered, rs.delivery_rate = acked, acked, rate
+    rs.interval = acked / rate if rate else 0.0
     rs.opens_flight = opens_flight
     rs.prior_delivered = cc._delivered
     cc.on_delivery(rs, cc._delivered + acked)
@@ -108,8 +109,10 @@ def _ack(cc: Bbr, rtt: RttEstimator, now: float, acked: int, rate: float = 0.0, 
 
 def test_bbr_ignores_the_opening_burst_of_a_flight_once_the_pipe_is_full() -> None:
     """A flight that starts from nothing in flight (after a host stall) reads up to several
-    times the rate through a token-bucket shaper: once BBR has its model, such a sample does
-    not raise the bandwidth; any other sample that beats the model does."""
+    times the rate through a token-bucket shaper: once BBR has its model, such a sample
+    counts as one packet per interval, which does not raise the bandwidth here; any other
+    sample that beats the model does. A slow flow, whose every packet finds nothing in flight,
+    still learns from its one-packet flights."""
     bw = 6.25e6
     cc, rtt = _cruising(bw, 0.0005)
     cc._bw.update(bw, cc.round_count)
@@ -117,6 +120,11 @@ def test_bbr_ignores_the_opening_burst_of_a_flight_once_the_pipe_is_full() -> No
     assert cc.btl_bw == bw
     _ack(cc, rtt, 10.02, 15 * MSS, 1.2 * bw)
     assert cc.btl_bw == 1.2 * bw
+    slow = 40_000.0  # 1200 B every 30 ms on a 20 ms path: each packet opens a flight
+    cc, rtt = _cruising(slow, 0.02)
+    cc._bw.update(slow, cc.round_count)
+    _ack(cc, rtt, 10.03, MSS, MSS / 0.02, opens_flight=True)
+    assert cc.btl_bw == MSS / 0.02
 
 
 def test_bbr_aggregation_allowance_is_bounded_by_the_path_round_trip() -> None:

@@ -200,14 +200,18 @@ class Bbr(CongestionController):
         rate = rs.delivery_rate
         if rate <= 0.0:
             return
-        if rs.opens_flight and self.filled_pipe:
+        if rs.opens_flight and self.filled_pipe and rs.interval > 0.0:
             # the opening burst of a flight that started from nothing in flight (after the
-            # host stalled, or idle): bounded by the ACK interval alone, so a shaper's full
+            # host stalled, or idle) is bounded by the ACK interval alone, so a shaper's full
             # token bucket makes it read up to several times the rate (tbf at 50 Mbit/s:
             # 10-25 MB/s samples of a 6.25 MB/s link), and the max filter would keep that
-            # for ten rounds, pacing above the link into its queue. Start-up still takes
-            # them (there is no model yet, and over-estimates there are drained).
-            return
+            # for ten rounds, pacing above the link into its queue. Such a sample is worth
+            # one packet per interval: what a flight of one packet (a slow flow whose every
+            # packet finds nothing in flight) says. Start-up takes them whole (there is no
+            # model yet, and its over-estimates are drained).
+            one = self.mss / rs.interval
+            if rate > one:
+                rate = one
         # an app-limited sample measures the application: use it only if it beats the model,
         # and let it not age the model either (as Linux BBR: the filter moves only on samples
         # that say something about the path)
