@@ -130,8 +130,7 @@ def test_bbr_ignores_the_opening_burst_of_a_flight_once_the_pipe_is_full() -> No
 def test_bbr_aggregation_allowance_is_bounded_by_the_path_round_trip() -> None:
     """A burst of ACKs 10 ms beyond the model (a host that was descheduled) on a 0.5 ms path
     earns at most MIN_EXTRA_ACKED_TIME of the rate, not the burst (which would all wait in
-    the bottleneck's queue); on a 50 ms path the same burst is within one round trip and
-    counts in full."""
+    the bottleneck's queue); on a 50 ms path the same burst counts in full."""
     bw = 6.25e6
     burst = int(bw * 0.010)
     for min_rtt, allowed in ((0.0005, bw * MIN_EXTRA_ACKED_TIME), (0.05, burst)):

@@ -66,12 +66,12 @@ FULL_BW_ROUNDS = 3
 PACING_MARGIN = 0.99
 #: The ACK-aggregation allowance never exceeds this many seconds at the bottleneck rate...
 MAX_EXTRA_ACKED_TIME = 0.1
-#: ... nor one min_rtt's worth, or this many seconds' on a shorter path. Data beyond the model
-#: can only wait in the bottleneck's queue, so the allowance is a bound on the standing queue:
-#: on a sub-millisecond path a busy host's 10-15 ms stalls made it 20-40 times the BDP and
-#: 8-17 ms of queue at a 50 Mbit/s tbf; this bounds it there to a few milliseconds, the
-#: scheduling noise such a host adds anyway, and to one BDP on a longer path (BBR's own
-#: cwnd_gain 2 allows one BDP of queue too).
+#: ... nor EXTRA_ACKED_RTTS min_rtts' worth, or MIN_EXTRA_ACKED_TIME's on a shorter path.
+#: Data beyond the model can only wait in the bottleneck's queue, so the allowance bounds the
+#: standing queue: on a sub-millisecond path a busy host's 10-15 ms stalls made it 20-40 times
+#: the BDP and 8-17 ms of queue at a 50 Mbit/s tbf. There it is now at most 5 ms (about the
+#: scheduling noise such a host adds to the RTT anyway); from 20 ms of RTT up nothing changes.
+EXTRA_ACKED_RTTS = 5.0
 MIN_EXTRA_ACKED_TIME = 0.005
 #: A round trip, for the model's filters and the gain cycle, lasts at least this long: on a
 #: sub-millisecond path (loopback, a LAN) a round holds a handful of packets, a probe at 1.25x
@@ -234,7 +234,9 @@ class Bbr(CongestionController):
             expected = 0.0
         self._epoch_acked += rs.newly_acked
         extra = self._epoch_acked - expected
-        window = self.min_rtt if self.min_rtt > MIN_EXTRA_ACKED_TIME else MIN_EXTRA_ACKED_TIME
+        window = EXTRA_ACKED_RTTS * self.min_rtt
+        if window < MIN_EXTRA_ACKED_TIME:
+            window = MIN_EXTRA_ACKED_TIME
         if window > MAX_EXTRA_ACKED_TIME:
             window = MAX_EXTRA_ACKED_TIME
         limit = min(self.cwnd, bw * window)
