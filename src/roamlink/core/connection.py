@@ -28,6 +28,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from ..config import Config
 from ..errors import (
@@ -69,25 +70,25 @@ logger = logging.getLogger("roamlink.connection")
 CloseCode = wire.CloseCode
 
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
-MAX_SEGMENTS = 8192
-_MAX_CLOSE_RESENDS = 8
+MAX_SEGMENTS: Final = 8192
+_MAX_CLOSE_RESENDS: Final = 8
 #: ICMP port-unreachable answers to our SYNs after which a client gives up (the SYN and two
 #: retransmissions: about a second with the default initial RTT, not ``connect_timeout``).
-REFUSALS_TO_FAIL = 3
+REFUSALS_TO_FAIL: Final = 3
 
 RandomBytes = Callable[[int], bytes]
 
 # State members as module globals: on Python 3.11 ``State.X`` costs ~150 ns (the enum
 # metaclass's __getattr__ hook slows every class attribute lookup), a global ~15 ns, and the
 # per-packet paths compare states a dozen times per packet.
-_HANDSHAKING = State.HANDSHAKING
-_ESTABLISHED = State.ESTABLISHED
-_VALIDATING_PATH = State.VALIDATING_PATH
-_CLOSING = State.CLOSING
-_DRAINING = State.DRAINING
-_CLOSED = State.CLOSED
-_DROP = LongHeaderVerdict.DROP
-_SERVER_HELLO = LongHeaderVerdict.SERVER_HELLO
+_HANDSHAKING: Final = State.HANDSHAKING
+_ESTABLISHED: Final = State.ESTABLISHED
+_VALIDATING_PATH: Final = State.VALIDATING_PATH
+_CLOSING: Final = State.CLOSING
+_DRAINING: Final = State.DRAINING
+_CLOSED: Final = State.CLOSED
+_DROP: Final = LongHeaderVerdict.DROP
+_SERVER_HELLO: Final = LongHeaderVerdict.SERVER_HELLO
 
 
 class Connection:

@@ -11,6 +11,7 @@ may leave now; an ACK-only packet may always leave.
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 from ..config import Config
 from . import wire
@@ -26,7 +27,7 @@ from .rtt import RttEstimator
 from .stats import Counters
 
 #: A receiver that only acknowledges adds a PING to every this many ACK-only packets.
-ACK_ONLY_PING_EVERY = 16
+ACK_ONLY_PING_EVERY: Final = 16
 
 StreamRanges = list[tuple[int, int, bool]]  # (offset, length, fin) carried by a packet
 

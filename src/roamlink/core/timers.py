@@ -39,12 +39,12 @@ class Timer(IntEnum):
 
 
 #: The order ``handle_timer`` fires timers in while the connection is alive.
-LIVE_TIMERS: tuple[Timer, ...] = (
+LIVE_TIMERS: Final[tuple[Timer, ...]] = (
     Timer.CONNECT, Timer.IDLE, Timer.CLOSE, Timer.ACK, Timer.PATH_VALIDATION,
     Timer.LOSS_DETECTION, Timer.GAP_PROBE, Timer.KEEPALIVE, Timer.PACING,
 )
 #: ... and while it is closing or draining.
-ENDING_TIMERS: tuple[Timer, ...] = (Timer.DRAIN,)
+ENDING_TIMERS: Final[tuple[Timer, ...]] = (Timer.DRAIN,)
 
 #: (module constants: compiled, a Final global is a C variable, an enum member a dict lookup)
 _HANDSHAKING: Final = State.HANDSHAKING

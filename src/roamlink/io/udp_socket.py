@@ -28,33 +28,34 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ..config import Config
 from ..core.events import Address
 
 logger = logging.getLogger("roamlink.endpoint")
 
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
+SOL_UDP: Final = 17
+UDP_SEGMENT: Final = 103
+UDP_GRO: Final = 104
 #: Largest UDP payload the kernel takes in one send (and hands over in one GRO receive).
-MAX_UDP_PAYLOAD = 65507
+MAX_UDP_PAYLOAD: Final = 65507
 #: The kernel refuses more segments than this in one GSO send (UDP_MAX_SEGMENTS).
-MAX_SEGMENTS = 64
+MAX_SEGMENTS: Final = 64
 #: Receive system calls per wake-up at most, so one busy socket cannot starve the loop.
 MAX_READS_PER_WAKEUP = 128
 #: Datagrams queued while the socket's send buffer is full; beyond this they are dropped
 #: (loss recovery resends them).
-MAX_BACKLOG = 8192
+MAX_BACKLOG: Final = 8192
 #: Linux socket options that queue ICMP errors for an unconnected UDP socket (the socket
 #: module does not name them).
-_IP_RECVERR = 11
-_IPV6_RECVERR = 25
-_SEGMENT_SIZE = struct.Struct("=H")
-_GRO_SIZE = struct.Struct("=i")
-_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_IP_RECVERR: Final = 11
+_IPV6_RECVERR: Final = 25
+_SEGMENT_SIZE: Final = struct.Struct("=H")
+_GRO_SIZE: Final = struct.Struct("=i")
+_CMSG_SPACE: Final = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 #: Errors of a GSO send that mean "this path cannot segment": fall back to plain sends.
-_GSO_ERRORS = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+_GSO_ERRORS: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
                          errno.EMSGSIZE})
 
 
