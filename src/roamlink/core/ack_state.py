@@ -68,7 +68,7 @@ class AckState:
 
     def encode(self, now: float) -> bytes:
         """The ACK frame for everything received; nothing is owed afterwards."""
-        ranges = [(lo, hi - 1) for lo, hi in reversed(self.received)]
+        ranges = self.received.inclusive_newest_first()
         delay_us = int(max(now - self.largest_time, 0.0) * 1e6)
         self.pending = False
         self.deadline = None

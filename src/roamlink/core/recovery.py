@@ -27,9 +27,9 @@ packets.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from typing import Final
 
+from .ranges import bisect_left, bisect_right
 from .rtt import RttEstimator
 from .wire import AckFrame, Frame
 
@@ -180,7 +180,8 @@ class Recovery:
             self.largest_acked = ack.largest
         if not acked:
             return acked, [], False
-        acked.sort(key=_number)
+        if len(acked) > 1:
+            acked.sort(key=_number)
         newest = acked[-1]
         if newest.number == ack.largest and newest.ack_eliciting:
             ack_delay = min(ack.ack_delay_us / 1e6, self.max_ack_delay)
