@@ -342,10 +342,14 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
 
 
 def roamlink_config(kind: str) -> Any:
-    """``roamlink`` uses the defaults; ``roamlink-<controller>`` (e.g. ``roamlink-newreno``)
-    selects a congestion controller, so controllers can be compared in one run."""
+    """``roamlink`` uses the defaults (encrypted); ``roamlink-plain`` runs
+    ``insecure_plaintext`` on both ends (what encryption costs, in the same run);
+    ``roamlink-<controller>`` (e.g. ``roamlink-newreno``) selects a congestion controller, so
+    controllers can be compared in one run."""
     import roamlink
 
+    if kind == "roamlink-plain":
+        return roamlink.Config(insecure_plaintext=True)
     if kind.startswith("roamlink-"):
         return roamlink.Config(congestion_control=kind.split("-", 1)[1])
     return roamlink.Config()

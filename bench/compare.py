@@ -1,5 +1,9 @@
 """One-way bulk transfer over loopback: roamlink vs asyncio TCP, aioquic, qh3 and raw UDP.
 
+"roamlink" is encrypted (the default; aioquic and qh3 encrypt too, so that is the like-for-like
+figure); "roamlink-plain" runs ``insecure_plaintext`` on both ends, so the cost of encryption
+shows in the same run.
+
 Each run uses two fresh processes: a receiver (server) and a sender (client). Goodput is
 the bytes the receiver got and verified (count and SHA-256) divided by the time from the
 sender starting to connect to the receiver seeing the last byte (CLOCK_MONOTONIC is shared
@@ -48,7 +52,7 @@ from _common import (
     stream_server,
 )
 
-TRANSPORTS = ("roamlink", "tcp", "aioquic", "qh3", "raw_udp")
+TRANSPORTS = ("roamlink", "roamlink-plain", "tcp", "aioquic", "qh3", "raw_udp")
 UDP_SIZE = 1200
 UDP_IDLE_END = 1.0  # receiver gives up this long after the last datagram
 SCRIPT = os.path.abspath(__file__)
@@ -413,7 +417,7 @@ async def compare(args: argparse.Namespace, bench: str) -> dict[str, Any]:
                              **machine_info()}
     ours = medians.get("roamlink")
     ratios: dict[str, float | None] = {}
-    for other in ("aioquic", "qh3", "raw_udp", "tcp"):
+    for other in ("roamlink-plain", "aioquic", "qh3", "raw_udp", "tcp"):
         if other in medians:
             theirs = medians[other]
             ratios[f"roamlink/{other}"] = (rnd(ours / theirs, 4) if ours and theirs else None)

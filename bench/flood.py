@@ -1,7 +1,9 @@
 """SYN flood: does a genuine client still get in, and how fast does it move data?
 
 A server (child process) listens on 127.0.0.1. An attacker sends forged SYNs (full-size,
-each with a fresh connection ID, never answered) at ``--rate`` per second from ``--ports``
+each with a fresh connection ID, never answered; as the attacker knows the server's public key,
+each is a genuine Noise message 1 whose mac1 verifies -- the worst case, built before the flood
+starts) at ``--rate`` per second from ``--ports``
 source ports for ``--flood`` seconds. A genuine client opens a connection and sends for
 ``--transfer`` seconds, again and again: before the flood (the baseline), during it (the
 first one arrives mid-flood), and after it; the rates compared are medians. The
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,7 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 from _common import rss_kib  # noqa: E402  (bench/ is the script's own folder)
 
 import roamlink  # noqa: E402
-from roamlink.core import wire  # noqa: E402
+from roamlink.testing.packets import flood_syn  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -64,14 +68,15 @@ async def serve(retry_threshold: int | None) -> None:
             asyncio.get_running_loop().create_task(sink(stream))
 
     asyncio.get_running_loop().create_task(accept())
-    print(json.dumps({"event": "port", "port": listener.local_addr[1]}), flush=True)
+    print(json.dumps({"event": "port", "port": listener.local_addr[1],
+                      "key": listener.public_key}), flush=True)
     disp = listener.endpoint.dispatcher
     half_open_max = 0
     while True:
         for _ in range(5):
             await asyncio.sleep(0.05)
             half_open_max = max(half_open_max, len(disp.half_open))
-        stats = dict(vars(disp.stats))
+        stats = dataclasses.asdict(disp.stats)
         rss = rss_kib() * 1024
         print(json.dumps({"event": "server", "rss": rss, "half_open": len(disp.half_open),
                           "half_open_max": half_open_max,
@@ -85,6 +90,7 @@ class Server:
         self.proc = proc
         self.reports: list[tuple[float, dict[str, Any]]] = []
         self.port = 0
+        self.key = ""
         self._port = asyncio.get_running_loop().create_future()
 
     async def follow(self) -> None:
@@ -93,6 +99,7 @@ class Server:
             with contextlib.suppress(ValueError):
                 line = json.loads(raw)
                 if line.get("event") == "port" and not self._port.done():
+                    self.key = line["key"]
                     self._port.set_result(line["port"])
                 elif line.get("event") == "server":
                     self.reports.append((time.monotonic(), line))
@@ -108,14 +115,14 @@ class Server:
         return [r for t, r in self.reports if start <= t <= end]
 
 
-async def transfer(port: int, seconds: float) -> dict[str, float]:
+async def transfer(port: int, seconds: float, key: str) -> dict[str, float]:
     """Connect, send for ``seconds``, then wait for the server's count and hash; the rate is
     what the server confirmed over the time from the first byte to its reply."""
     rng = random.Random(int(seconds * 1000))
     chunk = rng.randbytes(256 * 1024)
     digest = hashlib.sha256()
     t0 = time.monotonic()
-    stream = await asyncio.wait_for(roamlink.connect("127.0.0.1", port), 30)
+    stream = await asyncio.wait_for(roamlink.connect("127.0.0.1", port, server_key=key), 30)
     t1 = time.monotonic()
     total = 0
     while time.monotonic() - t1 < seconds:
@@ -142,25 +149,31 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-async def flood(port: int, rate: float, ports: int, seconds: float, sent: list[int]) -> None:
-    """Forged SYNs: full size, a fresh source CID each, from ``ports`` source ports."""
+def forge(key: str, count: int) -> list[bytes]:
+    """``count`` forged SYNs for the server with public key ``key``: each a real Noise
+    message 1 from a throw-away client key, a fresh source CID each."""
+    raw = base64.b64decode(key)
+    rng = random.Random(1)
+    return [flood_syn(raw, rng.randbytes(8)) for _ in range(count)]
+
+
+async def flood(port: int, rate: float, ports: int, seconds: float, sent: list[int],
+                syns: list[bytes]) -> None:
+    """Forged SYNs from ``ports`` source ports."""
     socks = []
     for _ in range(ports):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
         s.bind(("127.0.0.1", 0))
         socks.append(s)
-    rng = random.Random(1)
-    pad = bytes(1200)
     start = time.monotonic()
     try:
         while (elapsed := time.monotonic() - start) < seconds:
             due = int(elapsed * rate) - sent[0]
             for _ in range(max(due, 0)):
-                syn = wire.encode_long_header(wire.SYN, roamlink.PROTOCOL_VERSION, b"",
-                                              rng.randbytes(8), 0)
+                syn = syns[sent[0] % len(syns)]
                 with contextlib.suppress(BlockingIOError):
-                    socks[sent[0] % ports].sendto(syn + pad[len(syn):], ("127.0.0.1", port))
+                    socks[sent[0] % ports].sendto(syn, ("127.0.0.1", port))
                 sent[0] += 1
             await asyncio.sleep(0.005)
     finally:
@@ -180,23 +193,26 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     seconds = args.transfer
     try:
         port = await server.started()
-        await transfer(port, 0.3)  # warm-up
-        before = [await transfer(port, seconds) for _ in range(2)]
+        await transfer(port, 0.3, server.key)  # warm-up
+        before = [await transfer(port, seconds, server.key) for _ in range(2)]
         await asyncio.sleep(0.5)
         rss_before = server.latest().get("rss", 0)
+        syns = forge(server.key, int(args.rate * args.flood))  # before the clock starts
         floods = []
         for _ in range(args.repeat):
             sent = [0]
             flood_start = time.monotonic()
-            attacker = asyncio.create_task(flood(port, args.rate, args.ports, args.flood, sent))
+            attacker = asyncio.create_task(flood(port, args.rate, args.ports, args.flood, sent,
+                                                  syns))
             await asyncio.sleep(min(args.flood / 4, 2.0))  # the genuine client comes mid-flood
             during = []
             while time.monotonic() - flood_start + seconds + 0.5 < args.flood:
-                during.append(await transfer(port, seconds))  # all within the flood
+                during.append(await transfer(port, seconds, server.key))  # all within the flood
             await attacker
             flood_end = time.monotonic()
             await asyncio.sleep(1.0)
-            before.append(await transfer(port, seconds))  # after the flood: the baseline again
+            # after the flood: the baseline again
+            before.append(await transfer(port, seconds, server.key))
             await asyncio.sleep(max(2.0, 3 * roamlink.Config().half_open_timeout))
             reports = server.during(flood_start, flood_end + 0.5)
             floods.append({"sent": sent[0], "during": during, "flood_s": flood_end - flood_start,

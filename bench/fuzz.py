@@ -190,12 +190,12 @@ def make_datagram(rng: random.Random, corpus: Corpus) -> bytes:
         frames = b"".join(_random_frame(rng) for _ in range(rng.randint(0, 5)))
         return wire.encode_short_header(cid, pn) + frames
     # long headers with random fields
-    ptype = rng.choice((wire.SYN, wire.SYN_ACK, wire.RETRY, wire.REJECT,
-                        wire.VERSION_NEGOTIATION))
+    ptype = rng.choice((wire.SYN, wire.SYN_ACK, wire.RETRY, wire.REJECT, wire.KEY_REQUEST,
+                        wire.PLAIN_SYN, wire.PLAIN_SYN_ACK, rng.randrange(64)))
     version = rng.choice((1, 0, 2, 0xFFFFFFFF, rng.randrange(1 << 32)))
     dcid = rng.choice((b"", cid, rng.randbytes(rng.randrange(21))))
     scid = rng.randbytes(rng.choice((0, 4, 8, 20)))
-    header = wire.encode_long_header(ptype, version, dcid, scid, rng.randrange(1 << 20))
+    header = wire.encode_long_header(ptype, version, dcid, scid)
     frames = b"".join(_random_frame(rng) for _ in range(rng.randint(0, 4)))
     pad = bytes(max(0, 1200 - len(header) - len(frames))) if rng.random() < 0.5 else b""
     return header + frames + pad
@@ -390,7 +390,8 @@ async def fuzz_socket(count: int, seed: int) -> dict[str, Any]:
                                        + wire.encode_frame(wire.PingFrame()))
                 corpus.captured.append(wire.encode_short_header(cid, 7)
                                        + wire.encode_frame(wire.PushFrame(0, b"x" * 100)))
-            syn = wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0)
+            syn = wire.encode_long_header(wire.SYN, roamlink.PROTOCOL_VERSION, b"",
+                                          rng.randbytes(8))
             corpus.captured.append(syn + bytes(1200 - len(syn)))
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setblocking(False)

@@ -1,7 +1,8 @@
 """Request/response latency over loopback: 64-byte messages, one connection, two processes.
 
 The client sends a message, waits for the server's 64-byte echo, and times each round trip
-(after a warm-up). roamlink and asyncio TCP are measured in the same invocation.
+(after a warm-up). roamlink (encrypted, the default), roamlink with ``insecure_plaintext``
+("roamlink-plain") and asyncio TCP are measured in the same invocation.
 
 Usage: python bench/latency.py [--count 5000] [--warmup 500] [--size 64] [--only roamlink,tcp]
        [--uvloop] [--quick] [--timeout s]
@@ -115,6 +116,9 @@ async def orchestrate(args: argparse.Namespace) -> None:
                                **machine_info()}
     if p50.get("roamlink") and p50.get("tcp"):
         summary["p50_ratio_roamlink_to_tcp"] = rnd(p50["roamlink"] / p50["tcp"], 3)  # type: ignore[operator]
+    if p50.get("roamlink") and p50.get("roamlink-plain"):
+        summary["p50_encryption_cost_us"] = rnd(
+            p50["roamlink"] - p50["roamlink-plain"], 1)  # type: ignore[operator]
     emit(summary)
 
 
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=None, help="timed round trips (5000)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed round trips (500)")
     parser.add_argument("--size", type=int, default=64, help="message bytes")
-    parser.add_argument("--only", default="roamlink,tcp")
+    parser.add_argument("--only", default="roamlink,roamlink-plain,tcp")
     add_common_args(parser, timeout=120)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

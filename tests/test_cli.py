@@ -73,10 +73,11 @@ class Server:
 
 
 @contextmanager
-def server(*args: str, reports_on_stderr: bool = False) -> Iterator[Server]:
+def server(*args: str, reports_on_stderr: bool = False,
+           env: dict[str, str] | None = None) -> Iterator[Server]:
     proc = subprocess.Popen([sys.executable, "-m", "roamlink", "--json", *args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT, env=_env())
+                            stderr=subprocess.PIPE, cwd=ROOT, env=env or _env())
     try:
         pipe = proc.stderr if reports_on_stderr else proc.stdout
         assert pipe is not None
@@ -295,11 +296,11 @@ def test_connect_timeout(tmp_path: Path) -> None:
 
 def test_version_mismatch(tmp_path: Path) -> None:
     cfg = tmp_path / "v2.toml"
-    cfg.write_text("versions = [2]\n")
+    cfg.write_text("versions = [7]\n")
     with server("--config", str(cfg), "serve", "0", "--echo") as srv:
         res = roamlink("connect", srv.addr, stdin=b"x")
     assert res.returncode == 3
-    assert b"protocol version mismatch: we speak [1], the server speaks [2]" in res.stderr
+    assert b"protocol version mismatch: we speak [2], the server speaks [7]" in res.stderr
 
 
 def test_file_not_found_and_debug_traceback(tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def test_known_hosts_comments_and_missing_final_newline(tmp_path: Path) -> None:
     path.write_text(f"# pinned by hand\n\nhost.example:4433 {a.public}")  # no final newline
     store = KnownHosts(path)
     assert [k.key for k in store.lookup("HOST.example", 4433)] == [a.public_bytes]
-    store.add("host.example", 4433, b.public_bytes)  # a rotation: both accepted
+    added = store.add("host.example", 4433, b.public_bytes)  # a rotation: both accepted
+    assert added.line == 4 and path.read_text().splitlines()[3].endswith(b.public)
     assert [k.key for k in store.lookup("host.example", 4433)] == [a.public_bytes,
                                                                     b.public_bytes]
 

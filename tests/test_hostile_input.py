@@ -11,6 +11,7 @@ from roamlink import Config
 from roamlink.core import wire
 from roamlink.core.connection import Connection
 from roamlink.core.states import State
+from roamlink.testing.packets import seal_as
 from roamlink.testing.scenarios import Pump, establish, run_pumps
 from roamlink.testing.simnet import LinkConfig, SimNetwork, SimNode
 
@@ -127,8 +128,8 @@ def test_bad_input_for_one_connection_never_disturbs_another() -> None:
 
 def test_flow_control_violation_closes_only_the_offender() -> None:
     net, server, client, c, s = _established(1)
-    bogus = (wire.encode_short_header(s.local_cid, s.stats().packets_received + 10)
-             + wire.encode_frame(wire.PushFrame(10**8, b"x")))
+    # the client itself (it holds the keys) sends far beyond its credit
+    bogus = seal_as(c, [wire.PushFrame(10**8, b"x")])
     net.send(client.addr, server.addr, bogus)
     net.run(until=net.now + 1)
     assert s.is_terminated and c.is_terminated  # a protocol violation is reported to the peer
@@ -138,14 +139,16 @@ def test_flow_control_violation_closes_only_the_offender() -> None:
 def test_syn_floods_are_bounded_by_the_half_open_limits() -> None:
     """Forged SYNs fill the half-open table (its own bound, per source IP too), never the
     accept backlog, and expire after ``half_open_timeout``: a genuine client gets in."""
+    # plaintext SYNs need no key, so they reach the half-open table (a secure listener
+    # refuses SYNs without a valid mac1 before any state: see the end of this test)
     config = Config(backlog=16, max_half_open=32, max_half_open_per_source=4,
-                    half_open_timeout=0.5, connect_timeout=5.0)
+                    half_open_timeout=0.5, connect_timeout=5.0, insecure_plaintext=True)
     net = SimNetwork(seed=8)
     server = net.add_node(("10.0.0.1", 4433), config, listen=True)
     rng = random.Random(1)
 
     def syn() -> bytes:
-        raw = wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0)
+        raw = wire.encode_long_header(wire.PLAIN_SYN, 2, b"", rng.randbytes(8))
         return raw + bytes(1200 - len(raw))
 
     for i in range(100):  # 100 sources
@@ -167,19 +170,29 @@ def test_syn_floods_are_bounded_by_the_half_open_limits() -> None:
         net.send(("10.9.9.9", 3000 + i), server.addr, syn())
     net.run(until=net.now + 0.1)
     assert stats.dropped_per_source == 6 and len(disp.half_open) == 4
-    client = net.add_node(("10.0.0.2", 50000))
+    client = net.add_node(("10.0.0.2", 50000), Config(insecure_plaintext=True))
     c, s = establish(net, client, server)  # a genuine client is not locked out
     assert c.is_established and s.is_established
     # short SYNs are refused: an unpadded SYN could be used to amplify
     net.send(("10.8.0.1", 1), server.addr,
-             wire.encode_long_header(wire.SYN, 1, b"", rng.randbytes(8), 0))
+             wire.encode_long_header(wire.PLAIN_SYN, 2, b"", rng.randbytes(8)))
     net.run(until=net.now + 0.5)
     assert stats.dropped_malformed == 1
+    # a secure listener: SYNs without a valid mac1 open nothing and cost no key exchange
+    secure = net.add_node(("10.0.0.9", 4433), Config(backlog=16), listen=True)
+    for i in range(100):
+        syn = wire.encode_long_header(wire.SYN, 2, b"", rng.randbytes(8))
+        syn += bytes(1200 - len(syn))
+        net.send((f"10.7.{i // 250}.{i % 250}", 1000 + i), secure.addr, syn)
+    net.run(until=net.now + 0.5)
+    assert secure.dispatcher.stats.connections_accepted == 0
+    assert secure.dispatcher.stats.handshakes_rejected == 100
 
 
 def test_forged_far_packet_number_is_dropped() -> None:
     net, server, client, c, s = _established(2)
-    forged = wire.encode_short_header(s.local_cid, 2**63) + wire.encode_frame(wire.PingFrame())
+    # even an authenticated packet (sealed with the client's keys) this far ahead is dropped
+    forged = seal_as(c, [wire.PingFrame()], pn=2**63)
     s.receive_datagram(forged, client.addr, net.now)
     assert s.stats().dropped_packets == 1 and s.is_established
     pump = Pump(net, c, client, s, server, b"still fine" * 1000)

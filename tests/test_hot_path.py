@@ -12,6 +12,7 @@ from roamlink import Config
 from roamlink.core import wire
 from roamlink.core.connection import Connection
 from roamlink.io.dispatcher import Dispatcher
+from roamlink.testing.packets import frames_of, keyed_pair
 
 A = ("10.0.0.2", 5000)
 B = ("10.0.0.1", 4433)
@@ -46,14 +47,15 @@ def test_truncated_push_frames_are_malformed(offset: int) -> None:
             wire.decode_frames(frame[:cut])
 
 
-def _push_offset(datagram: bytes) -> int:
-    frames = wire.decode_frames(datagram, 1 + 8 + 8)
+def _push_offset(receiver: Connection, datagram: bytes) -> int:
+    frames = frames_of(receiver, datagram)
+    assert frames is not None
     return next(f.offset for f in frames if isinstance(f, wire.PushFrame))
 
 
 def _pair(cfg: Config) -> tuple[Dispatcher, Dispatcher, Connection, Connection]:
-    client, server = Dispatcher(cfg), Dispatcher(cfg, accept_new=True)
-    conn = client.connect(B, 0.0)
+    client, server, connect = keyed_pair(cfg)
+    conn = connect(B, 0.0)
     for data, _ in conn.datagrams_to_send(0.0):
         server.datagram_received(data, A, 0.0)
     peer = server.accept_queue.popleft()
@@ -78,7 +80,7 @@ def test_acks_of_runs_with_a_hole_and_a_fin_release_exactly_what_arrived() -> No
     for data, _ in peer.datagrams_to_send(0.02):
         client.datagram_received(data, B, 0.03)
     # everything before the hole is released; the FIN (last packet) is acknowledged
-    assert conn.send_buf.base == _push_offset(packets[3][0])
+    assert conn.send_buf.base == _push_offset(peer, packets[3][0])
     assert conn.send_buf.fin_acked
     assert not conn.send_buf.all_acked
     now = 0.03
@@ -109,7 +111,7 @@ def test_replayed_packet_is_a_duplicate_but_a_late_one_is_not() -> None:
     server.datagram_received(packets[1], A, 0.02)  # replayed: a duplicate
     server.datagram_received(packets[2], A, 0.02)
     assert peer.stats().duplicate_packets == 2
-    assert peer.read() == b"x" * _push_offset(packets[3])
+    assert peer.read() == b"x" * _push_offset(peer, packets[3])
     assert peer.recv_buf.delivered == peer.recv_buf.received_end
 
 

@@ -17,6 +17,7 @@ from roamlink.core import wire
 from roamlink.core.connection import Connection
 from roamlink.core.events import Event, PathChanged
 from roamlink.core.states import State
+from roamlink.testing.packets import seal_as
 from roamlink.testing.scenarios import Pump, establish, run_pumps
 from roamlink.testing.simnet import LinkConfig, SimNetwork, SimNode
 
@@ -258,8 +259,10 @@ def test_spoofed_challenge_from_unknown_address_is_not_amplified() -> None:
     net.link(CLIENT[0], SERVER[0]).drop_if = None
     assert held
     victim = ("10.99.0.1", 53)
-    header = held[0][:1 + 8 + 8]  # a valid CID and a packet number never received
-    forged = header + wire.encode_frame(wire.PathChallengeFrame(b"\x01" * 8))
+    held_pn = int.from_bytes(held[0][9:17], "big")  # a packet number never received
+    # the worst case: an authenticated challenge (sealed with the client's keys) under that
+    # number, from a spoofed source
+    forged = seal_as(c, [wire.PathChallengeFrame(b"\x01" * 8)], pn=held_pn)
     unvalidated = s.counters.unvalidated_packets
     net.send(victim, SERVER, forged)
     net.run(until=net.now + 0.05)

@@ -9,6 +9,7 @@ from roamlink.config import Config
 from roamlink.core import wire
 from roamlink.core.connection import Connection
 from roamlink.testing.bulk import drive, finish, open_flow
+from roamlink.testing.packets import frames_of
 from roamlink.testing.simnet import LinkConfig, SimNetwork, SimNode
 
 
@@ -42,14 +43,14 @@ def test_zero_window_with_the_updates_lost_completes() -> None:
     dropped = {"max_data": 0, "data_blocked": 0}
 
     def to_sender(data: bytes, src: object, dst: object) -> bool:
-        frames = _frames(data, cfg.cid_length)
+        frames = frames_of(sender, data) or []
         if any(isinstance(f, wire.MaxDataFrame) for f in frames) and dropped["max_data"] < 4:
             dropped["max_data"] += 1
             return True
         return False
 
     def to_receiver(data: bytes, src: object, dst: object) -> bool:
-        frames = _frames(data, cfg.cid_length)
+        frames = frames_of(receiver, data) or []
         if any(isinstance(f, wire.DataBlockedFrame) for f in frames) and (
                 dropped["data_blocked"] < 4):
             dropped["data_blocked"] += 1

@@ -14,6 +14,7 @@ from roamlink.core import cids, connection, wire
 from roamlink.core.connection import Connection
 from roamlink.core.states import State
 from roamlink.io import dispatcher as dispatcher_module
+from roamlink.testing.packets import seal_as
 from roamlink.testing.scenarios import Pump, establish, run_pumps
 from roamlink.testing.simnet import LinkConfig, SimNetwork, SimNode
 
@@ -29,10 +30,12 @@ def _pair(config: Config | None = None, seed: int = 1, rate: float | None = None
 
 
 class Peer:
-    """Hand-made packets to ``conn`` from ``addr``, numbered past anything genuine."""
+    """Hand-made packets to ``conn`` from ``addr``, numbered past anything genuine, sealed
+    with the keys of ``sender`` (the other end: a hostile implementation holds its keys)."""
 
-    def __init__(self, net: SimNetwork, conn: Connection, addr: tuple[str, int]) -> None:
-        self.net, self.conn, self.addr = net, conn, addr
+    def __init__(self, net: SimNetwork, conn: Connection, addr: tuple[str, int],
+                 sender: Connection) -> None:
+        self.net, self.conn, self.addr, self.sender = net, conn, addr, sender
         self.pn = 1000
 
     def send(self, *frames: wire.Frame, pn: int | None = None,
@@ -40,8 +43,7 @@ class Peer:
         if pn is None:
             self.pn += 1
             pn = self.pn
-        data = wire.encode_short_header(self.conn.local_cid, pn) + b"".join(
-            wire.encode_frame(f) for f in frames)
+        data = seal_as(self.sender, list(frames), pn=pn, dcid=self.conn.local_cid)
         self.conn.receive_datagram(data, addr or self.addr, self.net.now)
         self.conn.datagrams_to_send(self.net.now)
 
@@ -49,7 +51,7 @@ class Peer:
 def test_reassembly_buffer_is_bounded_by_the_receive_window() -> None:
     config = Config(receive_window=64 * 1024)
     net, server, client, c, s = _pair(config)
-    peer = Peer(net, s, client.addr)
+    peer = Peer(net, s, client.addr, c)
     window = s.flow.local_max_data
     # tiny out-of-order segments with gaps, up to the edge of the credit
     offset = 1
@@ -67,7 +69,7 @@ def test_reassembly_buffer_is_bounded_by_the_receive_window() -> None:
 def test_segment_count_is_bounded_even_within_the_window() -> None:
     config = Config(receive_window=1 << 20)
     net, server, client, c, s = _pair(config)
-    peer = Peer(net, s, client.addr)
+    peer = Peer(net, s, client.addr, c)
     for base in range(1, 2 * connection.MAX_SEGMENTS * 2, 160):
         peer.send(*(wire.PushFrame(o, b"z") for o in range(base, base + 160, 2)))
     assert s.recv_buf.segment_count <= connection.MAX_SEGMENTS
@@ -76,7 +78,7 @@ def test_segment_count_is_bounded_even_within_the_window() -> None:
 
 def test_ack_ranges_are_bounded() -> None:
     net, server, client, c, s = _pair()
-    peer = Peer(net, s, client.addr)
+    peer = Peer(net, s, client.addr, c)
     for i in range(2000):
         peer.send(wire.PingFrame(), pn=2000 + 2 * i)  # every other number: 2000 gaps
     assert len(s.acks.received) <= wire.MAX_ACK_RANGES
@@ -85,7 +87,7 @@ def test_ack_ranges_are_bounded() -> None:
 
 def test_peer_cid_tables_and_retired_memory_are_bounded() -> None:
     net, server, client, c, s = _pair()
-    peer = Peer(net, s, client.addr)
+    peer = Peer(net, s, client.addr, c)
     rng = random.Random(5)
     for seq in range(1, 5000):
         retire = seq - 3 if seq % 7 else 0  # keeps asking us to retire older ones
@@ -123,7 +125,7 @@ def test_retired_peer_cids_stay_retired() -> None:
 def test_candidate_paths_and_path_responses_are_bounded() -> None:
     config = Config(max_candidate_paths=3)
     net, server, client, c, s = _pair(config)
-    peer = Peer(net, s, client.addr)
+    peer = Peer(net, s, client.addr, c)
     for i in range(1000):  # the newest packet, each from another (spoofed) address
         peer.send(wire.PathChallengeFrame(i.to_bytes(8, "big")),
                   addr=(f"10.{i // 250}.{i % 250}.9", 1000 + i))

@@ -121,7 +121,7 @@ def test_late_packets_after_close_neither_error_nor_reopen() -> None:
     net.flush(server)
     assert net.run_until(lambda: c.state is State.DRAINING and s.state is State.DRAINING, 5)
     sent = [d for src, dst, d in net.captured if src == client.addr]
-    assert any(d[0] == 0x01 for d in sent)  # the SYN is among them
+    assert any(d[0] == 0xC1 for d in sent)  # the SYN is among them
     accepted = server.dispatcher.stats.connections_accepted
     # replay, late, everything the client sent: during draining and after it
     for delay in (0.1, 2.0):

@@ -31,20 +31,29 @@ def test_8mib_each_way_with_loss_reordering_and_duplication() -> None:
 
 def test_zero_rtt_data_and_server_reply_in_syn_ack() -> None:
     from roamlink import Config
+    from roamlink.core import wire
+    from roamlink.core.handshake import make_client_handshake
+    from roamlink.crypto.handshake import ServerCrypto
+    from roamlink.crypto.noise import generate_keypair
     from roamlink.io.dispatcher import Dispatcher
 
     cfg = Config()
     client = Dispatcher(cfg)
-    server = Dispatcher(cfg, accept_new=True)
+    crypto = ServerCrypto(generate_keypair()[0])
+    server = Dispatcher(cfg, accept_new=True, server_crypto=crypto)
     caddr, saddr = ("10.0.0.2", 5000), ("10.0.0.1", 4433)
-    conn = client.connect(saddr, 0.0, early_data=b"GET /")
+    conn = client.connect(saddr, 0.0, early_data=b"GET /",
+                          client_handshake=make_client_handshake(None, crypto.public_key, None))
     [(syn, _)] = conn.datagrams_to_send(0.0)
-    assert syn[0] == 0x01 and len(syn) == cfg.max_datagram_size  # padded SYN with the data
+    assert syn[0] == wire.LONG_FORM | wire.FIXED_BIT | wire.SYN
+    assert len(syn) == cfg.max_datagram_size  # padded SYN with the data
+    assert b"GET /" not in syn  # encrypted
     srv = server.datagram_received(syn, caddr, 0.01)
     assert srv is not None and srv.read() == b"GET /"  # 0-RTT: data in the first packet
     srv.send(b"200 OK")  # the server writes before its SYN-ACK leaves: the reply rides in it
     [(syn_ack, addr)] = srv.datagrams_to_send(0.01)
-    assert addr == caddr and syn_ack[0] == 0x02 and b"200 OK" in syn_ack
+    assert addr == caddr and syn_ack[0] == wire.LONG_FORM | wire.FIXED_BIT | wire.SYN_ACK
+    assert b"200 OK" not in syn_ack
     assert client.datagram_received(syn_ack, saddr, 0.02) is conn
     assert conn.is_established and conn.read() == b"200 OK"
 
@@ -63,8 +72,8 @@ def test_handshake_survives_lost_syn_and_syn_ack() -> None:
             return False
         return f
 
-    net.link("10.0.0.2", "10.0.0.1").drop_if = drop_first(0x01, "syn")
-    net.link("10.0.0.1", "10.0.0.2").drop_if = drop_first(0x02, "synack")
+    net.link("10.0.0.2", "10.0.0.1").drop_if = drop_first(0xC1, "syn")
+    net.link("10.0.0.1", "10.0.0.2").drop_if = drop_first(0xC2, "synack")
     c, s = establish(net, client, server, timeout=10)
     assert dropped == {"syn": 2, "synack": 2}
     assert server.dispatcher.stats.connections_accepted == 1  # retransmitted SYNs: one conn

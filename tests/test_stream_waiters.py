@@ -134,18 +134,19 @@ def test_readme_errors_are_exported() -> None:
 def test_listener_close_does_not_wait_for_half_open_handshakes() -> None:
     """A SYN nobody completes left a half-open connection that ``wait_closed`` waited for
     (``close_timeout``, 10 s): after a SYN flood, stopping a server took that long."""
+    import base64
     import socket
     import time
 
-    from roamlink.core import wire
+    from roamlink.testing.packets import flood_syn
 
     async def main() -> None:
         listener = await roamlink.listen("127.0.0.1", 0)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             for i in range(5):
-                syn = wire.encode_long_header(wire.SYN, 1, b"", bytes([i]) * 8, 0)
-                sock.sendto(syn + bytes(1200 - len(syn)), listener.local_addr)
+                key = base64.b64decode(listener.public_key or "")
+                sock.sendto(flood_syn(key, bytes([i]) * 8), listener.local_addr)
             for _ in range(100):
                 await asyncio.sleep(0.01)
                 if listener.connections() == 5:

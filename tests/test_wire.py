@@ -53,7 +53,8 @@ frames = st.one_of(
     st.builds(wire.MaxDataFrame, varints),
     st.builds(wire.DataBlockedFrame, varints),
     st.integers(0, 1000).flatmap(lambda seq: st.builds(
-        wire.NewConnectionIdFrame, st.just(seq), st.integers(0, seq), cids)),
+        wire.NewConnectionIdFrame, st.just(seq), st.integers(0, seq), cids,
+        st.binary(min_size=16, max_size=16))),
     st.builds(wire.RetireConnectionIdFrame, varints),
 )
 
@@ -74,21 +75,25 @@ def test_padding_is_coalesced(n: int, data: bytes) -> None:
     assert sum(f.length for f in decoded if isinstance(f, wire.PaddingFrame)) == n
 
 
-@given(st.sampled_from([wire.SYN, wire.SYN_ACK]), st.integers(1, 2**32 - 1),
-       st.binary(max_size=20), st.binary(max_size=20), st.integers(0, 2**64 - 1))
-def test_long_header_round_trip(ptype: int, version: int, dcid: bytes, scid: bytes,
-                                pn: int) -> None:
-    data = wire.encode_long_header(ptype, version, dcid, scid, pn) + b"\x01"
+@given(st.sampled_from(sorted(wire.LONG_TYPES)), st.integers(1, 2**32 - 1),
+       st.binary(max_size=20), st.binary(max_size=20))
+def test_long_header_round_trip(ptype: int, version: int, dcid: bytes, scid: bytes) -> None:
+    data = wire.encode_long_header(ptype, version, dcid, scid) + b"\x01"
+    assert wire.is_long_header(data[0]) and not wire.is_short_header(data[0])
+    assert data[0] & 0x40  # the fixed bit
+    assert data[1:5] == version.to_bytes(4, "big") and data[5] == len(dcid)  # RFC 8999
     hdr = wire.decode_long_header(data)
-    assert (hdr.packet_type, hdr.version, hdr.dcid, hdr.scid, hdr.packet_number) == (
-        ptype, version, dcid, scid, pn)
+    assert (hdr.packet_type, hdr.version, hdr.dcid, hdr.scid) == (ptype, version, dcid, scid)
     assert data[hdr.payload_offset:] == b"\x01"
 
 
 @given(st.binary(min_size=8, max_size=8), st.integers(0, 2**64 - 1))
 def test_short_header_round_trip(cid: bytes, pn: int) -> None:
-    data = wire.encode_short_header(cid, pn)
-    assert wire.decode_short_header(data, 8) == (cid, pn, len(data))
+    for phase in (0, 1):
+        data = wire.encode_short_header(cid, pn, phase)
+        assert wire.is_short_header(data[0]) and data[1:9] == cid  # CID from byte 1
+        assert wire.decode_short_header(data, 8) == (cid, pn, len(data))
+        assert bool(data[0] & wire.KEY_PHASE) == bool(phase)
 
 
 def test_version_negotiation_round_trip() -> None:
@@ -96,6 +101,12 @@ def test_version_negotiation_round_trip() -> None:
     hdr = wire.decode_long_header(data)
     assert hdr.packet_type == wire.VERSION_NEGOTIATION and hdr.version == 0
     assert wire.decode_versions(data, hdr.payload_offset) == (1, 7)
+
+
+def test_legacy_version_negotiation_has_version_one_layout() -> None:
+    data = wire.encode_legacy_version_negotiation(b"abcdefgh", (2,))
+    # version 1: type 0x05, version 0, dcid, empty scid, versions
+    assert data == b"\x05" + bytes(4) + b"\x08abcdefgh" + b"\x00" + (2).to_bytes(4, "big")
 
 
 @settings(max_examples=500)

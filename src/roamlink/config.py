@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .core.congestion import CONTROLLERS
 from .errors import ConfigError
 
-#: The wire version this implementation speaks.
-PROTOCOL_VERSION = 1
+#: The wire version this implementation speaks (2: encrypted, RFC 8999 headers; 1 had neither
+#: and is answered with version negotiation).
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,19 @@ class Config:
     #: token with a stateless RETRY (the client repeats its SYN with the token: one more
     #: round trip) instead of keeping state for it. 0: always; None: never.
     retry_threshold: int | None = 64
+    #: Run WITHOUT encryption or authentication (debugging and comparison only). Both ends
+    #: must set it: a secure endpoint refuses a plaintext one, and the reverse, with
+    #: ``HandshakeFailed`` -- neither ever falls back to the other's mode.
+    insecure_plaintext: bool = False
+    #: Optional 32-byte pre-shared key (Noise IKpsk2): both ends must hold the same one.
+    psk: bytes | None = field(default=None, repr=False)  # a secret: never in repr or logs
+    #: New traffic keys (Noise REKEY) after this many seconds ...
+    key_update_interval: float = 120.0
+    #: ... or after this many packets under one key, whichever comes first.
+    key_update_packets: int = 1 << 30
+    #: A SYN's 0-RTT data is delivered only if its timestamp is within this many seconds of
+    #: the server's clock (and its ephemeral key was not seen before): the replay window.
+    zero_rtt_window: float = 60.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -138,6 +152,10 @@ class Config:
                                                 and not isinstance(self.retry_threshold, bool)
                                                 and self.retry_threshold >= 0),
                "retry_threshold", "must be None (never) or an integer >= 0 (0: always)")
+        _check(self.psk is None or (isinstance(self.psk, bytes) and len(self.psk) == 32),
+               "psk", "must be None or 32 bytes")
+        _positive(self, "key_update_interval", "zero_rtt_window")
+        _check(self.key_update_packets >= 16, "key_update_packets", "must be >= 16")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated)."""

@@ -6,23 +6,40 @@ import socket
 
 from ..config import Config
 from ..core.events import Address
+from ..core.handshake import make_client_handshake
 from ..io.endpoint import Endpoint
 from .addresses import resolve
+from .keyarg import private_key_bytes, public_key_bytes
 from .stream import Stream
 
 
-async def connect(host: str, port: int, *, config: Config | None = None,
+async def connect(host: str, port: int, *, server_key: object = None,
+                  client_key: object = None, config: Config | None = None,
                   local_addr: Address | None = None, early_data: bytes = b"",
                   endpoint: Endpoint | None = None) -> Stream:
     """Connect to a roamlink listener and return the established :class:`Stream`.
 
-    ``early_data`` travels in the first packet (0-RTT): the server may see it twice if the
-    first packet is replayed, so send only idempotent requests that way. Raises
-    :class:`~roamlink.errors.ConnectTimeout`, :class:`~roamlink.errors.ConnectionRefused`
-    (nothing listens there, or the listener is full) or
-    :class:`~roamlink.errors.VersionMismatch`.
+    ``server_key`` (the server's public key: base64 text, 32 raw bytes or a ``KeyPair``)
+    authenticates the server: a different key raises
+    :class:`~roamlink.errors.HandshakeFailed` (``reason="server_key_mismatch"``) as soon as the
+    server answers. Without it the connection is still encrypted, but the server is not
+    authenticated (like ssh with host-key checking off): ``stream.peer_key`` gives the key to
+    pin next time; learning it costs one more round trip. ``client_key`` (a ``KeyPair`` or 32
+    private bytes) is the static key a server may authorise; without it a fresh one is made.
+
+    ``early_data`` travels in the first packet (0-RTT). A server delivers it at most once
+    (replay cache), but a *different* server process could see a replayed copy, so send only
+    idempotent requests that way. Raises :class:`~roamlink.errors.ConnectTimeout`,
+    :class:`~roamlink.errors.ConnectionRefused` (nothing listens there, or the listener is
+    full), :class:`~roamlink.errors.VersionMismatch` or :class:`~roamlink.errors.HandshakeFailed`.
     """
     config = config or Config()
+    client_handshake = None
+    if not config.insecure_plaintext:
+        client_handshake = make_client_handshake(
+            config.psk,
+            public_key_bytes(server_key) if server_key is not None else None,
+            private_key_bytes(client_key, "client_key") if client_key is not None else None)
     family, remote = await resolve(host, port)
     owned = endpoint is None
     if endpoint is None:
@@ -31,7 +48,8 @@ async def connect(host: str, port: int, *, config: Config | None = None,
         endpoint = await Endpoint.create(config, local_addr, family=family)
         endpoint.owns_lifetime = True
         endpoint.report_unreachable()  # nothing listening there: fail fast, not after 10 s
-    conn = endpoint.connect(remote, early_data=early_data, config=config)
+    conn = endpoint.connect(remote, early_data=early_data, config=config,
+                            client_handshake=client_handshake)
     stream = Stream(endpoint, conn)
     try:
         await stream.on_handshake

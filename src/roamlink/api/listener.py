@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from collections.abc import Iterable
 from types import TracebackType
 
 from ..config import Config
 from ..core.connection import Connection
 from ..core.events import Address
+from ..crypto.handshake import ServerCrypto
+from ..crypto.noise import private_key
 from ..io.endpoint import Endpoint
+from .keyarg import encode_public, private_key_bytes, public_key_bytes
 from .stream import Stream
+
+logger = logging.getLogger("roamlink.listener")
 
 
 class Listener:
@@ -67,6 +75,12 @@ class Listener:
         return self._endpoint.local_addr
 
     @property
+    def public_key(self) -> str | None:
+        """The server's public key, base64 (what clients pin); None with insecure_plaintext."""
+        crypto = self._endpoint.dispatcher.server_crypto
+        return encode_public(crypto.public_key) if crypto is not None else None
+
+    @property
     def local_addrs(self) -> list[Address]:
         """Every address this listener accepts on."""
         return [ep.local_addr for ep in (self._endpoint, *self._extra)]
@@ -119,9 +133,39 @@ class Listener:
         return f"<roamlink.Listener {self.local_addr}>"
 
 
-async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *,
+def make_server_crypto(config: Config, key: object = None,
+                       authorized_clients: Iterable[object] | None = None
+                       ) -> ServerCrypto | None:
+    """A listener's secrets from ``listen``'s arguments (None with ``insecure_plaintext``).
+
+    Without ``key`` an ephemeral key pair is made and its public key logged."""
+    if config.insecure_plaintext:
+        if key is not None or authorized_clients is not None:
+            logger.warning("insecure_plaintext=True: the key and authorized_clients are "
+                           "ignored; connections are NOT encrypted or authenticated")
+        return None
+    raw = os.urandom(32) if key is None else private_key_bytes(key)
+    authorized = (frozenset(public_key_bytes(k, "authorized_clients")
+                            for k in authorized_clients)
+                  if authorized_clients is not None else None)
+    crypto = ServerCrypto(private_key(raw), authorized=authorized, psk=config.psk,
+                          replay_window=config.zero_rtt_window)
+    if key is None:
+        logger.info("no server key given: using the ephemeral public key %s",
+                    encode_public(crypto.public_key))
+    return crypto
+
+
+async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *, key: object = None,
+                 authorized_clients: Iterable[object] | None = None,
                  config: Config | None = None) -> Listener:
     """Listen for roamlink connections on ``host:port`` (port 0 picks a free port).
+
+    ``key`` is the server's static key (a ``KeyPair`` or 32 private bytes); without one an
+    ephemeral key pair is made and its public key logged (``listener.public_key`` gives it),
+    so clients can only pin it for this process's life. ``authorized_clients`` (public keys:
+    base64 text or 32 raw bytes) refuses every other client, which then fails with
+    ``HandshakeFailed(reason="client_not_authorized")``.
 
     ``host`` may be a list: one socket per address, all serving the same connections, so a
     client can move between them with ``Stream.migrate(new_remote_addr)`` and the server
@@ -131,7 +175,9 @@ async def listen(host: str | list[str] = "127.0.0.1", port: int = 0, *,
     hosts = [host] if isinstance(host, str) else list(host)
     if not hosts:
         raise ValueError("listen() needs at least one host")
-    endpoint = await Endpoint.create(config, (hosts[0], port), accept_new=True)
+    crypto = make_server_crypto(config, key, authorized_clients)
+    endpoint = await Endpoint.create(config, (hosts[0], port), accept_new=True,
+                                     server_crypto=crypto)
     extra = []
     try:
         for other in hosts[1:]:

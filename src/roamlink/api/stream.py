@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from types import TracebackType
 
@@ -361,6 +362,14 @@ class Stream:
     @property
     def connection_id(self) -> str:
         return self._conn.local_cid.hex()
+
+    @property
+    def peer_key(self) -> str | None:
+        """The peer's static public key, base64 (WireGuard style): on a client, the server's
+        key to pin (``connect(server_key=...)``); on a server, the client's key (for
+        ``authorized_clients``). None with ``insecure_plaintext``."""
+        key = self._conn.peer_key
+        return base64.b64encode(key).decode("ascii") if key is not None else None
 
     @property
     def error(self) -> RoamlinkError | None:

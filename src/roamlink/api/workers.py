@@ -49,7 +49,7 @@ from ..io.steering import (
     reuseport_program,
 )
 from ..keys import KeyPair
-from .listener import Listener
+from .listener import Listener, make_server_crypto
 from .stream import Stream
 
 logger = logging.getLogger("roamlink.workers")
@@ -151,15 +151,16 @@ def run_server(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
     ``on_ready`` is called in the supervisor once the port is bound (e.g. to learn port 0).
     """
     config = config or Config()
+    if key is None and not config.insecure_plaintext:
+        # one key for every worker (clients pin one), made before the workers fork
+        key = KeyPair.generate()
+        logger.info("no server key given: using the ephemeral public key %s", key.public)
     count = default_workers() if workers is None else workers
     if not 1 <= count <= MAX_WORKERS:
         raise ValueError(f"workers must be between 1 and {MAX_WORKERS}, got {count}")
     if count > 1 and not hasattr(os, "fork"):
         raise ValueError("several workers need os.fork (use workers=1 on this platform)")
     CidLayout.from_config(config, count)  # reject a layout that cannot carry the worker
-    if key is not None:  # (this build has no packet protection yet: say so, never pretend)
-        logger.warning("a server key was given, but this version does not encrypt: "
-                       "connections are in plain text")
     socks = _bind_group(host, port, count)
     try:
         steered = False
@@ -396,7 +397,8 @@ async def _serve(handler: Handler, sock: socket.socket, config: Config, key: Key
     worker = _current
     assert worker is not None
     loop = asyncio.get_running_loop()
-    endpoint = await Endpoint.from_socket(config, sock, accept_new=True)
+    endpoint = await Endpoint.from_socket(config, sock, accept_new=True,
+                                          server_crypto=make_server_crypto(config, key))
     if worker.workers > 1:
         layout = CidLayout.from_config(config, worker.workers)
         endpoint.dispatcher.cid_source = layout.generator(worker.index)

@@ -19,6 +19,7 @@ from ..errors import (
     ConnectionClosed,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
     IdleTimeout,
     IncompleteRead,
     InvalidKey,
@@ -27,6 +28,7 @@ from ..errors import (
     RoamlinkError,
     VersionMismatch,
 )
+from ..keys import KeyPair
 
 # Exit codes (documented in the README): scripts can tell "could not reach it" from "the
 # data did not check out".
@@ -185,10 +187,13 @@ def _config_keys(path: str | None) -> set[str]:
 
 
 # ---------------------------------------------------------------------------- sockets
-async def open_listener(addr: tuple[str, int], config: Config) -> Listener:
+async def open_listener(addr: tuple[str, int], config: Config, *,
+                        key: KeyPair | None = None,
+                        authorized_clients: list[bytes] | None = None) -> Listener:
     host, port = addr
     try:
-        return await listen(host, port, config=config)
+        return await listen(host, port, key=key, authorized_clients=authorized_clients,
+                            config=config)
     except OSError as exc:
         raise listen_error(addr, exc) from exc
 
@@ -205,10 +210,15 @@ def listen_error(addr: tuple[str, int], exc: OSError) -> CliError:
     return CliError(f"cannot listen on udp {show(addr)}: {_os_reason(exc)}")
 
 
-async def open_stream(addr: tuple[str, int], config: Config) -> Stream:
+async def open_stream(addr: tuple[str, int], config: Config, *,
+                      server_key: bytes | None = None,
+                      client_key: KeyPair | None = None) -> Stream:
+    """Connect, with one-line errors. This does not decide whom to trust: client commands
+    call :func:`roamlink.cli.trust.open_trusted_stream`, which pins keys and then calls this."""
     host, port = addr
     try:
-        return await connect(host, port, config=config)
+        return await connect(host, port, server_key=server_key, client_key=client_key,
+                             config=config)
     except ConnectTimeout as exc:
         raise CliError(f"cannot connect to {show(addr)}: no answer within "
                        f"{config.connect_timeout:g} s (is a roamlink server running there?)",
@@ -217,6 +227,9 @@ async def open_stream(addr: tuple[str, int], config: Config) -> Stream:
         raise CliError(f"cannot connect to {show(addr)}: protocol version mismatch: "
                        f"we speak {list(exc.offered)}, the server speaks "
                        f"{list(exc.supported)}", EXIT_CONNECTION) from exc
+    except HandshakeFailed as exc:
+        raise CliError(f"cannot connect to {show(addr)}: handshake failed: {exc}",
+                       EXIT_CONNECTION) from exc
     except socket.gaierror as exc:
         raise CliError(f"cannot resolve {host!r}: {exc.strerror}", EXIT_CONNECTION) from exc
     except RoamlinkError as exc:

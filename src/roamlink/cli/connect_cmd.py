@@ -19,13 +19,13 @@ from .common import (
     EXIT_OK,
     add_session_options,
     close_quietly,
-    open_stream,
     remote_address,
     session_config,
     show,
 )
 from .output import Output
 from .serve import watch_paths
+from .trust import add_client_key_options, open_trusted_stream
 
 _READ = 65536
 
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="no status lines, only errors (for ssh's ProxyCommand, whose stderr "
                         "is the terminal)")
     add_session_options(p)
+    add_client_key_options(p)
     p.set_defaults(func=run, data_on_stdout=True)
 
 
@@ -82,7 +83,7 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
 
 async def _run(args: argparse.Namespace, config: Config, out: Output,
                hangup: asyncio.Future[int]) -> int:
-    stream = await open_stream(args.target, config)
+    stream = await open_trusted_stream(args.target, config, out, args)
     out.report("connected", f"connected to {show(stream.remote_addr)} from "
                f"{show(stream.local_addr)} (connection {stream.connection_id})",
                remote=show(stream.remote_addr), connection_id=stream.connection_id)

@@ -1,6 +1,7 @@
 """The demo: a server and a client on loopback move data; half-way the client moves to a new
-local port (``Stream.migrate``), and a timeline shows the handshake, the path validation and
-the bytes carried before and after, then the end-to-end hash check."""
+local port (``Stream.migrate``), and a timeline shows the handshake (encrypted, the server's
+key pinned), the path validation and the bytes carried before and after, then the end-to-end
+hash check."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .. import __version__, compiled
 from ..api import Stream, connect, listen
 from ..config import Config
 from ..core.events import Address, PathChanged
+from ..keys import KeyPair, encode_key
 
 #: emit(event, text, **fields): ``text`` is the timeline line, ``fields`` the same as data.
 Emit = Callable[..., None]
@@ -27,6 +29,14 @@ _MAX_QUEUED = 1024 * 1024
 def _addr(addr: Address) -> str:
     host, port = str(addr[0]), addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _short_key(key: str | bytes | None) -> str:
+    """The first characters of a public key, enough to recognise it in a timeline."""
+    if not key:
+        return ""
+    text = key if isinstance(key, str) else encode_key(bytes(key))
+    return text[:12] + "..."
 
 
 def _mib(n: int) -> str:
@@ -59,15 +69,21 @@ async def run_demo(size: int = 8 * 1024 * 1024, *, out: Callable[[str], None] = 
     say("build", f"roamlink {__version__}: "
         + ("compiled core (mypyc)" if compiled else "pure Python"),
         compiled=compiled)
-    async with await listen("127.0.0.1", 0, config=config) as listener:
-        say("listening", f"server: listening on udp {_addr(listener.local_addr)}",
-            address=_addr(listener.local_addr))
+    plaintext = config is not None and config.insecure_plaintext
+    server_key = None if plaintext else KeyPair.generate()
+    async with await listen("127.0.0.1", 0, key=server_key, config=config) as listener:
+        say("listening", f"server: listening on udp {_addr(listener.local_addr)}"
+            + ("" if server_key is None else f"; server key {server_key.public}"),
+            address=_addr(listener.local_addr),
+            public_key=None if server_key is None else server_key.public)
 
         async def serve() -> str:
             stream = await listener.accept()
+            client_key = _short_key(stream.peer_key)
             say("accepted", f"server: accepted connection {stream.connection_id} from "
-                f"{_addr(stream.remote_addr)}", connection_id=stream.connection_id,
-                remote=_addr(stream.remote_addr))
+                f"{_addr(stream.remote_addr)}"
+                + (f" (client key {client_key})" if client_key else ""),
+                connection_id=stream.connection_id, remote=_addr(stream.remote_addr))
             events = stream.events()
             digest = hashlib.sha256()
             received = 0
@@ -99,21 +115,29 @@ async def run_demo(size: int = 8 * 1024 * 1024, *, out: Callable[[str], None] = 
         server = asyncio.create_task(serve())
         try:
             return await _client(size, payload, expected, listener.local_addr[1], config, say,
-                                 can_migrate, migrate, server, server_moves)
+                                 can_migrate, migrate, server, server_moves, server_key)
         finally:
             server.cancel()
 
 
 async def _client(size: int, payload: bytes, expected: str, port: int, config: Config | None,
                   say: Callable[..., None], can_migrate: bool, migrate: bool,
-                  server: asyncio.Task[str], server_moves: list[tuple[PathChanged, int]]) -> bool:
+                  server: asyncio.Task[str], server_moves: list[tuple[PathChanged, int]],
+                  server_key: KeyPair | None) -> bool:
     t_connect = time.perf_counter()
-    stream = await connect("127.0.0.1", port, config=config,
-                           local_addr=("127.0.0.1", 0))
-    say("handshake", f"client: handshake complete in "
-        f"{(time.perf_counter() - t_connect) * 1e3:.1f} ms, from "
+    stream = await connect("127.0.0.1", port, config=config, local_addr=("127.0.0.1", 0),
+                           server_key=None if server_key is None else server_key.public)
+    took = (time.perf_counter() - t_connect) * 1e3
+    if server_key is None:
+        security = "INSECURE PLAINTEXT (insecure_plaintext=True): not encrypted"
+    else:
+        security = (f"Noise IK (X25519, ChaCha20-Poly1305, BLAKE2s), server key "
+                    f"{_short_key(server_key.public)} pinned and proven")
+    say("handshake", f"client: handshake complete in {took:.1f} ms, {security}; from "
         f"{_addr(stream.local_addr)} (connection {stream.connection_id})",
-        local=_addr(stream.local_addr), connection_id=stream.connection_id)
+        local=_addr(stream.local_addr), connection_id=stream.connection_id,
+        encrypted=server_key is not None, handshake="plaintext" if server_key is None
+        else "Noise_IK_25519_ChaChaPoly_BLAKE2s")
     client_events = stream.events()
     say("sending", f"client: sending {_mib(size)} of random data; moving to a new "
         f"local port half-way", size=size)
@@ -161,6 +185,11 @@ async def _client(size: int, payload: bytes, expected: str, port: int, config: C
         f"path changes {st.path_changes}", seconds=round(elapsed, 3),
         packets_sent=st.packets_sent, retransmissions=st.retransmissions,
         smoothed_rtt_ms=round(st.smoothed_rtt * 1e3, 3), path_changes=st.path_changes)
+    if server_key is not None:
+        say("sealed", f"crypto: every packet after the handshake sealed with "
+            f"ChaCha20-Poly1305 (header authenticated, frames encrypted, PATH_CHALLENGE "
+            f"included); {st.auth_failures} failed authentication",
+            auth_failures=st.auth_failures)
     hash_ok = reply == expected == received_hash
     say("hash", f"sha256 sent     {expected}", sha256=expected)
     say("hash", f"sha256 received {received_hash}", sha256=received_hash)

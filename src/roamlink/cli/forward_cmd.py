@@ -25,12 +25,12 @@ from .common import (
     CliError,
     add_session_options,
     listen_address,
-    open_stream,
     remote_address,
     session_config,
     show,
 )
 from .output import Output, format_bytes
+from .trust import add_client_key_options, check_client_key_options, open_trusted_stream
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -54,18 +54,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="exit after the first connection ends (status 0 if it ended in "
                         "order, 3 if it was reset)")
     add_session_options(p)
+    add_client_key_options(p)
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
     config = session_config(args, config, long_lived=True)
+    check_client_key_options(args)
     target: tuple[str, int] = args.target
     numbers = itertools.count(1)
     tasks: set[asyncio.Task[BridgeResult | None]] = set()
     first: asyncio.Future[BridgeResult | None] = asyncio.get_running_loop().create_future()
 
     def on_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(_forward_one(next(numbers), reader, writer, target,
+        task = asyncio.create_task(_forward_one(next(numbers), reader, writer, args,
                                                 config, out))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -111,14 +113,15 @@ def _first_result(first: asyncio.Future[BridgeResult | None],
 
 
 async def _forward_one(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       target: tuple[str, int], config: Config,
+                       args: argparse.Namespace, config: Config,
                        out: Output) -> BridgeResult | None:
+    target: tuple[str, int] = args.target
     peer = show(writer.get_extra_info("peername") or ("?", 0))
     with contextlib.suppress(OSError):  # interactive sessions: no Nagle delay on the TCP leg
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     start = time.monotonic()
     try:
-        stream = await open_stream(target, config)
+        stream = await open_trusted_stream(target, config, out, args)
     except CliError as exc:
         reset_tcp(writer)
         out.report("failed", f"#{n} tcp {peer}: {exc.message}", style="red", number=n,

@@ -144,7 +144,10 @@ class KnownHosts:
                 os.close(fd)
         except OSError as exc:
             raise KnownHostsError(f"{self.path}: cannot write: {_reason(exc)}") from None
-        return KnownHost(entry, key, len(self.entries()))
+        lines = self.path.read_bytes().splitlines()
+        number = max((i for i, text in enumerate(lines, start=1) if text == line.strip()),
+                     default=len(lines))
+        return KnownHost(entry, key, number)
 
 
 def _looks_like_entry(text: str) -> bool:

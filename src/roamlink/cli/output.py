@@ -173,9 +173,13 @@ class Output:
                                                      force_terminal=force)
 
     # reports ------------------------------------------------------------------------------
-    def report(self, event: str, text: str, *, style: str | None = None, **fields: Any) -> None:
-        """One report: ``text`` for people, ``{"event": event, **fields}`` for ``--json``."""
-        if self.quiet:
+    def report(self, event: str, text: str, *, style: str | None = None, urgent: bool = False,
+               **fields: Any) -> None:
+        """One report: ``text`` for people, ``{"event": event, **fields}`` for ``--json``.
+
+        ``urgent`` reports are shown even when ``quiet``: what the user must see (a server key
+        learnt on first contact, a warning that nothing is encrypted)."""
+        if self.quiet and not urgent:
             return
         if self.json_mode:
             obj = {"event": event, "time": round(time.time(), 3), **self.context, **fields}

@@ -28,12 +28,16 @@ from .common import (
     describe_error,
     drain_unless,
     listen_address,
-    open_listener,
-    open_stream,
     remote_address,
     show,
 )
 from .output import Output, format_bits, format_bytes
+from .trust import (
+    add_client_key_options,
+    add_server_key_options,
+    open_server,
+    open_trusted_stream,
+)
 from .workers import add_workers_option, serve_with_workers
 
 MAGIC = b"RLPERF1\n"
@@ -55,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     server.add_argument("--once", action="store_true", help="exit after one test")
     server.add_argument("--interval", type=float, default=1.0,
                         help="seconds between reports (0: only a summary)")
+    add_server_key_options(server)
     server.set_defaults(func=run_server)
     add_workers_option(server, run_workers)
     client = roles.add_parser("client", parents=parents, help="send data to a perf server",
@@ -65,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="how long to send (default 10)")
     client.add_argument("--interval", "-i", type=_positive, default=1.0,
                         help="seconds between reports (default 1)")
+    add_client_key_options(client)
     client.set_defaults(func=run_client)
 
 
@@ -80,12 +86,14 @@ def _positive(text: str) -> float:
 
 # ---------------------------------------------------------------------------- server
 async def run_server(args: argparse.Namespace, config: Config, out: Output) -> int:
-    listener = await open_listener(args.listen, config)
+    listener, key_text, public_key = await open_server(args.listen, config,
+                                                       args.server_key_file,
+                                                       args.authorized_keys)
     tasks: set[asyncio.Task[None]] = set()
     try:
         addr = listener.local_addr
-        out.report("listening", f"perf server listening on udp {show(addr)}",
-                   host=str(addr[0]), port=addr[1], mode="perf")
+        out.report("listening", f"perf server listening on udp {show(addr)}; {key_text}",
+                   host=str(addr[0]), port=addr[1], mode="perf", public_key=public_key)
         async for stream in listener:
             task = asyncio.create_task(_serve_test(stream, out, args.interval))
             if args.once:
@@ -151,7 +159,7 @@ async def _serve_test(stream: Stream, out: Output, interval: float) -> None:
 
 # ---------------------------------------------------------------------------- client
 async def run_client(args: argparse.Namespace, config: Config, out: Output) -> int:
-    stream = await open_stream(args.target, config)
+    stream = await open_trusted_stream(args.target, config, out, args)
     try:
         return await _run_test(stream, args.seconds, args.interval, out)
     finally:

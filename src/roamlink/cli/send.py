@@ -23,11 +23,11 @@ from .common import (
     close_quietly,
     drain_unless,
     file_error,
-    open_stream,
     show,
 )
 from .output import Output, format_bytes, format_rate
 from .transfer import MAX_REPLY, ProtocolError, Reply, encode_header, unsafe_name_reason, verify
+from .trust import add_client_key_options, open_trusted_stream
 
 CHUNK = 256 * 1024
 
@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--name", help="store the file under this name (default: FILE's name)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between progress lines when not on a terminal (default 1)")
+    add_client_key_options(p)
     p.set_defaults(func=run)
 
 
@@ -80,7 +81,7 @@ async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
         if reason is not None and args.name is None:
             raise CliError(f"cannot send {path} as {name!r}: {reason} (pick another "
                            "name with --name)", EXIT_USAGE)
-        stream = await open_stream(args.target, config)
+        stream = await open_trusted_stream(args.target, config, out, args)
         try:
             return await _transfer(stream, fh, name, size, args, out)
         finally:

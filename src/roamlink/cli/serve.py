@@ -26,13 +26,13 @@ from .common import (
     close_quietly,
     describe_error,
     listen_address,
-    open_listener,
     remote_address,
     session_config,
     show,
 )
 from .output import Output, format_bits, format_bytes
 from .transfer import ProtocolError, Reply, read_header, unsafe_name_reason
+from .trust import add_server_key_options, open_server
 from .workers import add_workers_option, serve_with_workers
 
 Handler = Callable[[Stream, str], Awaitable[bool]]
@@ -73,6 +73,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="exit after the first connection ends (exit status tells how it went)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between rate reports with --sink (0: only a summary)")
+    add_server_key_options(p)
     add_session_options(p, when=" with --forward")
     p.set_defaults(func=run)
     add_workers_option(p, run_workers)
@@ -81,12 +82,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 async def run(args: argparse.Namespace, config: Config, out: Output) -> int:
     config = session_config(args, config, long_lived=args.forward is not None)
     mode, handler = _choose_mode(args, config, out)
-    listener = await open_listener(args.listen, config)
+    listener, key_text, public_key = await open_server(args.listen, config,
+                                                       args.server_key_file,
+                                                       args.authorized_keys)
     try:
         addr = listener.local_addr
-        out.report("listening", f"listening on udp {show(addr)} ({mode})",
+        out.report("listening", f"listening on udp {show(addr)} ({mode}); {key_text}",
                    host=str(addr[0]), port=addr[1], mode=mode.split(" ")[0],
-                   idle_timeout=config.idle_timeout, keepalive=config.keepalive_interval)
+                   public_key=public_key, idle_timeout=config.idle_timeout,
+                   keepalive=config.keepalive_interval)
         return await _accept_loop(listener, handler, out, once=args.once)
     finally:
         listener.close()

@@ -13,8 +13,10 @@ from typing import Any
 from ..api import Stream
 from ..api.workers import ServerInfo, run_server, worker_index
 from ..config import Config
+from ..keys import KeyPair
 from .common import EXIT_OK, EXIT_USAGE, CliError, listen_error, show
 from .output import Output
+from .trust import load_server_key
 
 MAX_WORKERS = 256
 
@@ -47,14 +49,22 @@ def serve_with_workers(args: argparse.Namespace, config: Config, out: Output,
     """Run ``handler`` for every connection in ``args.workers`` processes until Ctrl-C."""
     if getattr(args, "once", False):
         raise CliError("--once does not combine with --workers", EXIT_USAGE)
+    if getattr(args, "authorized_keys", None) is not None:
+        raise CliError("--authorized-keys does not combine with --workers yet", EXIT_USAGE)
     host, port = args.listen
+    key: KeyPair | None = None
+    key_text = "INSECURE PLAINTEXT mode: no encryption, no authentication"
+    if not config.insecure_plaintext:
+        key, source = load_server_key(getattr(args, "server_key_file", None))
+        key_text = f"server key {key.public} ({source})"
 
     def ready(info: ServerInfo) -> None:
         steering = "kernel filter" if info.kernel_steering else "hand-over between workers"
         out.report("listening", f"{label} listening on udp {show(info.address)} "
-                   f"({mode}; {info.workers} workers, steering by {steering})",
+                   f"({mode}; {info.workers} workers, steering by {steering}); {key_text}",
                    host=str(info.address[0]), port=info.address[1], mode=mode.split(" ")[0],
-                   workers=info.workers, kernel_steering=info.kernel_steering)
+                   workers=info.workers, kernel_steering=info.kernel_steering,
+                   public_key=None if key is None else key.public)
 
     async def handle(stream: Stream) -> None:
         index = worker_index()
@@ -63,7 +73,7 @@ def serve_with_workers(args: argparse.Namespace, config: Config, out: Output,
         await handler(stream)
 
     try:
-        run_server(handle, host, port, workers=args.workers or None, config=config,
+        run_server(handle, host, port, workers=args.workers or None, key=key, config=config,
                    on_ready=ready)
     except OSError as exc:
         raise listen_error(args.listen, exc) from exc

@@ -8,6 +8,7 @@ one connection able to migrate any number of times.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from . import wire
@@ -21,13 +22,26 @@ MAX_PEER_CIDS = 16
 MAX_RETIRED_RANGES = 32
 
 
+def _random_token(cid: bytes) -> bytes:
+    """A token for an endpoint that never sends stateless resets (a client): unguessable.
+
+    Drawn from the OS, not the connection's random source, so the simulator's seeded stream
+    of CIDs and challenges stays what it was."""
+    return os.urandom(wire.RESET_TOKEN_LENGTH)
+
+
 class ConnectionIds:
     """Both sides' connection IDs for one connection."""
 
     def __init__(self, local_cid: bytes, peer_cid: bytes, *, spare: int,
                  random_bytes: Callable[[int], bytes],
-                 is_taken: Callable[[bytes], bool] | None = None) -> None:
+                 is_taken: Callable[[bytes], bool] | None = None,
+                 reset_token: Callable[[bytes], bytes] | None = None) -> None:
         self.cid_length = len(local_cid)
+        #: the stateless-reset token of one of our CIDs (see crypto/reset.py)
+        self._reset_token = reset_token or _random_token
+        #: the peer's reset tokens by sequence: a datagram ending in one is a stateless reset
+        self.peer_tokens: dict[int, bytes] = {}
         self.spare = spare
         self._random = random_bytes
         self._is_taken = is_taken or (lambda cid: False)
@@ -56,8 +70,12 @@ class ConnectionIds:
             self._next_local += 1
             self.local[seq] = cid
             self.issued_total += 1
-            out.append((cid, wire.NewConnectionIdFrame(seq, 0, cid)))
+            out.append((cid, wire.NewConnectionIdFrame(seq, 0, cid, self._reset_token(cid))))
         return out
+
+    def reset_token(self, cid: bytes) -> bytes:
+        """The stateless-reset token of our CID ``cid``."""
+        return self._reset_token(cid)
 
     def on_retire(self, seq: int) -> bytes | None:
         """The peer stopped using our CID ``seq``: return it (to unroute), or None."""
@@ -73,9 +91,16 @@ class ConnectionIds:
     def active_peer_cid(self) -> bytes:
         return self.peer[self.peer_active]
 
-    def set_handshake_peer_cid(self, cid: bytes) -> None:
+    def set_handshake_peer_cid(self, cid: bytes, reset_token: bytes | None = None) -> None:
         self.peer = {0: cid}
         self.peer_active = 0
+        if reset_token is not None:
+            self.peer_tokens[0] = reset_token
+
+    def peer_reset_tokens(self) -> list[bytes]:
+        """Tokens of the peer CIDs we may still use (a reset answers a packet sent to one)."""
+        tokens = self.peer_tokens
+        return [tokens[seq] for seq in self.peer if seq in tokens]
 
     def on_new_cid(self, frame: wire.NewConnectionIdFrame) -> list[int]:
         """Store a spare CID from the peer; return sequences it asked us to retire."""
@@ -86,9 +111,11 @@ class ConnectionIds:
         if (frame.sequence not in self.peer and not self._is_retired(frame.sequence)
                 and len(self.peer) < MAX_PEER_CIDS):
             self.peer[frame.sequence] = frame.cid
+            self.peer_tokens[frame.sequence] = frame.reset_token
         return retire
 
     def _forget(self, seq: int) -> None:
+        self.peer_tokens.pop(seq, None)
         retired = self._peer_retired
         retired.add(seq, seq + 1)
         while len(retired) > MAX_RETIRED_RANGES:

@@ -31,12 +31,15 @@ from collections.abc import Callable
 from typing import Final
 
 from ..config import Config
+from ..crypto import handshake as crypto_handshake
+from ..crypto.packet_protection import PacketProtection
 from ..errors import (
     ConnectionAborted,
     ConnectionClosed,
     ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
+    HandshakeFailed,
     ProtocolViolation,
     RoamlinkError,
     VersionMismatch,
@@ -55,7 +58,19 @@ from .events import (
     HandshakeCompleted,
 )
 from .flow_control import FlowControl
-from .handshake import Handshake, LongHeaderVerdict, VersionVerdict
+from .handshake import (
+    Handshake,
+    LongHeaderVerdict,
+    VersionVerdict,
+    build_client_hello,
+    build_server_hello,
+    make_client_handshake,
+    on_client_hello,
+    on_reject,
+    on_retry,
+    on_server_hello,
+    resolve_handshake_packets,
+)
 from .pacing import Pacer
 from .packet_builder import PacketBuilder
 from .paths import Candidate, PathManager
@@ -89,6 +104,9 @@ _DRAINING: Final = State.DRAINING
 _CLOSED: Final = State.CLOSED
 _DROP: Final = LongHeaderVerdict.DROP
 _SERVER_HELLO: Final = LongHeaderVerdict.SERVER_HELLO
+_CLIENT_HELLO: Final = LongHeaderVerdict.CLIENT_HELLO
+_REJECT: Final = LongHeaderVerdict.REJECT
+_KEY_PHASE: Final = wire.KEY_PHASE
 
 
 class Connection:
@@ -108,22 +126,36 @@ class Connection:
         early_data: bytes = b"",
         socket_id: int = 0,
         cid_taken: Callable[[bytes], bool] | None = None,
+        client_handshake: crypto_handshake.ClientHandshake | None = None,
+        opened_syn: crypto_handshake.OpenedSyn | None = None,
+        server_crypto: crypto_handshake.ServerCrypto | None = None,
         cid_source: RandomBytes | None = None,
     ) -> None:
+        """``client_handshake``: the client's keys (its static key, the pinned server key);
+        without one a secure client makes a fresh static key and learns the server's key on
+        first use. ``opened_syn`` and ``server_crypto``: the server's side, from the socket
+        layer that opened the SYN (see ``io/dispatcher.py``)."""
         self.config = config
         self.is_client = is_client
         self.local_cid = local_cid
         self.peer_cid = peer_cid
+        plaintext = config.insecure_plaintext
+        if is_client and not plaintext and client_handshake is None:
+            client_handshake = make_client_handshake(config.psk, None, None)
         self.handshake = Handshake(is_client, config.versions,
-                                   version if version is not None else config.versions[0])
+                                   version if version is not None else config.versions[0],
+                                   plaintext=plaintext,
+                                   client=None if plaintext else client_handshake,
+                                   opened=opened_syn, server_crypto=server_crypto)
         self.state = State.HANDSHAKING
         self.paths = PathManager(remote_addr, socket_id, random_bytes=random_bytes,
                                  max_candidates=config.max_candidate_paths,
                                  validation_timeout=config.path_validation_timeout,
                                  datagram_size=config.max_datagram_size)
         self.cids = ConnectionIds(local_cid, peer_cid, spare=config.spare_cids,
-                                  random_bytes=cid_source or random_bytes,
-                                  is_taken=cid_taken)
+                                  random_bytes=cid_source or random_bytes, is_taken=cid_taken,
+                                  reset_token=(server_crypto.reset_token
+                                               if server_crypto is not None else None))
         #: bumped whenever the set of our CIDs changes, so every socket layer re-syncs routes
         self.cid_version = 0
         #: peer address changes (old, new) for the socket layer's address map (UpdateAddr)
@@ -171,6 +203,8 @@ class Connection:
         self._close_resend_due = False
         self._app_closed = False
         self._graceful_drain = False
+        #: when our sending key is next replaced (Noise REKEY; see crypto/packet_protection.py)
+        self._key_update_at = now + config.key_update_interval
         self.timers = connection_timers(self)
 
         if is_client and early_data:
@@ -190,6 +224,19 @@ class Connection:
     @property
     def remote_addr(self) -> Address:
         return self.paths.remote_addr
+
+    @property
+    def peer_key(self) -> bytes | None:
+        """The peer's static public key (raw 32 bytes) once the handshake proved it: the
+        server's for a client (pin it), the client's for a server. None in plaintext."""
+        if self.handshake.plaintext or not self.is_established and self.is_client:
+            return None
+        return self.handshake.peer_key
+
+    @property
+    def protection(self) -> PacketProtection | None:
+        """The traffic keys (None before the handshake made them, or in plaintext mode)."""
+        return self.packets.protection
 
     @property
     def is_established(self) -> bool:
@@ -364,42 +411,35 @@ class Connection:
             self._enter_closing(now, violation.code, violation.reason, violation)
 
     def _receive(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
-        first = data[0] if data else -1
-        if first == wire.SHORT:
+        first = data[0] if data else 0
+        if first & 0xC0 == 0x40:  # short header (fixed bit set)
             dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
             if self.state is _HANDSHAKING and self.is_client:
                 raise wire.MalformedPacket("short packet before SYN-ACK")
-        elif first in wire.LONG_TYPES:
-            hdr = wire.decode_long_header(data)
-            if first == wire.VERSION_NEGOTIATION:
-                self._on_version_negotiation(hdr, data)
+            protection = self.packets.protection
+            if protection is not None:
+                # authenticate before anything else: a packet that fails is never parsed,
+                # so it cannot deliver data, move the path, close or reset the connection
+                payload = protection.open(data, offset, pn, 1 if first & _KEY_PHASE else 0, now)
+                if payload is None:
+                    self.counters.auth_failures += 1
+                    return
+                start = 0
+            elif self.handshake.plaintext:
+                payload, start = data, offset
+            else:
+                self.counters.auth_failures += 1  # no keys yet: it cannot be genuine
                 return
-            if first == wire.RETRY:
-                self._on_retry(hdr)
-                return
-            if first == wire.REJECT:
-                self._on_reject(hdr, data)
-                return
-            verdict = self.handshake.accept_long_header(hdr, self.local_cid, self.peer_cid,
-                                                        self.state is _HANDSHAKING)
-            if verdict is _DROP:
-                self.counters.dropped_packets += 1
-                return
-            if verdict is _SERVER_HELLO:
-                self.peer_cid = hdr.scid
-                self._complete_handshake()
-            elif not self.is_client and self.state is _HANDSHAKING:
-                # a retransmitted SYN: the client is alive, keep the half-open state a while
-                self.handshake_deadline = max(self.handshake_deadline,
-                                              now + self.handshake_lifetime)
-            pn, offset = hdr.packet_number, hdr.payload_offset
+        elif first & wire.LONG_FORM:
+            self._receive_long(data, addr, now, socket_id)
+            return
         else:
             raise wire.MalformedPacket("unknown packet type")
 
         acks = self.acks
         if pn > acks.largest + MAX_PACKET_NUMBER_JUMP:
             raise wire.MalformedPacket("packet number far beyond any in flight")
-        frames = wire.decode_frames(data, offset)
+        frames = wire.decode_frames(payload, start)
         if self.state is _DRAINING and not self._graceful_drain:
             return
         if self.state is _CLOSING:
@@ -439,8 +479,8 @@ class Connection:
             migration.on_packet_from_other_path(self, socket_id, addr, len(data), pn,
                                                 is_newest, now)
 
-        if first == wire.SHORT and self.state is _HANDSHAKING:
-            self._complete_handshake()  # server: the client used the CID it learnt from us
+        if self.state is _HANDSHAKING:
+            self._complete_handshake(now)  # server: the client used the CID it learnt from us
 
         eliciting = False
         push_frame = wire.PushFrame
@@ -464,7 +504,7 @@ class Connection:
                 return
 
         if eliciting and on_path:
-            acks.on_ack_eliciting(now, out_of_order or first != wire.SHORT
+            acks.on_ack_eliciting(now, out_of_order
                                   or self.state is _HANDSHAKING or self.state is _DRAINING,
                                   self.config.ack_every, self.config.max_ack_delay)
         self._check_streams_done(now)
@@ -472,6 +512,96 @@ class Connection:
             # no ACK timer runs while draining: the peer's FIN must be acknowledged now, or
             # the peer retransmits it until its idle timeout
             acks.send_delayed_now()
+
+    def _receive_long(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
+        """SYN, SYN-ACK, REJECT, version negotiation: the handshake's packets."""
+        hdr = wire.decode_long_header(data)
+        if hdr.packet_type == wire.VERSION_NEGOTIATION:
+            self._on_version_negotiation(hdr, data)
+            return
+        if hdr.packet_type == wire.RETRY:
+            self._on_retry(hdr, now)
+            return
+        handshaking = self.state is _HANDSHAKING
+        handshake = self.handshake
+        verdict = handshake.accept_long_header(hdr, self.local_cid, self.peer_cid, handshaking)
+        if verdict is _DROP:
+            self.counters.dropped_packets += 1
+            return
+        counters = self.counters
+        if verdict is _REJECT:
+            err = on_reject(self, data, hdr)
+            if err is not None:
+                self.log.info("handshake refused: %s", err)
+                self._terminate(err, Trigger.TIMEOUT)
+            return
+        if verdict is _SERVER_HELLO:
+            try:
+                frames = on_server_hello(self, hdr, data, now)
+            except HandshakeFailed as err:
+                self.log.info("handshake failed: %s", err)
+                self._terminate(err, Trigger.TIMEOUT)
+                return
+            self.peer_cid = hdr.scid
+            self._complete_handshake(now)
+            counters.packets_received += 1
+            counters.bytes_received += len(data)
+            self._last_received = now
+            # the SYN-ACK counts as the server's packet 0: acknowledging it at once is what
+            # completes the handshake on the server's side
+            self.acks.record(0, now, True)
+            self.acks.on_ack_eliciting(now, True, self.config.ack_every,
+                                       self.config.max_ack_delay)
+            self._handshake_frames(frames, socket_id, addr, now, True)
+            return
+        if verdict is _CLIENT_HELLO:
+            syn_frames = on_client_hello(self, data, hdr, handshaking)
+            if syn_frames is not None:
+                counters.packets_received += 1
+                counters.bytes_received += len(data)
+                self._handshake_frames(syn_frames, socket_id, addr, now,
+                                       handshake.early_accepted)
+            else:
+                counters.duplicate_packets += 1
+                counters.bytes_received += len(data)  # anti-amplification budget
+                if handshaking:
+                    # a retransmitted SYN: the client is alive, keep the half-open state a while
+                    self.handshake_deadline = max(self.handshake_deadline,
+                                                  now + self.handshake_lifetime)
+            return
+        # a repeated SYN-ACK after we completed: our acknowledgement was lost
+        counters.duplicate_packets += 1
+        self.acks.pending = True
+
+    def _handshake_frames(self, payload: bytes, socket_id: int, addr: Address, now: float,
+                          take_data: bool) -> None:
+        """Apply the frames of a SYN or SYN-ACK payload (authenticated with it).
+
+        ``take_data`` False: 0-RTT data the server did not accept (outside the replay
+        window) is skipped; the client sends it again after the handshake."""
+        for frame in wire.decode_frames(payload):
+            if isinstance(frame, wire.PushFrame):
+                if take_data:
+                    self._on_push(frame)
+                continue
+            if isinstance(frame, wire.AckFrame):
+                continue  # handshake packets carry no packet numbers to acknowledge
+            self._on_frame(frame, socket_id, addr, now)
+
+    def on_stateless_reset(self, now: float) -> None:
+        """The peer answered with our stateless-reset token: it lost the connection."""
+        if self.state is _CLOSED:
+            return
+        self.log.info("stateless reset from the peer: it no longer knows this connection")
+        self._terminate(ConnectionReset(wire.CloseCode.STATELESS_RESET,
+                                        "stateless reset: the peer lost this connection"),
+                        Trigger.TIMEOUT)
+
+    def peer_reset_tokens(self) -> list[bytes]:
+        """The peer's stateless-reset tokens for the CIDs we may send to."""
+        if self.packets.protection is None:
+            return []
+        return self.cids.peer_reset_tokens()
 
     def _on_version_negotiation(self, hdr: wire.LongHeader, data: bytes) -> None:
         refused = self.handshake.version
@@ -485,35 +615,22 @@ class Connection:
             self._terminate(VersionMismatch(tuple(self.config.versions), supported),
                             Trigger.TIMEOUT)
 
-    def _on_retry(self, hdr: wire.LongHeader) -> None:
-        if not self.handshake.on_retry(hdr, self.local_cid, self.state is _HANDSHAKING):
+    def _on_retry(self, hdr: wire.LongHeader, now: float) -> None:
+        if self.state is not _HANDSHAKING or not on_retry(self, hdr, now):
             self.counters.dropped_packets += 1
             return
         self.counters.handshake_retries += 1  # one extra round trip
         self.log.info("listener under load asked for a retry: repeating the SYN with its token")
-        # the first SYN will never be acknowledged: what it carried (0-RTT data) goes again
-        for pkt in self.recovery.take_all_in_flight():
-            delivery.requeue(self, pkt)
 
-    def _on_reject(self, hdr: wire.LongHeader, data: bytes) -> None:
-        """A listener refused our SYN. Unauthenticated, so it only ends a handshake in
-        progress (never an established connection)."""
-        body = data[hdr.payload_offset:]
-        if (not self.is_client or self.state is not _HANDSHAKING or hdr.dcid != self.local_cid
-                or len(body) < 1):
-            self.counters.dropped_packets += 1
-            return
-        if body[0] == wire.REJECT_BUSY:
-            self._terminate(ConnectionRefused(
-                f"{self.remote_addr} refused the connection: the listener is full "
-                "(max_connections)"), Trigger.TIMEOUT)
-        else:
-            self.counters.dropped_packets += 1
-
-    def _complete_handshake(self) -> None:
+    def _complete_handshake(self, now: float) -> None:
         if self.state is _HANDSHAKING:
-            if self.is_client:
-                self.cids.set_handshake_peer_cid(self.peer_cid)
+            if not self.is_client:
+                # the client used our CID: our SYN-ACK (and what it carried) arrived
+                resolve_handshake_packets(self, True, now)
+            protection = self.packets.protection
+            if protection is not None:
+                protection.retention = max(1.0, 3.0 * self.recovery.pto_interval())
+            self._key_update_at = now + self.config.key_update_interval
             migration.issue_cids(self)
             self.was_established = True
             self._set_state(Trigger.HANDSHAKE_DONE)
@@ -626,7 +743,8 @@ class Connection:
             return out
         packets = self.packets
         if state is _CLOSING:
-            if self._close_resend_due and self._close_frame is not None:
+            if (self._close_resend_due and self._close_frame is not None
+                    and (packets.protection is not None or self.handshake.plaintext)):
                 self._close_resend_due = False
                 self._close_resends += 1
                 out.append((packets.build_close(self._close_frame, now, self.peer_cid),
@@ -640,9 +758,10 @@ class Connection:
         if state is _HANDSHAKING and not self.peer_cid:
             if handshake.pending:
                 handshake.pending = False
-                out.append((packets.build_handshake(wire.SYN, handshake.version,
-                                                    handshake.token, self.local_cid, [], now),
-                            self.remote_addr))
+                try:
+                    out.append((build_client_hello(self, now), self.remote_addr))
+                except HandshakeFailed as err:
+                    self._terminate(err, Trigger.TIMEOUT)
             return out
         if handshake.pending and not self.is_client:
             handshake.pending = False
@@ -650,14 +769,26 @@ class Connection:
             counters = self.counters
             if (state is not _HANDSHAKING or counters.bytes_sent + self.config.max_datagram_size
                     <= 3 * counters.bytes_received):
-                spare = [(seq, cid) for seq, cid in self.cids.local.items() if seq]
-                out.append((packets.build_handshake(wire.SYN_ACK, handshake.version,
-                                                    self.peer_cid, self.local_cid, spare, now),
-                            self.remote_addr))
+                out.append((build_server_hello(self, now), self.remote_addr))
         if state is _HANDSHAKING:
             return out
+        protection = packets.protection
+        if protection is not None and (now >= self._key_update_at or protection.sent_in_phase
+                                       >= self.config.key_update_packets):
+            self._update_keys(now, protection)
         packets.build_data_packets(now, self.peer_cid, self.remote_addr, out)
         return out
+
+    def _update_keys(self, now: float, protection: PacketProtection) -> None:
+        """Key update: the next sending key of the chain, once the peer acknowledged a packet
+        under the current one (so it holds the current key and can follow to the next)."""
+        if self.recovery.largest_acked < protection.send_first_pn:
+            return  # asked again at the next send; the peer has not caught up yet
+        protection.retention = max(1.0, 3.0 * self.recovery.pto_interval())
+        protection.update_send_key(self.packets.next_pn)
+        self._key_update_at = now + self.config.key_update_interval
+        self.log.debug("key update: sending with key generation %d",
+                       protection.send_generation)
 
 
 def _ack_eliciting(frame: wire.Frame) -> bool:

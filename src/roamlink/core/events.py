@@ -83,6 +83,13 @@ class ConnectionStats:
     handshake_retries: int = 0
     #: packets in flight on a path the connection left, resent on the new one (not lost)
     packets_requeued: int = 0
+    #: packets dropped because they did not authenticate (never parsed)
+    auth_failures: int = 0
+    #: our sending key's generation (key updates done) and the peer's
+    key_updates_sent: int = 0
+    key_updates_received: int = 0
+    #: whether packets are sealed (False only with ``insecure_plaintext``)
+    encrypted: bool = True
     #: latest delivery-rate sample (bytes/s) and whether the application limited it
     delivery_rate: float = 0.0
     delivery_rate_app_limited: bool = False

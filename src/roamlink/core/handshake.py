@@ -1,27 +1,64 @@
-"""Handshake acceptance and version negotiation.
+"""The handshake: SYN / SYN-ACK on Noise IK, version negotiation, refusals.
 
-The client sends SYN (long header, destination CID empty, its own CID as source) and repeats
-it until a SYN-ACK from the server arrives; the server answers every (re)transmitted SYN with
-a SYN-ACK until the client's first short-header packet shows it learnt the server's CID. A
-server that does not speak the client's version answers with a version-negotiation packet;
+The client sends a SYN (long header, destination CID empty -- or the token of a listener's
+RETRY -- and its own CID as source) carrying
+Noise message 1: its ephemeral key, its encrypted static key and an encrypted payload (a
+timestamp, its credit, 0-RTT data), padded to the full datagram size and ending in ``mac1``.
+The server answers with a SYN-ACK carrying Noise message 2: its ephemeral key and an encrypted
+payload (its CID, a stateless-reset token, whether the 0-RTT data was accepted, its credit,
+spare CIDs, early response data). Both are built once and resent byte for byte when lost (a
+Noise message cannot be encrypted again under the same keys), so they carry no packet number;
+the stream data they carry counts as delivered when the handshake completes. The server
+completes on the client's first authenticated short-header packet.
+
+Without a pinned server key the client first asks for it (KEY_REQUEST -> REJECT carrying the
+key: trust on first use, one more round trip). A server that cannot take a SYN answers with a
+REJECT (unauthenticated: it can only make the handshake fail, never downgrade it): a SYN whose
+``mac1`` does not verify (the client pinned another key) gets the server's real key, so the
+client fails at once with ``HandshakeFailed("server_key_mismatch")``; a plaintext SYN at a
+secure server, or the reverse, fails with ``"plaintext_mismatch"``. A client the server does
+not authorise gets a genuine SYN-ACK flagged "refused" and fails with
+``"client_not_authorized"``.
+
+A listener under SYN pressure keeps no state for a SYN without a token: it answers with a
+RETRY carrying a token sealed under its own secret (the client's address and CID, a time), and
+the client builds its SYN again with that token as destination CID (one more round trip, once
+per handshake). A listener at ``Config.max_connections`` answers with REJECT "busy": the client
+fails at once with :class:`~roamlink.errors.ConnectionRefused`.
+
+A server that does not speak the client's version answers with a version-negotiation packet;
 the client then retries with the best version both speak, or gives up with
-:class:`~roamlink.errors.VersionMismatch`.
-
-Packet building (SYN, SYN-ACK) is in :mod:`.packet_builder`; the socket layer sends the
-version-negotiation packet (see ``io/dispatcher.py``).
+:class:`~roamlink.errors.VersionMismatch`. Crypto is in :mod:`roamlink.crypto`; the socket
+layer (``io/dispatcher.py``) checks ``mac1`` and opens the SYN before a server connection
+exists.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import time
+from collections.abc import Callable
 from enum import Enum
+from typing import TYPE_CHECKING
 
+from ..crypto import handshake as hs
+from ..crypto.noise import private_key
+from ..crypto.packet_protection import PacketProtection
+from ..crypto.replay import ReplayVerdict
+from ..errors import ConnectionRefused, HandshakeFailed, RoamlinkError
 from . import wire
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 
 class LongHeaderVerdict(Enum):
     DROP = "drop"  # not for this connection (or a version we do not speak)
-    ACCEPT = "accept"  # process its frames
+    ACCEPT = "accept"  # process it (a repeated SYN-ACK: acknowledge again)
     SERVER_HELLO = "server hello"  # client: the SYN-ACK that completes the handshake
+    CLIENT_HELLO = "client hello"  # server: the SYN (first or repeated)
+    REJECT = "reject"  # client: the server refused or told us its key
 
 
 class VersionVerdict(Enum):
@@ -30,48 +67,78 @@ class VersionVerdict(Enum):
     FAIL = "fail"  # no version in common
 
 
+def encode_key(raw: bytes) -> str:
+    """A public key as users see it: base64 of its 32 bytes (WireGuard style)."""
+    return base64.b64encode(raw).decode("ascii")
+
+
 class Handshake:
-    """The version in use, the versions left to try, and whether SYN/SYN-ACK is owed."""
+    """The version in use, the versions left to try, whether SYN/SYN-ACK is owed, and the
+    cryptographic half of the handshake (None with ``insecure_plaintext``)."""
 
-    __slots__ = ("is_client", "version", "offered", "pending", "token")
+    __slots__ = ("client", "early_accepted", "first_sent", "is_client", "offered", "packet",
+                 "peer_key", "pending", "pinned", "plaintext", "server", "server_crypto",
+                 "syn_frames", "syn_stream", "times_sent", "token", "version")
 
-    def __init__(self, is_client: bool, versions: tuple[int, ...], version: int) -> None:
+    def __init__(self, is_client: bool, versions: tuple[int, ...], version: int, *,
+                 plaintext: bool = False, client: hs.ClientHandshake | None = None,
+                 opened: hs.OpenedSyn | None = None,
+                 server_crypto: hs.ServerCrypto | None = None) -> None:
         self.is_client = is_client
         self.version = version
         self.offered = list(versions)
         self.pending = True  # SYN / SYN-ACK must be (re)sent
         #: the listener's RETRY token: our SYN repeats it as its destination CID
         self.token = b""
+        self.plaintext = plaintext
+        self.client = client
+        self.pinned = client is not None and client.server_key is not None
+        self.server = (hs.ServerHandshake(opened) if opened is not None
+                       and opened.state is not None else None)
+        self.server_crypto = server_crypto
+        #: the SYN or SYN-ACK datagram, built once and resent byte for byte
+        self.packet: bytes | None = None
+        self.syn_stream: list[tuple[int, int, bool]] = []  # stream ranges it carries
+        self.times_sent = 0
+        self.first_sent = 0.0
+        #: server: the SYN's frames, applied once; whether its 0-RTT data was taken
+        self.syn_frames: bytes | None = opened.frames if opened is not None else None
+        self.early_accepted = opened is not None and opened.verdict is ReplayVerdict.FRESH
+        #: the peer's static public key (raw), once known
+        self.peer_key: bytes | None = None
+        if opened is not None and opened.client_key:
+            self.peer_key = opened.client_key
+        elif client is not None:
+            self.peer_key = client.server_key
 
-    def on_retry(self, hdr: wire.LongHeader, local_cid: bytes, handshaking: bool) -> bool:
-        """A RETRY from a listener under load: take its token (once per handshake, as in
-        QUIC, so a forged RETRY cannot keep us looping) and repeat the SYN with it."""
-        if (not self.is_client or not handshaking or self.token or hdr.dcid != local_cid
-                or hdr.version != self.version or not 1 <= len(hdr.scid) <= wire.MAX_CID_LENGTH):
-            return False
-        self.token = hdr.scid
-        self.pending = True
-        return True
+    def __repr__(self) -> str:
+        return f"Handshake(version={self.version}, plaintext={self.plaintext})"
 
+    # ------------------------------------------------------------------ classification
     def accept_long_header(self, hdr: wire.LongHeader, local_cid: bytes, peer_cid: bytes,
                            handshaking: bool) -> LongHeaderVerdict:
-        """Whether a SYN or SYN-ACK belongs to this connection."""
-        if hdr.version != self.version:
-            return LongHeaderVerdict.DROP
+        """Whether a long-header packet belongs to this connection, and what it is."""
+        kind = hdr.packet_type
         if self.is_client:
-            if hdr.packet_type != wire.SYN_ACK or hdr.dcid != local_cid:
+            if hdr.dcid != local_cid:
+                return LongHeaderVerdict.DROP
+            if kind == wire.REJECT:
+                return LongHeaderVerdict.REJECT if handshaking else LongHeaderVerdict.DROP
+            if hdr.version != self.version:
+                return LongHeaderVerdict.DROP
+            if kind != (wire.PLAIN_SYN_ACK if self.plaintext else wire.SYN_ACK):
                 return LongHeaderVerdict.DROP
             if handshaking:
-                if not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
+                # an empty CID: a refusal (checked, authenticated, in on_server_hello)
+                if hdr.scid and not 8 <= len(hdr.scid) <= wire.MAX_CID_LENGTH:
                     raise wire.MalformedPacket("bad server CID")
-                self.pending = False
                 return LongHeaderVerdict.SERVER_HELLO
             return LongHeaderVerdict.ACCEPT
-        if hdr.packet_type != wire.SYN or hdr.scid != peer_cid:
+        if hdr.version != self.version or hdr.scid != peer_cid:
             return LongHeaderVerdict.DROP
-        if handshaking:
-            self.pending = True  # a retransmitted SYN: our SYN-ACK was lost
-        return LongHeaderVerdict.ACCEPT
+        if kind != (wire.PLAIN_SYN if self.plaintext else wire.SYN):
+            return LongHeaderVerdict.DROP
+        return LongHeaderVerdict.CLIENT_HELLO
 
     def on_version_negotiation(self, hdr: wire.LongHeader, data: bytes, local_cid: bytes,
                                handshaking: bool) -> tuple[VersionVerdict, tuple[int, ...]]:
@@ -87,4 +154,206 @@ class Handshake:
             return VersionVerdict.FAIL, supported
         self.version = common[0]
         self.pending = True
+        self.packet = None  # the new version changes the header the SYN is bound to
         return VersionVerdict.RETRY, supported
+
+
+# ---------------------------------------------------------------------- building
+def build_client_hello(conn: Connection, now: float) -> bytes:
+    """The SYN (or, without a server key yet, the KEY_REQUEST), resent byte for byte."""
+    handshake = conn.handshake
+    packets = conn.packets
+    mtu = conn.config.max_datagram_size
+    client = handshake.client
+    if handshake.packet is None:
+        if client is not None and client.server_key is None:
+            header = wire.encode_long_header(wire.KEY_REQUEST, handshake.version,
+                                             handshake.token, conn.local_cid)
+            datagram = header + bytes(mtu - len(header))  # padded: the answer is smaller
+            packets.record_handshake(datagram, [], now)
+            return datagram
+        kind = wire.PLAIN_SYN if handshake.plaintext else wire.SYN
+        header = wire.encode_long_header(kind, handshake.version, handshake.token,
+                                         conn.local_cid)
+        overhead = 0 if client is None else hs.SYN_OVERHEAD
+        room = mtu - len(header) - overhead - 8
+        frames, stream = packets.handshake_frames([], room, now, pad=True)
+        payload = hs.encode_syn_payload(time.time(), frames)
+        try:
+            datagram = (header + payload if client is None
+                        else client.seal_syn(header, payload))
+        except hs.HandshakeError as exc:
+            raise HandshakeFailed(f"cannot start the handshake: {exc}") from None
+        handshake.packet = datagram
+        handshake.syn_stream = stream
+    datagram = handshake.packet
+    packets.record_handshake(datagram, handshake.syn_stream, now)
+    _note_sent(handshake, now)
+    return datagram
+
+
+def build_server_hello(conn: Connection, now: float) -> bytes:
+    """The SYN-ACK, sealed once (that also gives the traffic keys), resent byte for byte."""
+    handshake = conn.handshake
+    packets = conn.packets
+    if handshake.packet is None:
+        kind = wire.PLAIN_SYN_ACK if handshake.plaintext else wire.SYN_ACK
+        header = wire.encode_long_header(kind, handshake.version, conn.peer_cid,
+                                         conn.local_cid)
+        overhead = 0 if handshake.server is None else hs.SYN_ACK_OVERHEAD
+        room = (conn.config.max_datagram_size - len(header) - overhead - 2
+                - len(conn.local_cid) - wire.RESET_TOKEN_LENGTH)
+        cids = conn.cids
+        spare: list[wire.Frame] = [wire.NewConnectionIdFrame(seq, 0, cid, cids.reset_token(cid))
+                                   for seq, cid in cids.local.items() if seq]
+        frames, stream = packets.handshake_frames(spare, room, now, pad=False)
+        flags = hs.EARLY_DATA_ACCEPTED if handshake.early_accepted else 0
+        token = cids.reset_token(conn.local_cid)
+        payload = hs.encode_syn_ack_payload(flags, conn.local_cid, token, frames)
+        server = handshake.server
+        if server is None:
+            datagram = header + payload
+        else:
+            datagram = server.seal_syn_ack(header, payload)
+            send, recv = server.traffic_keys()
+            conn.packets.set_protection(PacketProtection(send, recv))
+        handshake.packet = datagram
+        handshake.syn_stream = stream
+    datagram = handshake.packet
+    packets.record_handshake(datagram, handshake.syn_stream, now)
+    _note_sent(handshake, now)
+    return datagram
+
+
+def _note_sent(handshake: Handshake, now: float) -> None:
+    if handshake.times_sent == 0:
+        handshake.first_sent = now
+    handshake.times_sent += 1
+
+
+# ---------------------------------------------------------------------- receiving
+def on_server_hello(conn: Connection, hdr: wire.LongHeader, data: bytes, now: float) -> bytes:
+    """Client: open the SYN-ACK, install the traffic keys; return the frames it carried.
+
+    Raises :class:`HandshakeFailed` when it does not authenticate or refuses us."""
+    handshake = conn.handshake
+    client = handshake.client
+    if client is None:
+        payload = hs.decode_syn_ack_payload(data[hdr.payload_offset:])
+    else:
+        try:
+            payload = client.open_syn_ack(data, hdr.payload_offset)
+        except hs.HandshakeError:
+            raise HandshakeFailed("the server's SYN-ACK did not authenticate (pre-shared key "
+                                  "mismatch, or a forged answer)") from None
+        if payload.refused:
+            raise HandshakeFailed(
+                f"the server does not authorise this client's key "
+                f"{encode_key(client.static_public)}", reason="client_not_authorized")
+    if payload.server_cid != hdr.scid or len(hdr.scid) < 8:
+        raise HandshakeFailed("the SYN-ACK's clear CID differs from its authenticated one")
+    if client is not None:
+        send, recv = client.traffic_keys()
+        conn.packets.set_protection(PacketProtection(send, recv))
+    conn.cids.set_handshake_peer_cid(hdr.scid, payload.reset_token)
+    handshake.pending = False
+    resolve_handshake_packets(conn, payload.early_data_accepted, now)
+    return payload.frames
+
+
+def on_retry(conn: Connection, hdr: wire.LongHeader, now: float) -> bool:
+    """Client: a RETRY from a listener under load. Take its token (once per handshake, as in
+    QUIC, so a forged RETRY cannot keep us looping) and build the SYN again with the token as
+    destination CID: the Noise prologue binds the clear header, so the old SYN cannot be
+    reused. What the old SYN carried (0-RTT data) goes in the new one."""
+    handshake = conn.handshake
+    if (not handshake.is_client or handshake.token or hdr.dcid != conn.local_cid
+            or hdr.version != handshake.version
+            or not 1 <= len(hdr.scid) <= wire.MAX_CID_LENGTH):
+        return False
+    handshake.token = hdr.scid
+    handshake.packet = None
+    handshake.pending = True
+    resolve_handshake_packets(conn, False, now)
+    handshake.times_sent = 0  # the repeated SYN's round trip gives the first RTT sample
+    return True
+
+
+def on_reject(conn: Connection, data: bytes, hdr: wire.LongHeader) -> RoamlinkError | None:
+    """Client: a REJECT arrived. Returns the error to fail with, or None (key learnt)."""
+    handshake = conn.handshake
+    try:
+        reason, key = hs.decode_reject(data[hdr.payload_offset:])
+    except hs.HandshakeError:
+        raise wire.MalformedPacket("malformed REJECT") from None
+    if reason == hs.REJECT_BUSY:
+        host, port = conn.remote_addr[0], conn.remote_addr[1]
+        return ConnectionRefused(f"{host}:{port} refused the connection: "
+                                 f"{hs.REJECT_REASONS[reason]}")
+    client = handshake.client
+    if reason == hs.REJECT_NEED_ENCRYPTION and handshake.plaintext:
+        return HandshakeFailed(hs.REJECT_REASONS[reason], reason="plaintext_mismatch")
+    if reason == hs.REJECT_PLAINTEXT_ONLY and not handshake.plaintext:
+        return HandshakeFailed(hs.REJECT_REASONS[reason], reason="plaintext_mismatch")
+    if client is None or not key:
+        return None
+    if reason == hs.REJECT_HANDSHAKE_FAILED:
+        return HandshakeFailed(hs.REJECT_REASONS[reason])
+    if client.server_key is None:
+        # trust on first use: learn the key, then run the real handshake
+        client.server_key = key
+        handshake.peer_key = key
+        handshake.packet = None
+        handshake.pending = True
+        conn.recovery.take_handshake_packets()  # the KEY_REQUEST is answered
+        return None
+    if key != client.server_key and (handshake.pinned or reason == hs.REJECT_UNKNOWN_KEY):
+        return HandshakeFailed(
+            f"the server at {conn.remote_addr[0]}:{conn.remote_addr[1]} has key "
+            f"{encode_key(key)}, not the expected {encode_key(client.server_key)}",
+            reason="server_key_mismatch")
+    return None
+
+
+def on_client_hello(conn: Connection, data: bytes, hdr: wire.LongHeader,
+                    handshaking: bool) -> bytes | None:
+    """Server: the SYN's frames the first time (None afterwards: a repeated SYN, whose
+    SYN-ACK is re-armed when it is the same SYN)."""
+    handshake = conn.handshake
+    frames = handshake.syn_frames
+    if frames is not None:
+        handshake.syn_frames = None
+        return frames
+    server = handshake.server
+    same = (server is None
+            or data[hdr.payload_offset:hdr.payload_offset + 32] == server.ephemeral)
+    if same and handshaking:
+        handshake.pending = True  # our SYN-ACK was lost
+    return None
+
+
+def resolve_handshake_packets(conn: Connection, delivered: bool, now: float) -> None:
+    """The handshake completed: the SYN (or SYN-ACK) copies in flight are done.
+
+    Their stream data was delivered (or, for 0-RTT data the server did not take, is queued
+    again); one transmission without a repeat gives the first RTT sample.
+    """
+    handshake = conn.handshake
+    send_buf = conn.send_buf
+    for pkt in conn.recovery.take_handshake_packets():
+        for offset, length, fin in pkt.stream:
+            if delivered:
+                send_buf.on_acked(offset, length, fin)
+            else:
+                send_buf.on_lost(offset, length, fin)
+    if handshake.times_sent == 1:
+        conn.rtt.update(max(now - handshake.first_sent, 1e-6), 0.0)
+
+
+# ---------------------------------------------------------------------- helpers
+def make_client_handshake(config_psk: bytes | None, server_key: bytes | None,
+                     client_key: bytes | None,
+                     random_bytes: Callable[[int], bytes] = os.urandom) -> hs.ClientHandshake:
+    """A client's handshake state: its static key (a fresh one when none is given)."""
+    static = private_key(client_key if client_key is not None else random_bytes(32))
+    return hs.ClientHandshake(static, server_key, config_psk)

@@ -84,7 +84,8 @@ def path_probes(conn: Connection, socket_id: int, now: float,
     """PATH_RESPONSEs owed and PATH_CHALLENGEs due on socket ``socket_id``."""
     paths = conn.paths
     build_probe = conn.packets.build_probe
-    small = wire.SHORT_HEADER_OVERHEAD + len(conn.peer_cid) + 9  # header + one path frame
+    small = (wire.SHORT_HEADER_OVERHEAD + len(conn.peer_cid) + 9  # header + one path frame
+             + conn.packets.tag_length)
     for addr, data in paths.take_responses(socket_id):
         size = paths.response_size(socket_id, addr, small)
         if size:

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Final
 
 from ..config import Config
+from ..crypto.packet_protection import TAG_LENGTH, PacketProtection
 from . import wire
 from .ack_state import AckState
 from .buffers import SendBuffer
@@ -44,7 +45,7 @@ class PacketBuilder:
 
     __slots__ = ("mtu", "send_buf", "recovery", "cc", "rtt", "pacer", "rate_estimator", "acks",
                  "flow", "counters", "control", "next_pn", "probe_pending", "pace_at", "last_sent",
-                 "_ack_in_packet", "_ack_only_sent")
+                 "_ack_in_packet", "_ack_only_sent", "protection", "tag_length")
 
     def __init__(self, config: Config, *, send_buf: SendBuffer, recovery: Recovery,
                  cc: CongestionController, rtt: RttEstimator, pacer: Pacer | None,
@@ -68,6 +69,23 @@ class PacketBuilder:
         self.last_sent = now
         self._ack_in_packet = -1  # largest pn reported by the ACK in the packet being built
         self._ack_only_sent = 0  # ACK-only packets sent since the last ack-eliciting one
+        #: the traffic keys once the handshake made them (None: ``insecure_plaintext``)
+        self.protection: PacketProtection | None = None
+        self.tag_length = 0  # bytes sealing adds to a packet
+
+    def set_protection(self, protection: PacketProtection) -> None:
+        self.protection = protection
+        self.tag_length = TAG_LENGTH
+
+    def seal(self, dcid: bytes, pn: int, parts: list[bytes]) -> bytes:
+        """A whole short-header packet: the header in clear (the associated data) and the
+        frames in ``parts`` sealed under the current key (or in clear with
+        ``insecure_plaintext``)."""
+        protection = self.protection
+        if protection is None:
+            return wire.encode_short_packet(dcid, pn, parts)
+        return protection.seal(wire.encode_short_header(dcid, pn, protection.send_phase), pn,
+                               b"".join(parts))
 
     # ------------------------------------------------------------------ packet numbers
     def allocate_pn(self) -> int:
@@ -101,7 +119,7 @@ class PacketBuilder:
                            out: list[tuple[bytes, Address]]) -> None:
         """Append to ``out`` every data packet that may leave now."""
         mtu = self.mtu
-        header_size = wire.SHORT_HEADER_OVERHEAD + len(dcid)
+        header_size = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length
         send_buf = self.send_buf
         acks = self.acks
         flow = self.flow
@@ -181,7 +199,7 @@ class PacketBuilder:
             if retransmission:
                 self.counters.retransmissions += 1
             pn = self.allocate_pn()
-            datagram = wire.encode_short_packet(dcid, pn, parts)
+            datagram = self.seal(dcid, pn, parts)
             self._on_sent(pn, datagram, now, eliciting, stream, control)
             out.append((datagram, addr))
             if pacer is not None and eliciting:
@@ -244,7 +262,7 @@ class PacketBuilder:
 
     def _build_unacked(self, parts: list[bytes], now: float, dcid: bytes) -> bytes:
         pn = self.allocate_pn()
-        datagram = wire.encode_short_packet(dcid, pn, parts)
+        datagram = self.seal(dcid, pn, parts)
         self._on_sent(pn, datagram, now, False, [], [])
         return datagram
 
@@ -252,28 +270,21 @@ class PacketBuilder:
         """A path probe padded to ``size`` (the full datagram size unless the
         anti-amplification budget forbids): a path that cannot carry it is not validated."""
         encoded = wire.encode_frame(frame)
-        header = wire.SHORT_HEADER_OVERHEAD + len(dcid)
+        header = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length
         pn = self.allocate_pn()
-        datagram = wire.encode_short_packet(
-            dcid, pn, [encoded, bytes(max(size - header - len(encoded), 0))])
+        datagram = self.seal(dcid, pn, [encoded, bytes(max(size - header - len(encoded), 0))])
         # probes are not in flight: the path manager retries challenges itself
         self._on_sent(pn, datagram, now, False, [], [])
         return datagram
 
-    def build_handshake(self, packet_type: int, version: int, dcid: bytes, scid: bytes,
-                        spare_cids: list[tuple[int, bytes]], now: float) -> bytes:
-        """SYN (padded: the server may answer 3x its size) or SYN-ACK (carrying our spare
-        CIDs, so the client can migrate from its first packet on); either carries our credit,
-        an owed ACK and as much stream data as fits (0-RTT)."""
-        pn = self.allocate_pn()
-        header = wire.encode_long_header(packet_type, version, dcid, scid, pn)
-        room = self.mtu - len(header)
+    def handshake_frames(self, extra: list[wire.Frame], room: int, now: float,
+                         *, pad: bool) -> tuple[bytes, StreamRanges]:
+        """The frames of a SYN or SYN-ACK payload: our credit, our spare CIDs (so the client
+        can migrate from its first packet on) and as much stream data as fits in ``room``
+        (0-RTT); a SYN is padded to ``room`` (the server may answer 3x its size)."""
         parts = [wire.encode_frame(self.flow.advertise())]
-        parts.extend(wire.encode_frame(wire.NewConnectionIdFrame(seq, 0, cid))
-                     for seq, cid in spare_cids)
+        parts.extend(wire.encode_frame(frame) for frame in extra)
         stream: StreamRanges = []
-        if self.acks.received:
-            parts.append(self._ack(now))
         used = sum(len(p) for p in parts)
         send_buf = self.send_buf
         if send_buf.has_data_to_send():
@@ -283,9 +294,13 @@ class PacketBuilder:
                 parts.append(wire.encode_push_header(offset, len(data), fin))
                 parts.append(data)
                 stream.append((offset, len(data), fin))
-        if packet_type == wire.SYN:
+        if pad:
             used = sum(len(p) for p in parts)
             parts.append(bytes(max(room - used, 0)))
-        datagram = header + b"".join(parts)
-        self._on_sent(pn, datagram, now, True, stream, [HANDSHAKE_MARK])
-        return datagram
+        return b"".join(parts), stream
+
+    def record_handshake(self, datagram: bytes, stream: StreamRanges, now: float) -> None:
+        """Record one transmission of a SYN or SYN-ACK: not numbered on the wire, it takes a
+        number here so that loss recovery re-arms it like any packet."""
+        self._on_sent(self.allocate_pn(), datagram, now, True, stream, [HANDSHAKE_MARK])
+

@@ -341,6 +341,20 @@ class Recovery:
                 return pkt
         return None
 
+    def take_handshake_packets(self) -> list[SentPacket]:
+        """The handshake completed: every SYN (or SYN-ACK) copy still tracked is done.
+
+        They carry no packet number on the wire, so no ACK names them; neither acknowledged
+        nor lost, they are simply no longer in flight (and the handshake proved the peer
+        alive, so the probe backoff restarts)."""
+        done = list(self.sent.values())
+        self.sent.clear()
+        self.bytes_in_flight = 0
+        self.loss_time = None
+        self.pto_count = 0
+        self.tlp_armed = True
+        return done
+
     def newest_unacked(self) -> SentPacket | None:
         """The last packet sent still unacknowledged (what a tail-loss probe repeats)."""
         for pkt in reversed(self.sent.values()):

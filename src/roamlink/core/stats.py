@@ -19,7 +19,7 @@ class Counters:
 
     __slots__ = ("bytes_sent", "bytes_received", "packets_sent", "packets_received",
                  "duplicate_packets", "dropped_packets", "retransmissions",
-                 "unvalidated_packets", "handshake_retries")
+                 "unvalidated_packets", "handshake_retries", "auth_failures")
 
     def __init__(self) -> None:
         self.bytes_sent = 0
@@ -31,6 +31,7 @@ class Counters:
         self.retransmissions = 0  # packets that carried retransmitted stream data
         self.unvalidated_packets = 0  # processed from a path not (yet) validated
         self.handshake_retries = 0  # RETRYs from a listener under load (one round trip each)
+        self.auth_failures = 0  # did not authenticate: dropped unparsed
 
 
 def snapshot(conn: Connection) -> ConnectionStats:
@@ -39,6 +40,7 @@ def snapshot(conn: Connection) -> ConnectionStats:
     rtt = conn.rtt
     recovery = conn.recovery
     cc = conn.cc
+    protection = conn.packets.protection
     return ConnectionStats(
         state=conn.state.value,
         bytes_sent=counters.bytes_sent,
@@ -68,6 +70,10 @@ def snapshot(conn: Connection) -> ConnectionStats:
         flow_control_blocked=conn.flow.blocked_count,
         handshake_retries=counters.handshake_retries,
         packets_requeued=recovery.packets_requeued,
+        auth_failures=counters.auth_failures,
+        key_updates_sent=protection.send_generation if protection is not None else 0,
+        key_updates_received=protection.recv_generation if protection is not None else 0,
+        encrypted=not conn.config.insecure_plaintext,
         delivery_rate=conn.rate_estimator.latest.delivery_rate,
         delivery_rate_app_limited=conn.rate_estimator.latest.is_app_limited,
         pacing_rate=conn.pacer.rate if conn.pacer is not None else 0.0,

@@ -17,16 +17,42 @@ from enum import IntEnum
 from typing import Final
 
 # --- packet types (first byte) ---------------------------------------------------------------
-SYN: Final = 0x01
-SYN_ACK: Final = 0x02
-RETRY: Final = 0x03  # a listener under load: "repeat your SYN with this token" (stateless)
-REJECT: Final = 0x04  # a listener refuses a SYN (reason byte), e.g. it is full
-VERSION_NEGOTIATION: Final = 0x05
-SHORT: Final = 0x40
+# Headers follow the QUIC invariants (RFC 8999): the first bit set marks a long header (then the
+# 32-bit version and length-prefixed destination and source CIDs), the first bit clear a short
+# header (the destination CID from byte 1). The second bit, the "fixed bit", is set in every
+# packet roamlink sends: load balancers and the CID-steering filter classify a short header as
+# ``first & 0xC0 == 0x40``.
+LONG_FORM: Final = 0x80
+FIXED_BIT: Final = 0x40
+LONG_TYPE_MASK: Final = 0x3F
+# long-header packet types (``first & 0x3F``)
+SYN: Final = 0x01            # Noise message 1 (sealed), padded, with mac1
+SYN_ACK: Final = 0x02        # Noise message 2 (sealed)
+RETRY: Final = 0x03          # a listener under load: "repeat your SYN with this token"
+REJECT: Final = 0x04         # server: "here is my key" / "I cannot take this handshake"
+KEY_REQUEST: Final = 0x05    # client without a pinned server key: "what is your key?"
+PLAIN_SYN: Final = 0x09      # Config(insecure_plaintext=True): SYN in clear
+PLAIN_SYN_ACK: Final = 0x0A  # Config(insecure_plaintext=True): SYN-ACK in clear
+#: ``LongHeader.packet_type`` of a version-negotiation packet (marked by version 0)
+VERSION_NEGOTIATION: Final = 0x00
+SHORT: Final = FIXED_BIT     # a short header with key phase 0
+KEY_PHASE: Final = 0x04      # short header: the key phase bit
 
-LONG_TYPES: Final = frozenset({SYN, SYN_ACK, RETRY, REJECT, VERSION_NEGOTIATION})
-#: REJECT reasons
-REJECT_BUSY: Final = 6  # the listener holds Config.max_connections connections
+LONG_TYPES: Final = frozenset({SYN, SYN_ACK, RETRY, REJECT, KEY_REQUEST, PLAIN_SYN,
+                               PLAIN_SYN_ACK})
+#: Version 1 (before encryption) put the type in the whole first byte: SYN 0x01, SYN-ACK 0x02,
+#: version negotiation 0x05. Its SYNs are answered with a version-1-style negotiation packet.
+LEGACY_SYN: Final = 0x01
+LEGACY_VERSION_NEGOTIATION: Final = 0x05
+
+
+def is_long_header(first: int) -> bool:
+    return bool(first & LONG_FORM)
+
+
+def is_short_header(first: int) -> bool:
+    return first & 0xC0 == FIXED_BIT
+
 
 # --- frame types -----------------------------------------------------------------------------
 PADDING: Final = 0x00
@@ -49,6 +75,7 @@ class CloseCode(IntEnum):
 
     NO_ERROR = 0
     INTERNAL_ERROR = 1
+    STATELESS_RESET = 2  # never sent: reported when the peer's stateless reset arrives
     FLOW_CONTROL_ERROR = 3
     PROTOCOL_VIOLATION = 10
     #: codes from here on are the application's (``abort(code)``)
@@ -58,12 +85,12 @@ class CloseCode(IntEnum):
 MAX_ACK_RANGES: Final = 32
 MAX_CID_LENGTH: Final = 20
 MAX_REASON_LENGTH: Final = 512
+RESET_TOKEN_LENGTH: Final = 16
 
 _PN = struct.Struct("!Q")
-_LONG_FIXED = struct.Struct("!BI")  # type, version
 _U32 = struct.Struct("!I")
 
-SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length
+SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length (+ the 16-byte tag when sealed)
 
 
 class MalformedPacket(ValueError):
@@ -182,9 +209,12 @@ class DataBlockedFrame:
 
 @dataclass(frozen=True, slots=True)
 class NewConnectionIdFrame:
+    """A spare CID of the sender's, with the stateless-reset token that goes with it."""
+
     sequence: int
     retire_prior_to: int
     cid: bytes
+    reset_token: bytes = bytes(RESET_TOKEN_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +300,8 @@ def encode_frame(frame: Frame) -> bytes:
         return bytes((DATA_BLOCKED,)) + encode_varint(frame.limit)
     if isinstance(frame, NewConnectionIdFrame):
         return (bytes((NEW_CONNECTION_ID,)) + encode_varint(frame.sequence)
-                + encode_varint(frame.retire_prior_to) + bytes((len(frame.cid),)) + frame.cid)
+                + encode_varint(frame.retire_prior_to) + bytes((len(frame.cid),)) + frame.cid
+                + frame.reset_token)
     if isinstance(frame, RetireConnectionIdFrame):
         return bytes((RETIRE_CONNECTION_ID,)) + encode_varint(frame.sequence)
     raise TypeError(f"not a frame: {frame!r}")
@@ -357,10 +388,12 @@ def decode_frames(payload: bytes | memoryview, start: int = 0) -> list[Frame]:
                 raise MalformedPacket("truncated NEW_CONNECTION_ID")
             length = buf[pos]
             pos += 1
-            if not 1 <= length <= MAX_CID_LENGTH or pos + length > end or retire > seq + 1:
+            stop = pos + length + RESET_TOKEN_LENGTH
+            if not 1 <= length <= MAX_CID_LENGTH or stop > end or retire > seq + 1:
                 raise MalformedPacket("bad NEW_CONNECTION_ID")
-            frames.append(NewConnectionIdFrame(seq, retire, bytes(buf[pos:pos + length])))
-            pos += length
+            frames.append(NewConnectionIdFrame(seq, retire, bytes(buf[pos:pos + length]),
+                                               bytes(buf[pos + length:stop])))
+            pos = stop
         elif kind == RETIRE_CONNECTION_ID:
             seq, pos = decode_varint(buf, pos)
             frames.append(RetireConnectionIdFrame(seq))
@@ -393,28 +426,30 @@ def _decode_ack(buf: bytes | memoryview, pos: int) -> tuple[AckFrame, int]:
 # --- packet headers --------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class LongHeader:
-    """Header of SYN, SYN-ACK and version-negotiation packets."""
+    """The clear part of a long-header packet: type, version, both CIDs.
+
+    ``payload_offset`` is where the type-specific body starts (the Noise message of a SYN, the
+    version list of a version-negotiation packet...). Handshake packets carry no packet
+    number: they are resent byte for byte when lost.
+    """
 
     packet_type: int
     version: int
     dcid: bytes
     scid: bytes
-    packet_number: int
     payload_offset: int
 
 
-def encode_long_header(packet_type: int, version: int, dcid: bytes, scid: bytes,
-                       packet_number: int) -> bytes:
-    return (_LONG_FIXED.pack(packet_type, version) + bytes((len(dcid),)) + dcid
-            + bytes((len(scid),)) + scid + _PN.pack(packet_number))
+def encode_long_header(packet_type: int, version: int, dcid: bytes, scid: bytes) -> bytes:
+    return (bytes((LONG_FORM | FIXED_BIT | packet_type,)) + _U32.pack(version)
+            + bytes((len(dcid),)) + dcid + bytes((len(scid),)) + scid)
 
 
 def decode_long_header(data: bytes | memoryview) -> LongHeader:
-    if len(data) < 7:
+    if len(data) < 7 or not data[0] & LONG_FORM:
         raise MalformedPacket("truncated long header")
-    packet_type, version = _LONG_FIXED.unpack_from(data, 0)
-    if packet_type not in LONG_TYPES:
-        raise MalformedPacket("not a long-header packet")
+    (version,) = _U32.unpack_from(data, 1)
+    packet_type = VERSION_NEGOTIATION if version == 0 else data[0] & LONG_TYPE_MASK
     pos = 5
     dlen = data[pos]
     pos += 1
@@ -428,55 +463,48 @@ def decode_long_header(data: bytes | memoryview) -> LongHeader:
         raise MalformedPacket("bad source CID length")
     scid = bytes(data[pos:pos + slen])
     pos += slen
-    if packet_type in (VERSION_NEGOTIATION, RETRY, REJECT):
-        return LongHeader(packet_type, version, dcid, scid, 0, pos)  # no packet number
-    if pos + 8 > len(data):
-        raise MalformedPacket("truncated packet number")
-    (pn,) = _PN.unpack_from(data, pos)
-    return LongHeader(packet_type, version, dcid, scid, pn, pos + 8)
+    return LongHeader(packet_type, version, dcid, scid, pos)
 
 
 def encode_retry(version: int, client_cid: bytes, token: bytes) -> bytes:
-    """RETRY: the client's CID as destination, the token as source CID (the client puts it
-    in its repeated SYN's destination CID); no packet number, no payload. Far smaller than
-    the SYN it answers (no amplification)."""
-    return (_LONG_FIXED.pack(RETRY, version) + bytes((len(client_cid),)) + client_cid
-            + bytes((len(token),)) + token)
+    """RETRY: the client's CID as destination, the token as source CID (the client repeats
+    its SYN with the token as destination CID); no payload. Far smaller than the SYN it
+    answers (no amplification)."""
+    return encode_long_header(RETRY, version, client_cid, token)
 
 
-def encode_reject(version: int, client_cid: bytes, reason: int) -> bytes:
-    """REJECT: the client's CID as destination, no source CID, then the reason (1 byte) and
-    an empty key field (1 byte, 0). Unauthenticated: it can only end a handshake."""
-    return (_LONG_FIXED.pack(REJECT, version) + bytes((len(client_cid),)) + client_cid
-            + b"\x00" + bytes((reason, 0)))
+_SHORT_TYPES = (bytes((SHORT,)), bytes((SHORT | KEY_PHASE,)))
 
 
-_SHORT_TYPE = bytes((SHORT,))
-
-
-def encode_short_header(dcid: bytes, packet_number: int) -> bytes:
-    return _SHORT_TYPE + dcid + _PN.pack(packet_number)
+def encode_short_header(dcid: bytes, packet_number: int, key_phase: int = 0) -> bytes:
+    return _SHORT_TYPES[key_phase] + dcid + _PN.pack(packet_number)
 
 
 def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> bytes:
-    """A whole short-header packet: the header and the encoded frames in ``parts``, joined
-    in one copy (the per-packet path)."""
-    return b"".join((_SHORT_TYPE, dcid, _PN.pack(packet_number), *parts))
+    """A whole clear short-header packet (``insecure_plaintext``): the header and the encoded
+    frames in ``parts``, joined in one copy (the per-packet path)."""
+    return b"".join((_SHORT_TYPES[0], dcid, _PN.pack(packet_number), *parts))
 
 
 def decode_short_header(data: bytes | memoryview, cid_length: int) -> tuple[bytes, int, int]:
-    """Return ``(dcid, packet_number, payload_offset)``."""
+    """Return ``(dcid, packet_number, payload_offset)``; the key phase: ``data[0] & KEY_PHASE``."""
     end = 1 + cid_length + 8
-    if len(data) < end or data[0] != SHORT:
+    if len(data) < end or data[0] & 0xFB != SHORT:
         raise MalformedPacket("truncated short header")
     (pn,) = _PN.unpack_from(data, 1 + cid_length)
     return bytes(data[1:1 + cid_length]), pn, end
 
 
 def encode_version_negotiation(dcid: bytes, scid: bytes, versions: tuple[int, ...]) -> bytes:
-    """Tell a client which versions we speak; version field 0 marks the packet."""
-    return (_LONG_FIXED.pack(VERSION_NEGOTIATION, 0) + bytes((len(dcid),)) + dcid
+    """Tell a client which versions we speak: a long header with version 0 (RFC 8999)."""
+    return (bytes((LONG_FORM | FIXED_BIT,)) + _U32.pack(0) + bytes((len(dcid),)) + dcid
             + bytes((len(scid),)) + scid + b"".join(_U32.pack(v) for v in versions))
+
+
+def encode_legacy_version_negotiation(dcid: bytes, versions: tuple[int, ...]) -> bytes:
+    """The same answer in version 1's layout, so a version-1 client raises VersionMismatch."""
+    return (bytes((LEGACY_VERSION_NEGOTIATION,)) + _U32.pack(0) + bytes((len(dcid),)) + dcid
+            + b"\x00" + b"".join(_U32.pack(v) for v in versions))
 
 
 def decode_versions(data: bytes | memoryview, offset: int) -> tuple[int, ...]:

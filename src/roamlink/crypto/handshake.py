@@ -51,6 +51,7 @@ REJECT_UNKNOWN_KEY: Final = 2         # mac1 did not verify: the client pinned a
 REJECT_HANDSHAKE_FAILED: Final = 3    # mac1 fine, Noise failed (pre-shared key mismatch?)
 REJECT_NEED_ENCRYPTION: Final = 4     # a plaintext SYN reached a secure server
 REJECT_PLAINTEXT_ONLY: Final = 5      # a secure SYN reached an insecure_plaintext server
+REJECT_BUSY: Final = 6                # the listener holds Config.max_connections connections
 
 REJECT_REASONS: Final = {
     REJECT_KEY_ANSWER: "key answer",
@@ -61,6 +62,7 @@ REJECT_REASONS: Final = {
                             "insecure_plaintext=True",
     REJECT_PLAINTEXT_ONLY: "the server runs with insecure_plaintext=True and this client "
                            "refuses to send in clear text",
+    REJECT_BUSY: "the listener is full (max_connections)",
 }
 
 

@@ -8,7 +8,14 @@ layer (:mod:`.endpoint`) and the simulated network share it.
   changed (that is what migration is about).
 * A SYN carries no CID of ours yet, so it is routed by ``(peer address, peer's CID)``: a
   retransmitted SYN finds the half-open connection instead of opening a second one.
-* A SYN with a version we do not speak is answered with VERSION_NEGOTIATION (stateless).
+* A SYN with a version we do not speak is answered with VERSION_NEGOTIATION (stateless); so is
+  a SYN of version 1, in version 1's layout.
+* A listener checks a new SYN's ``mac1`` and opens its Noise message *before* a connection
+  exists (:mod:`roamlink.crypto.handshake`); what it cannot take is answered with a small,
+  rate-limited REJECT or dropped, and counted.
+* A short-header packet for a CID a listener does not know gets a stateless reset (smaller
+  than the packet, rate-limited); a client that receives a datagram ending in a reset token of
+  one of its connections fails that connection at once.
 * Anything else that matches no connection is dropped and counted; nothing raises.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +34,11 @@ from ..core import wire
 from ..core.connection import Connection
 from ..core.events import Address
 from ..core.states import State
+from ..crypto import handshake as crypto_handshake
+from ..crypto.handshake import HandshakeError, OpenedSyn, ServerCrypto
+from ..crypto.noise import private_key
+from ..crypto.replay import ReplayVerdict
+from ..crypto.reset import ResetRateLimiter, build_stateless_reset, matches_reset
 from .retry_token import RetryTokens
 from .steering import CidLayout
 
@@ -47,6 +60,13 @@ class DispatcherStats:
     dropped_late_handshake: int = 0
     version_negotiations_sent: int = 0
     connections_accepted: int = 0
+    #: SYNs refused before any connection existed (mac1, authentication, mode, client key,
+    #: max_connections)
+    handshakes_rejected: int = 0
+    #: SYNs whose ephemeral key was seen before (0-RTT replay): dropped
+    replays_dropped: int = 0
+    stateless_resets_sent: int = 0
+    stateless_resets_received: int = 0
     handed_over: int = 0  # short headers passed to the worker their CID names
     #: SYNs dropped because ``Config.max_half_open`` handshakes were already pending
     dropped_half_open_full: int = 0
@@ -68,8 +88,20 @@ class Dispatcher:
     """Routes datagrams of one socket to the connections that live on it."""
 
     def __init__(self, config: Config, *, accept_new: bool = False,
-                 random_bytes: Callable[[int], bytes] = os.urandom, socket_id: int = 1) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, socket_id: int = 1,
+                 server_crypto: ServerCrypto | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``server_crypto``: a listener's key, mac1 key, replay cache and reset key; a
+        listening dispatcher without one gets an ephemeral key (clients learn it on first
+        use)."""
         self.config = config
+        if server_crypto is None and accept_new and not config.insecure_plaintext:
+            server_crypto = ServerCrypto(private_key(os.urandom(32)), psk=config.psk,
+                                         replay_window=config.zero_rtt_window)
+        self.server_crypto = server_crypto
+        self.wall_clock = wall_clock
+        #: bounds REJECT and stateless-reset answers (anyone can trigger them)
+        self.answer_limiter = ResetRateLimiter()
         self.accept_new = accept_new
         self.random_bytes = random_bytes
         #: makes every CID this socket issues (handshake and NEW_CONNECTION_ID); a worker of
@@ -112,13 +144,15 @@ class Dispatcher:
                 return cid
 
     def connect(self, remote_addr: Address, now: float, *, early_data: bytes = b"",
-                config: Config | None = None, socket_id: int | None = None) -> Connection:
+                config: Config | None = None, socket_id: int | None = None,
+                client_handshake: crypto_handshake.ClientHandshake | None = None
+                ) -> Connection:
         conn = Connection(config or self.config, is_client=True, local_cid=self.new_cid(),
                           remote_addr=remote_addr, now=now, random_bytes=self.random_bytes,
                           early_data=early_data,
                           socket_id=self.socket_id if socket_id is None else socket_id,
                           cid_taken=self.connections.__contains__,
-                          cid_source=self.cid_source)
+                          client_handshake=client_handshake, cid_source=self.cid_source)
         self._track(conn)
         return conn
 
@@ -231,21 +265,24 @@ class Dispatcher:
             return None
         first = data[0]
         try:
-            if first == wire.SHORT:
+            if first & 0xC0 == 0x40:  # short header
                 cid_len = self.config.cid_length
-                if len(data) < 1 + cid_len + 8:
-                    raise wire.MalformedPacket("short datagram")
                 conn = self.connections.get(data[1:1 + cid_len])
                 if conn is None:
                     if self.foreign_cid is not None and self.foreign_cid(data, addr):
-                        self.stats.handed_over += 1
+                        self.stats.handed_over += 1  # another worker's connection
                     else:
-                        self.stats.dropped_unknown_cid += 1
+                        self._unknown_short(data, addr, now)
                     return None
-            elif first in wire.LONG_TYPES:
+                if len(data) < 1 + cid_len + 8:
+                    raise wire.MalformedPacket("short datagram")
+            elif first & wire.LONG_FORM:
                 conn = self._route_long(data, addr, now, local)
                 if conn is None:
                     return None
+            elif first == wire.LEGACY_SYN:
+                self._legacy_syn(data, addr)
+                return None
             else:
                 raise wire.MalformedPacket(f"unknown packet type 0x{first:02x}")
         except wire.MalformedPacket as exc:
@@ -260,10 +297,117 @@ class Dispatcher:
         self.sync_routes(conn)
         return conn
 
+    def _unknown_short(self, data: bytes, addr: Address, now: float) -> None:
+        """A short-header datagram for no CID of ours: a stateless reset for one of our
+        connections (client side), or a packet of a connection we lost (listener side: answer
+        with a stateless reset, so the peer fails at once instead of timing out)."""
+        self.stats.dropped_unknown_cid += 1
+        crypto = self.server_crypto
+        if crypto is None:
+            conns = {id(c): c for c in self.connections.values()}
+            if len(conns) <= 64:
+                for conn in conns.values():
+                    tokens = conn.peer_reset_tokens()
+                    if tokens and matches_reset(data, tokens):
+                        self.stats.stateless_resets_received += 1
+                        conn.on_stateless_reset(now)
+                        self.sync_routes(conn)
+                        return
+            return
+        cid_len = self.config.cid_length
+        if len(data) < 1 + cid_len + 8 or not self.answer_limiter.allow(now):
+            return
+        reset = build_stateless_reset(crypto.reset_token(data[1:1 + cid_len]), len(data))
+        if reset is not None and len(self.stateless_out) < 64:
+            self.stateless_out.append((reset, addr))
+            self.stats.stateless_resets_sent += 1
+
+    def _legacy_syn(self, data: bytes, addr: Address) -> None:
+        """A version-1 SYN (type 0x01, version, DCID, SCID): answer in version 1's layout."""
+        if not self.accept_new or len(data) < 1200 or len(data) < 7:
+            return
+        dlen = data[5]
+        if 6 + dlen >= len(data):
+            return
+        slen = data[6 + dlen]
+        scid = data[7 + dlen:7 + dlen + slen]
+        if len(scid) != slen or len(self.stateless_out) >= 64:
+            return
+        self.stateless_out.append(
+            (wire.encode_legacy_version_negotiation(scid, self.config.versions), addr))
+        self.stats.version_negotiations_sent += 1
+
+    def _answer(self, datagram: bytes, addr: Address, now: float) -> None:
+        """A stateless answer to a handshake packet (always smaller than a SYN)."""
+        self.stats.handshakes_rejected += 1
+        if len(self.stateless_out) < _MAX_STATELESS and self.answer_limiter.allow(now):
+            self.stateless_out.append((datagram, addr))
+
+    def _reject(self, hdr: wire.LongHeader, reason: int, addr: Address, now: float) -> None:
+        crypto = self.server_crypto
+        key = crypto.public_key if crypto is not None and not self.config.insecure_plaintext \
+            else b""
+        header = wire.encode_long_header(wire.REJECT, hdr.version, hdr.scid, b"")
+        self._answer(header + crypto_handshake.encode_reject(reason, key), addr, now)
+
+    def _check_syn(self, data: bytes, hdr: wire.LongHeader, addr: Address, now: float) -> bool:
+        """The cheap checks of a new SYN (mode, KEY_REQUEST, mac1): False after answering
+        (or not) when it goes no further."""
+        kind = hdr.packet_type
+        if self.config.insecure_plaintext:
+            if kind != wire.PLAIN_SYN:
+                self._reject(hdr, crypto_handshake.REJECT_PLAINTEXT_ONLY, addr, now)
+                return False
+            return True
+        crypto = self.server_crypto
+        if crypto is None:
+            self.stats.dropped_not_listening += 1
+            return False
+        if kind == wire.PLAIN_SYN:
+            self._reject(hdr, crypto_handshake.REJECT_NEED_ENCRYPTION, addr, now)
+            return False
+        if kind == wire.KEY_REQUEST:
+            self._reject(hdr, crypto_handshake.REJECT_KEY_ANSWER, addr, now)
+            return False
+        if not crypto.check_mac1(data):  # before any Diffie-Hellman work
+            self._reject(hdr, crypto_handshake.REJECT_UNKNOWN_KEY, addr, now)
+            return False
+        return True
+
+    def _open_syn(self, data: bytes, hdr: wire.LongHeader, addr: Address, now: float
+                  ) -> OpenedSyn | None:
+        """Open a SYN that passed :meth:`_check_syn` and admission (the Diffie-Hellman work);
+        None (after answering, or not) when it is refused."""
+        crypto = self.server_crypto
+        if self.config.insecure_plaintext or crypto is None:
+            try:
+                return crypto_handshake.open_plain_syn(data, hdr.payload_offset)
+            except HandshakeError as exc:
+                raise wire.MalformedPacket(str(exc)) from None
+        try:
+            opened = crypto.open_syn(data, hdr.payload_offset, self.wall_clock())
+        except HandshakeError:
+            self._reject(hdr, crypto_handshake.REJECT_HANDSHAKE_FAILED, addr, now)
+            return None
+        if opened.verdict is ReplayVerdict.REPLAY:
+            self.stats.replays_dropped += 1
+            return None
+        if not crypto.is_authorized(opened.client_key):
+            # a genuine (authenticated) refusal, so the client can trust it and say why
+            header = wire.encode_long_header(wire.SYN_ACK, hdr.version, hdr.scid, b"")
+            refusal = crypto_handshake.ServerHandshake(opened).seal_syn_ack(
+                header, crypto_handshake.encode_syn_ack_payload(
+                    crypto_handshake.CLIENT_REFUSED, b"", bytes(wire.RESET_TOKEN_LENGTH), b""))
+            logger.info("refused a client whose key is not authorised (from %s)", addr)
+            self._answer(refusal, addr, now)
+            return None
+        return opened
+
     def _route_long(self, data: bytes, addr: Address, now: float, local: int
                     ) -> Connection | None:
         hdr = wire.decode_long_header(data)
-        if hdr.packet_type != wire.SYN:
+        kind = hdr.packet_type
+        if kind not in (wire.SYN, wire.PLAIN_SYN, wire.KEY_REQUEST):
             conn = self.connections.get(hdr.dcid)
             if conn is None:
                 self.stats.dropped_unknown_cid += 1
@@ -297,7 +441,11 @@ class Dispatcher:
             # a clear answer, so the client fails at once instead of timing out (it is tiny
             # and answers a full-size SYN: no amplification)
             stats.refused_max_connections += 1
-            self._answer(wire.encode_reject(hdr.version, hdr.scid, wire.REJECT_BUSY), addr)
+            self._reject(hdr, crypto_handshake.REJECT_BUSY, addr, now)
+            return None
+        # the cheap checks first: the mode, KEY_REQUEST, mac1 -- a sender who does not know
+        # our public key costs us one keyed hash, no token, no state, no Diffie-Hellman
+        if not self._check_syn(data, hdr, addr, now):
             return None
         validated = False
         if hdr.dcid:
@@ -314,8 +462,9 @@ class Dispatcher:
         if not validated and self.retry_due():
             # under load: no state for an address that has not proven itself, just a token
             stats.retries_sent += 1
-            self._answer(wire.encode_retry(hdr.version, hdr.scid,
-                                           self.retry_tokens().mint(addr, hdr.scid, now)), addr)
+            self._answer_retry(wire.encode_retry(hdr.version, hdr.scid,
+                                                 self.retry_tokens().mint(addr, hdr.scid, now)),
+                               addr)
             return None
         if len(self.half_open) >= config.max_half_open:
             self.stats.dropped_half_open_full += 1
@@ -328,11 +477,14 @@ class Dispatcher:
                 and self._half_open_by_host.get(host, 0) >= config.max_half_open_per_source):
             self.stats.dropped_per_source += 1
             return None
+        opened = self._open_syn(data, hdr, addr, now)
+        if opened is None:
+            return None
         conn = Connection(self.config, is_client=False, local_cid=self.new_cid(),
                           remote_addr=addr, now=now, peer_cid=hdr.scid, version=hdr.version,
                           random_bytes=self.random_bytes, socket_id=local,
-                          cid_taken=self.connections.__contains__,
-                          cid_source=self.cid_source)
+                          cid_taken=self.connections.__contains__, opened_syn=opened,
+                          server_crypto=self.server_crypto, cid_source=self.cid_source)
         self._track(conn)
         if len(self.half_open) >= self.half_open_pressure():
             if not self._under_pressure:
@@ -365,8 +517,9 @@ class Dispatcher:
             tokens = self._retry_tokens = RetryTokens(random_bytes=os.urandom)
         return tokens
 
-    def _answer(self, datagram: bytes, addr: Address) -> None:
-        """A stateless answer (RETRY, REJECT), bounded per batch of datagrams read."""
+    def _answer_retry(self, datagram: bytes, addr: Address) -> None:
+        """A RETRY, bounded per batch of datagrams read (not by the REJECT rate limiter: a
+        genuine client arriving mid-flood needs its RETRY)."""
         if len(self.stateless_out) < _MAX_STATELESS:
             self.stateless_out.append((datagram, addr))
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from ..config import Config
 from ..core.connection import Connection
 from ..core.events import Address
+from ..crypto.handshake import ClientHandshake, ServerCrypto
 from .clock import LoopScheduler, Scheduler
 from .dispatcher import Dispatcher
 from .driver import ConnectionDriver, ConnectionObserver
@@ -51,7 +52,8 @@ class Endpoint:
 
     def __init__(self, config: Config, *, accept_new: bool = False,
                  dispatcher: Dispatcher | None = None, driver: EndpointDriver | None = None,
-                 scheduler: Scheduler | None = None) -> None:
+                 scheduler: Scheduler | None = None,
+                 server_crypto: ServerCrypto | None = None) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.scheduler: Scheduler = scheduler or LoopScheduler(self.loop)
@@ -60,7 +62,8 @@ class Endpoint:
         self.driver: EndpointDriver = driver or ConnectionDriver()
         self.socket_id = self.driver.new_socket_id()
         self.dispatcher = dispatcher or Dispatcher(config, accept_new=accept_new,
-                                                   socket_id=self.socket_id)
+                                                   socket_id=self.socket_id,
+                                                   server_crypto=server_crypto)
         self.udp = UdpSocket(self.loop, self._on_readable, self._datagram_received)
         self.observers: dict[Connection, ConnectionObserver] = {}
         self.on_new_connection: Callable[[Connection], None] | None = None
@@ -81,7 +84,8 @@ class Endpoint:
     async def create(cls, config: Config, local_addr: Address, *, accept_new: bool = False,
                      family: int = 0, dispatcher: Dispatcher | None = None,
                      driver: EndpointDriver | None = None,
-                     scheduler: Scheduler | None = None) -> Endpoint:
+                     scheduler: Scheduler | None = None,
+                     server_crypto: ServerCrypto | None = None) -> Endpoint:
         """Bind a UDP socket at ``local_addr`` and start serving it."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(local_addr[0], local_addr[1], family=family,
@@ -90,7 +94,7 @@ class Endpoint:
             raise OSError(f"cannot resolve {local_addr!r}")
         fam, _, proto, _, sockaddr = infos[0]
         endpoint = cls(config, accept_new=accept_new, dispatcher=dispatcher, driver=driver,
-                       scheduler=scheduler)
+                       scheduler=scheduler, server_crypto=server_crypto)
         sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
         try:
             sock.setblocking(False)
@@ -106,10 +110,11 @@ class Endpoint:
 
     @classmethod
     async def from_socket(cls, config: Config, sock: socket.socket, *,
-                          accept_new: bool = False) -> Endpoint:
+                          accept_new: bool = False,
+                          server_crypto: ServerCrypto | None = None) -> Endpoint:
         """An endpoint on a socket bound by someone else (a server worker's inherited
         ``SO_REUSEPORT`` socket); the endpoint closes it when it closes."""
-        endpoint = cls(config, accept_new=accept_new)
+        endpoint = cls(config, accept_new=accept_new, server_crypto=server_crypto)
         sock.setblocking(False)
         await endpoint.udp.start(sock, offload=offload_allowed(config))
         return endpoint
@@ -199,9 +204,11 @@ class Endpoint:
             self._dirty[conn] = None
 
     def connect(self, remote_addr: Address, *, early_data: bytes = b"",
-                config: Config | None = None) -> Connection:
+                config: Config | None = None,
+                client_handshake: ClientHandshake | None = None) -> Connection:
         conn = self.dispatcher.connect(remote_addr, self.now(), early_data=early_data,
-                                       config=config, socket_id=self.socket_id)
+                                       config=config, socket_id=self.socket_id,
+                                       client_handshake=client_handshake)
         self.mark(conn)
         return conn
 

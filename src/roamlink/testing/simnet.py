@@ -15,6 +15,7 @@ from the new address, and packets sent to its old address are dropped.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections.abc import Callable
@@ -24,6 +25,9 @@ from typing import Literal
 from ..config import Config
 from ..core.connection import Connection
 from ..core.events import Address
+from ..core.handshake import make_client_handshake
+from ..crypto.handshake import ServerCrypto
+from ..crypto.noise import private_key
 from ..io.dispatcher import Dispatcher
 from ..io.driver import ConnectionDriver
 
@@ -87,9 +91,22 @@ class SimNode:
         return self.addr[0]
 
     def connect(self, remote: Address, *, early_data: bytes = b"",
-                config: Config | None = None) -> Connection:
+                config: Config | None = None, server_key: bytes | None = None,
+                client_key: bytes | None = None, pin: bool = True) -> Connection:
+        """Open a connection to ``remote``. Encrypted unless ``config`` says
+        ``insecure_plaintext``; the server's key is pinned automatically when ``remote`` is a
+        listening node of this network (``pin=False``: learn it on first use instead)."""
+        cfg = config or self.dispatcher.config
+        client_handshake = None
+        if not cfg.insecure_plaintext:
+            if server_key is None and pin:
+                node = self.net.nodes.get(remote)
+                crypto = node.dispatcher.server_crypto if node is not None else None
+                server_key = crypto.public_key if crypto is not None else None
+            client_handshake = make_client_handshake(cfg.psk, server_key, client_key)
         conn = self.dispatcher.connect(remote, self.net.now, early_data=early_data,
-                                       config=config, socket_id=self.socket_id)
+                                       config=config, socket_id=self.socket_id,
+                                       client_handshake=client_handshake)
         self.net.flush(self)
         return conn
 
@@ -152,15 +169,28 @@ class SimNetwork:
         return self._id_rng.getrandbits(8 * n).to_bytes(n, "big")
 
     def add_node(self, addr: Address, config: Config | None = None, *,
-                 listen: bool = False, share_with: SimNode | None = None) -> SimNode:
+                 listen: bool = False, share_with: SimNode | None = None,
+                 key: bytes | None = None,
+                 authorized_clients: frozenset[bytes] | None = None) -> SimNode:
         """A host socket at ``addr``. ``share_with``: another socket of the same endpoint
-        (one dispatcher, e.g. a server listening on several addresses)."""
+        (one dispatcher, e.g. a server listening on several addresses).
+
+        A listening node gets a static key (``key``, 32 private bytes; by default one derived
+        from its address, so a node re-created at the same address -- a restarted server --
+        has the same key) unless its config says ``insecure_plaintext``."""
         socket_id = self.driver.new_socket_id()
         if share_with is not None:
             disp = share_with.dispatcher
         else:
-            disp = Dispatcher(config or Config(), accept_new=listen,
-                              random_bytes=self.random_bytes, socket_id=socket_id)
+            cfg = config or Config()
+            crypto = None
+            if listen and not cfg.insecure_plaintext:
+                raw = key or hashlib.blake2s(b"simnet server key " + repr(addr).encode()
+                                             ).digest()
+                crypto = ServerCrypto(private_key(raw), authorized=authorized_clients,
+                                      psk=cfg.psk, replay_window=cfg.zero_rtt_window)
+            disp = Dispatcher(cfg, accept_new=listen, random_bytes=self.random_bytes,
+                              socket_id=socket_id, server_crypto=crypto)
         node = SimNode(self, addr, disp, socket_id)
         self.nodes[addr] = node
         self.driver.add_socket(node)
