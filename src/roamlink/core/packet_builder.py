@@ -37,7 +37,7 @@ class _HandshakeMark(wire.PingFrame):
     """Marks a sent packet as carrying SYN/SYN-ACK, so its loss re-arms the handshake."""
 
 
-HANDSHAKE_MARK = _HandshakeMark()
+HANDSHAKE_MARK: Final = _HandshakeMark()
 
 
 class PacketBuilder:
