@@ -7,6 +7,7 @@ import pytest
 from roamlink import Config
 from roamlink.core.timers import LIVE_TIMERS, Timer, TimerTable
 from roamlink.io.dispatcher import Dispatcher
+from roamlink.testing.packets import keyed_pair
 
 
 def test_every_timer_needs_an_entry() -> None:
@@ -49,10 +50,9 @@ def test_fast_live_deadline_agrees_with_the_table() -> None:
     """``get_timer`` computes the live deadline by direct calls (the hot path); at every
     step of a handshake, a transfer with a loss, a path probe and a close it must equal the
     table's generic earliest."""
-    cfg = Config()
     a_addr, b_addr = ("10.0.0.2", 5000), ("10.0.0.1", 4433)
-    client, server = Dispatcher(cfg), Dispatcher(cfg, accept_new=True)
-    conn = client.connect(b_addr, 0.0)
+    client, server, connect = keyed_pair()
+    conn = connect(b_addr, 0.0)  # type: ignore[operator]
     conns = [conn]
     checked = 0
 

@@ -49,7 +49,9 @@ HIGH_GAIN: Final = 2.885
 DRAIN_GAIN: Final = 1 / HIGH_GAIN
 CWND_GAIN: Final = 2.0
 #: ProbeBW's pacing-gain cycle, one phase per min_rtt.
-PACING_GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+# (not Final: mypyc (2.4) inverts the "was it set" test of a Final tuple of floats, so every
+# read raised NameError; a plain global costs a dict lookup, once per gain phase)
+PACING_GAINS: tuple[float, ...] = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 #: The bandwidth filter's window, in round trips.
 BW_WINDOW_ROUNDS: Final = 10
 #: ACK-aggregation filter's window, in round trips.
