@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from roamlink.config import Config
-from roamlink.core.congestion.bbr import MIN_RTT_WINDOW, Bbr, WindowedMax
+from roamlink.core.congestion.bbr import MIN_EXTRA_ACKED_TIME, MIN_RTT_WINDOW, Bbr, WindowedMax
+from roamlink.core.delivery_rate import RateSample
 from roamlink.core.pacing import MAX_LATE_CREDIT, Pacer
+from roamlink.core.rtt import RttEstimator
 from roamlink.testing.bulk import drive, open_flow
 from roamlink.testing.simnet import LinkConfig, SimNetwork
 
@@ -79,6 +83,62 @@ def test_bbr_starts_over_on_a_new_path() -> None:
     cc.on_path_change()
     assert cc.phase == "startup" and cc.btl_bw == 0.0 and not cc.filled_pipe
     assert cc.cwnd == 32 * MSS
+
+
+def _cruising(bw: float, min_rtt: float) -> tuple[Bbr, RttEstimator]:
+    """A BBR controller in ProbeBW with the model (bw, min_rtt), and an RTT estimator."""
+    cc = Bbr(MSS, 32)
+    cc.btl_bw, cc.min_rtt, cc._min_rtt_stamp = bw, min_rtt, 10.0
+    cc.filled_pipe = True
+    cc._enter_probe_bw(10.0)
+    rtt = RttEstimator(min_rtt)
+    rtt.update(min_rtt, 0.0)
+    return cc, rtt
+
+
+def _ack(cc: Bbr, rtt: RttEstimator, now: float, acked: int, rate: float = 0.0, *,
+         opens_flight: bool = False) -> None:
+    rs = RateSample()
+    rs.newly_acked, rs.delivered, rs.delivery_rate = acked, acked, rate
+    rs.interval = acked / rate if rate else 0.0
+    rs.opens_flight = opens_flight
+    rs.prior_delivered = cc._delivered
+    cc.on_delivery(rs, cc._delivered + acked)
+    cc.on_packets_acked([], rtt, now, 0)
+
+
+def test_bbr_ignores_the_opening_burst_of_a_flight_once_the_pipe_is_full() -> None:
+    """A flight that starts from nothing in flight (after a host stall) reads up to several
+    times the rate through a token-bucket shaper: once BBR has its model, such a sample
+    counts as one packet per interval, which does not raise the bandwidth here; any other
+    sample that beats the model does. A slow flow, whose every packet finds nothing in flight,
+    still learns from its one-packet flights."""
+    bw = 6.25e6
+    cc, rtt = _cruising(bw, 0.0005)
+    cc._bw.update(bw, cc.round_count)
+    _ack(cc, rtt, 10.01, 15 * MSS, 3 * bw, opens_flight=True)
+    assert cc.btl_bw == bw
+    _ack(cc, rtt, 10.02, 15 * MSS, 1.2 * bw)
+    assert cc.btl_bw == 1.2 * bw
+    slow = 40_000.0  # 1200 B every 30 ms on a 20 ms path: each packet opens a flight
+    cc, rtt = _cruising(slow, 0.02)
+    cc._bw.update(slow, cc.round_count)
+    _ack(cc, rtt, 10.03, MSS, MSS / 0.02, opens_flight=True)
+    assert cc.btl_bw == MSS / 0.02
+
+
+def test_bbr_aggregation_allowance_is_bounded_by_the_path_round_trip() -> None:
+    """A burst of ACKs 10 ms beyond the model (a host that was descheduled) on a 0.5 ms path
+    earns at most MIN_EXTRA_ACKED_TIME of the rate, not the burst (which would all wait in
+    the bottleneck's queue); on a 50 ms path the same burst counts in full."""
+    bw = 6.25e6
+    burst = int(bw * 0.010)
+    for min_rtt, allowed in ((0.0005, bw * MIN_EXTRA_ACKED_TIME), (0.05, burst)):
+        cc, rtt = _cruising(bw, min_rtt)
+        _ack(cc, rtt, 10.0, MSS)  # an epoch starts
+        cc.cwnd = 4 << 20  # (the allowance is never more than the window either)
+        _ack(cc, rtt, 10.0001, burst)  # then 10 ms of the model's data at once
+        assert cc.extra_acked == pytest.approx(allowed, rel=0.02), min_rtt
 
 
 def test_pacer_late_wakeup_keeps_its_credit() -> None:

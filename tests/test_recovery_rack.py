@@ -134,6 +134,26 @@ def test_delivery_rate_measures_the_sending_rate_of_an_acked_flight() -> None:
     assert est.app_limited == 0  # cleared once that flight was delivered
 
 
+def test_delivery_rate_marks_the_opening_burst_of_a_flight() -> None:
+    """A flight that starts with nothing in flight leaves as a burst with no earlier send to
+    bound its interval: its samples are marked until the flight's first ACK, and packets sent
+    after that ACK are measured as usual."""
+    est = DeliveryRateEstimator()
+    burst = [SentPacket(pn, 1.0, MSS, True, [], []) for pn in range(10)]
+    for i, pkt in enumerate(burst):
+        est.on_packet_sent(pkt, 1.0, i * MSS)
+    assert all(p.opens_flight for p in burst)
+    # a token bucket passed the burst at once: half of it acknowledged 0.6 ms later
+    rs = est.on_ack(burst[:5], 1.0006, 0.0005)
+    assert rs is not None and rs.opens_flight
+    assert rs.delivery_rate > 5 * MSS / 0.001  # what a shaper's full bucket reads as
+    later = SentPacket(10, 1.0006, MSS, True, [], [])
+    est.on_packet_sent(later, 1.0006, 5 * MSS)
+    assert not later.opens_flight
+    rs = est.on_ack(burst[5:] + [later], 1.0012, 0.0005)
+    assert rs is not None and not rs.opens_flight
+
+
 def test_reordering_window_jumps_to_how_late_a_spurious_loss_came() -> None:
     """A packet that came 12 ms after RACK gave up on it (min_rtt 20 ms): the window covers
     that at once (3 quarters of min_rtt), not one quarter per round trip."""

@@ -26,7 +26,7 @@ class RateSample:
     """One delivery-rate sample, produced by an ACK that newly acknowledged packets."""
 
     __slots__ = ("delivery_rate", "delivered", "interval", "prior_delivered", "is_app_limited",
-                 "rtt", "newly_acked")
+                 "rtt", "newly_acked", "opens_flight")
 
     def __init__(self) -> None:
         self.delivery_rate = 0.0  # bytes per second; 0.0 if the interval was unusable
@@ -36,6 +36,9 @@ class RateSample:
         self.is_app_limited = False
         self.rtt = 0.0  # RTT of the most recently sent packet this ACK covered
         self.newly_acked = 0  # bytes this ACK newly acknowledged
+        #: the newest packet left in the opening burst of a flight: the interval is the ACK
+        #: interval alone (see DeliveryRateEstimator.on_packet_sent)
+        self.opens_flight = False
 
 
 class DeliveryRateEstimator:
@@ -49,7 +52,7 @@ class DeliveryRateEstimator:
     """
 
     __slots__ = ("delivered", "delivered_time", "first_sent_time", "app_limited", "latest",
-                 "max_rate", "app_limited_samples", "samples")
+                 "max_rate", "app_limited_samples", "samples", "opening")
 
     def __init__(self) -> None:
         self.delivered = 0
@@ -61,6 +64,7 @@ class DeliveryRateEstimator:
         self.max_rate = 0.0
         self.app_limited_samples = 0
         self.samples = 0
+        self.opening = False  # a flight started from nothing in flight, not yet acknowledged
 
     def reset(self) -> None:
         """A new path: nothing delivered on it yet."""
@@ -70,13 +74,22 @@ class DeliveryRateEstimator:
         self.app_limited = 0
         self.latest = RateSample()
         self.max_rate = 0.0
+        self.opening = False
 
     def on_packet_sent(self, pkt: SentPacket, now: float, bytes_in_flight: int) -> None:
         """Stamp ``pkt``; ``bytes_in_flight`` is the amount in flight before it leaves."""
         if bytes_in_flight <= 0:
-            # nothing in flight: a new flight starts, and the ACK clock with it
+            # nothing in flight: a new flight starts, and the ACK clock with it. Until its
+            # first ACK, the packets of this flight leave in one burst (the pacer's bucket,
+            # its credit after a late wake-up) with no earlier send to measure an interval
+            # from: their samples are bounded by the ACK interval alone, and a token-bucket
+            # shaper (Linux tbf, a provider's rate limit) whose bucket filled while the flow
+            # sat idle passes such a burst faster than its rate. They are marked
+            # ``opens_flight`` (a controller with a bandwidth model may skip them).
             self.first_sent_time = now
             self.delivered_time = now
+            self.opening = True
+        pkt.opens_flight = self.opening
         pkt.delivered = self.delivered
         pkt.delivered_time = self.delivered_time
         pkt.first_sent_time = self.first_sent_time
@@ -109,6 +122,7 @@ class DeliveryRateEstimator:
             return None
         self.delivered = delivered
         self.delivered_time = now
+        self.opening = False
         if self.app_limited and delivered > self.app_limited:
             self.app_limited = 0
         # the next flight's send interval starts where this packet's left off
@@ -118,6 +132,7 @@ class DeliveryRateEstimator:
         rs.prior_delivered = newest.delivered
         rs.is_app_limited = newest.is_app_limited
         rs.rtt = now - newest.time_sent
+        rs.opens_flight = newest.opens_flight
         rs.delivered = delivered - newest.delivered
         send_elapsed = newest.time_sent - newest.first_sent_time
         ack_elapsed = now - newest.delivered_time

@@ -52,7 +52,7 @@ class SentPacket:
 
     __slots__ = ("number", "time_sent", "size", "ack_eliciting", "in_flight", "stream",
                  "control", "largest_acked", "delivered", "delivered_time",
-                 "first_sent_time", "is_app_limited")
+                 "first_sent_time", "is_app_limited", "opens_flight")
 
     def __init__(self, number: int, time_sent: float, size: int, ack_eliciting: bool,
                  stream: list[tuple[int, int, bool]], control: list[Frame]) -> None:
@@ -73,6 +73,9 @@ class SentPacket:
         self.delivered_time = 0.0
         self.first_sent_time = 0.0
         self.is_app_limited = False
+        #: sent in the opening burst of a flight (nothing was in flight when it began, and no
+        #: ACK has come since): its rate sample has no send interval (see delivery_rate.py)
+        self.opens_flight = False
 
 
 class Recovery:

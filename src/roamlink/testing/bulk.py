@@ -19,7 +19,7 @@ from typing import Literal
 from ..config import Config
 from ..core.connection import Connection
 from ..core.events import ConnectionStats
-from .simnet import LinkConfig, LinkStats, SimNetwork, SimNode
+from .simnet import HostStalls, LinkConfig, LinkStats, SimNetwork, SimNode
 
 _CHUNK = 64 * 1024
 
@@ -193,7 +193,8 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
                    flows: int = 1, stagger: float = 0.0, warmup: float = 0.0, seed: int = 1,
                    config: Config | None = None, finish_timeout: float = 60.0,
                    controllers: list[str] | None = None, jitter: float = 0.0,
-                   jitter_mode: Literal["reorder", "fifo"] = "fifo") -> BottleneckRun:
+                   jitter_mode: Literal["reorder", "fifo"] = "fifo", burst: int = 0,
+                   stalls: HostStalls | None = None) -> BottleneckRun:
     """Bulk flows from one host to another through a bottleneck (issue 7's scenario).
 
     The forward link has the rate limit, the finite queue and ``loss``; the reverse link
@@ -202,19 +203,24 @@ def run_bottleneck(controller: str, *, loss: float = 0.0, seconds: float = 5.0,
     ``seconds`` after the first flow started. Then every flow closes and must end hash-exact.
     ``controllers`` gives each flow's sender its own controller (default: ``controller``).
     ``jitter`` adds up to that much delay per packet in both directions (``jitter_mode``: in
-    order, as a cellular link, or reordering, as netem).
+    order, as a cellular link, or reordering, as netem). ``burst``: the bottleneck is a token
+    bucket of that depth (``tbf``). ``stalls``: both hosts are busy (descheduled now and then,
+    each on its own schedule).
     """
     cfg = (config or Config()).replace(congestion_control=controller)
     net = SimNetwork(seed=seed)
     server = net.add_node(("10.0.0.1", 4433), cfg, listen=True)
     net.set_link("10.0.0.2", "10.0.0.1", LinkConfig(delay=one_way_delay, loss=loss, rate=rate,
                                                     queue_packets=queue_packets, jitter=jitter,
-                                                    jitter_mode=jitter_mode),
+                                                    jitter_mode=jitter_mode, burst=burst),
                  both_ways=False)
     net.set_link("10.0.0.1", "10.0.0.2", LinkConfig(delay=one_way_delay, loss=loss,
                                                     jitter=jitter, jitter_mode=jitter_mode),
                  both_ways=False)
     client = net.add_node(("10.0.0.2", 5000), cfg)
+    if stalls is not None:
+        server.set_stalls(stalls, seed=seed * 2)
+        client.set_stalls(stalls, seed=seed * 2 + 1)
     link = net.link_stats("10.0.0.2", "10.0.0.1")
     started: list[Flow] = []
     t0 = net.now

@@ -48,8 +48,28 @@ class LinkConfig:
     duplicate: float = 0.0
     rate: float | None = None  # bottleneck, bytes per second
     queue_packets: int = 100  # bottleneck queue size
+    #: token-bucket depth of the bottleneck, in bytes (Linux ``tbf``'s ``burst``): after the
+    #: queue has been empty, up to this many bytes pass at once instead of one packet per
+    #: ``size / rate``. 0: a plain serialiser.
+    burst: int = 0
     #: optional filter: return False to drop (for attacks and targeted loss in tests)
     drop_if: Callable[[bytes, Address, Address], bool] | None = None
+
+
+@dataclass
+class HostStalls:
+    """A busy host: the node's process is descheduled now and then.
+
+    Runs last uniformly ``run_min``..``run_max`` seconds, stalls ``stall_min``..``stall_max``
+    (drawn from a generator of their own, seeded per node). During a stall the node does
+    nothing: datagrams wait in its socket until the stall ends, and timers fire then — what a
+    process sharing its cores with others sees (the scheduler's time slices are milliseconds).
+    """
+
+    run_min: float = 0.005
+    run_max: float = 0.03
+    stall_min: float = 0.001
+    stall_max: float = 0.01
 
 
 @dataclass
@@ -71,6 +91,8 @@ class _Link:
     stats: LinkStats = field(default_factory=LinkStats)
     busy_until: float = 0.0  # when the bottleneck finishes its current backlog
     last_arrival: float = 0.0  # fifo jitter: the previous packet's arrival time
+    #: token bucket (``burst``): bytes left after the last departure (it starts full)
+    tokens: float = float("inf")
     queue_release: list[float] = field(default_factory=list)
 
 
@@ -85,6 +107,31 @@ class SimNode:
         self.socket_id = socket_id  # this socket's id: a path is (socket_id, peer address)
         self.received: list[tuple[bytes, Address]] = []  # raw log when record=True
         self.record = False
+        self.stalls: HostStalls | None = None
+        self.held: list[tuple[Address, bytes]] = []  # datagrams that arrived during a stall
+        self._stall_rng: random.Random | None = None
+        self._stall_start = 0.0  # the current or next stall: [start, end)
+        self._stall_end = 0.0
+
+    def set_stalls(self, stalls: HostStalls | None, seed: int = 0) -> None:
+        """Make this node a busy host (None: an idle one, the default)."""
+        self.stalls = stalls
+        if stalls is None:
+            self._stall_rng = None
+            return
+        rng = self._stall_rng = random.Random(seed)
+        self._stall_start = self.net.now + rng.uniform(stalls.run_min, stalls.run_max)
+        self._stall_end = self._stall_start + rng.uniform(stalls.stall_min, stalls.stall_max)
+
+    def stalled_until(self, now: float) -> float:
+        """When the stall that ``now`` falls in ends (0.0: the node is running)."""
+        rng, st = self._stall_rng, self.stalls
+        if rng is None or st is None:
+            return 0.0
+        while now >= self._stall_end:
+            self._stall_start = self._stall_end + rng.uniform(st.run_min, st.run_max)
+            self._stall_end = self._stall_start + rng.uniform(st.stall_min, st.stall_max)
+        return self._stall_end if now >= self._stall_start else 0.0
 
     @property
     def host(self) -> str:
@@ -255,7 +302,19 @@ class SimNetwork:
                 st.queue_drops += 1
                 return
             start = max(self.now, link.busy_until)
-            depart = start + len(data) / cfg.rate
+            if cfg.burst:
+                # token bucket: tokens accrue at ``rate`` up to ``burst`` while it idles
+                tokens = link.tokens + (start - link.busy_until) * cfg.rate
+                if tokens > cfg.burst:
+                    tokens = float(cfg.burst)
+                if tokens >= len(data):
+                    depart = start
+                    link.tokens = tokens - len(data)
+                else:
+                    depart = start + (len(data) - tokens) / cfg.rate
+                    link.tokens = 0.0
+            else:
+                depart = start + len(data) / cfg.rate
             link.busy_until = depart
             heapq.heappush(queue, depart)
             st.queue_delay_total += start - self.now
@@ -286,17 +345,49 @@ class SimNetwork:
                     for refused in sender.dispatcher.unreachable(dst, self.now):
                         self.driver.serve(refused, self.now, sender)
             return
+        if node.stalls is not None:
+            resume = node.stalled_until(self.now)
+            if resume:
+                # the process is descheduled: the datagram waits in its socket, and when the
+                # process runs again it reads everything waiting before it answers (as the
+                # asyncio endpoint does with its batch of reads)
+                if not node.held:
+                    self.call_at(resume, lambda: self._resume(node))
+                node.held.append((src, data))
+                return
+        conn = self._receive(node, src, data)
+        if conn is not None:
+            self.driver.serve(conn, self.now, node)
+
+    def _receive(self, node: SimNode, src: Address, data: bytes) -> Connection | None:
         if node.record:
             node.received.append((data, src))
         self.delivered_datagrams += 1
         conn = node.dispatcher.datagram_received(data, src, self.now, node.socket_id)
         for out, addr in node.dispatcher.take_stateless():
             self.send(node.addr, addr, out)
-        if conn is not None:
+        return conn
+
+    def _resume(self, node: SimNode) -> None:
+        """A stalled node runs again: it reads every datagram that waited, then answers."""
+        held, node.held = node.held, []
+        if self.nodes.get(node.addr) is not node:
+            return  # rebound meanwhile: what was sent to the old address is gone
+        conns: dict[Connection, None] = {}
+        for src, data in held:
+            conn = self._receive(node, src, data)
+            if conn is not None:
+                conns[conn] = None
+        for conn in conns:
             self.driver.serve(conn, self.now, node)
 
     def flush(self, node: SimNode) -> None:
         """Send whatever the node's connections have to send, and re-arm their timers."""
+        if node.stalls is not None:
+            resume = node.stalled_until(self.now)
+            if resume:
+                self.call_at(resume, lambda: self.flush(node))
+                return
         disp = node.dispatcher
         for data, addr in disp.take_stateless():
             self.send(node.addr, addr, data)
@@ -373,8 +464,14 @@ class _Timer:
         scheduled = self.net._scheduled
         if scheduled.get(conn) != self.deadline:
             return  # superseded by a newer deadline
-        del scheduled[conn]
         net = self.net
+        if self.node.stalls is not None:
+            resume = self.node.stalled_until(net.now)
+            if resume:
+                # descheduled: the timer fires when the process runs again
+                net.call_at(resume, self)
+                return
+        del scheduled[conn]
         if conn.get_timer() == self.deadline:
             net.driver.fire_timer(conn, net.now)
         net.driver.serve(conn, net.now, self.node)

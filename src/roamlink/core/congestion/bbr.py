@@ -66,8 +66,15 @@ FULL_BW_GROWTH: Final = 1.25
 FULL_BW_ROUNDS: Final = 3
 #: Pace a little below the model so a queue does not creep up from rounding.
 PACING_MARGIN: Final = 0.99
-#: The ACK-aggregation allowance never exceeds this many seconds at the bottleneck rate.
+#: The ACK-aggregation allowance never exceeds this many seconds at the bottleneck rate...
 MAX_EXTRA_ACKED_TIME: Final = 0.1
+#: ... nor EXTRA_ACKED_RTTS min_rtts' worth, or MIN_EXTRA_ACKED_TIME's on a shorter path.
+#: Data beyond the model can only wait in the bottleneck's queue, so the allowance bounds the
+#: standing queue: on a sub-millisecond path a busy host's 10-15 ms stalls made it 20-40 times
+#: the BDP and 8-17 ms of queue at a 50 Mbit/s tbf. There it is now at most 5 ms (about the
+#: scheduling noise such a host adds to the RTT anyway); from 20 ms of RTT up nothing changes.
+EXTRA_ACKED_RTTS: Final = 5.0
+MIN_EXTRA_ACKED_TIME: Final = 0.005
 #: A round trip, for the model's filters and the gain cycle, lasts at least this long: on a
 #: sub-millisecond path (loopback, a LAN) a round holds a handful of packets, a probe at 1.25x
 #: for one such round measures nothing, and one scheduling hiccup of a busy host would expire
@@ -195,6 +202,18 @@ class Bbr(CongestionController):
         rate = rs.delivery_rate
         if rate <= 0.0:
             return
+        if rs.opens_flight and self.filled_pipe and rs.interval > 0.0:
+            # the opening burst of a flight that started from nothing in flight (after the
+            # host stalled, or idle) is bounded by the ACK interval alone, so a shaper's full
+            # token bucket makes it read up to several times the rate (tbf at 50 Mbit/s:
+            # 10-25 MB/s samples of a 6.25 MB/s link), and the max filter would keep that
+            # for ten rounds, pacing above the link into its queue. Such a sample is worth
+            # one packet per interval: what a flight of one packet (a slow flow whose every
+            # packet finds nothing in flight) says. Start-up takes them whole (there is no
+            # model yet, and its over-estimates are drained).
+            one = self.mss / rs.interval
+            if rate > one:
+                rate = one
         # an app-limited sample measures the application: use it only if it beats the model,
         # and let it not age the model either (as Linux BBR: the filter moves only on samples
         # that say something about the path)
@@ -217,7 +236,12 @@ class Bbr(CongestionController):
             expected = 0.0
         self._epoch_acked += rs.newly_acked
         extra = self._epoch_acked - expected
-        limit = min(self.cwnd, bw * MAX_EXTRA_ACKED_TIME)
+        window = EXTRA_ACKED_RTTS * self.min_rtt
+        if window < MIN_EXTRA_ACKED_TIME:
+            window = MIN_EXTRA_ACKED_TIME
+        if window > MAX_EXTRA_ACKED_TIME:
+            window = MAX_EXTRA_ACKED_TIME
+        limit = min(self.cwnd, bw * window)
         if extra > limit:
             extra = limit
         if self._round_start or extra > self._extra.best:
