@@ -23,7 +23,8 @@ SRC = HERE / "src" / "roamlink"
 #: the packet protection and the CID-routing half of the socket layer. Measured: these carry the
 #: per-packet work; the asyncio glue in ``io/endpoint.py`` and ``api/`` gains little.
 COMPILED_DIRS = ("core", "crypto")
-COMPILED_FILES = ("io/dispatcher.py", "io/driver.py", "io/timer_heap.py")
+COMPILED_FILES = ("io/dispatcher.py", "io/driver.py", "io/timer_heap.py", "io/endpoint.py",
+                  "io/udp_socket.py")
 #: Modules inside COMPILED_DIRS that must stay interpreted, with the reason.
 EXCLUDED: dict[str, str] = {}
 # Not compiled, on purpose: ``io/steering.py`` hands the kernel the address of a ctypes buffer;

@@ -32,8 +32,10 @@ CHUNK = 256 * 1024
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
 SRC = os.path.join(ROOT, "src")
-if SRC not in sys.path:
-    sys.path.insert(0, SRC)  # run from a checkout without installing
+if SRC not in sys.path and os.environ.get("ROAMLINK_BENCH_INSTALLED", "") in ("", "0"):
+    # run from a checkout without installing; ROAMLINK_BENCH_INSTALLED=1 measures the
+    # installed package instead (e.g. the compiled build `pip install .` made)
+    sys.path.insert(0, SRC)
 
 # CLOCK_MONOTONIC is system-wide on Linux, so stamps taken in two processes compare directly.
 now = time.monotonic
@@ -46,7 +48,10 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+    import roamlink
+
+    return {"python": platform.python_version(), "roamlink_compiled": roamlink.compiled,
+            "cpus": os.cpu_count(),
             "machine": platform.machine(),
             "loadavg_1min": round(os.getloadavg()[0], 2),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -340,6 +340,8 @@ def parse_args(argv: list[str] | None, *, repeat: int, only: str,
     parser.add_argument("--only", default=only, help="comma-separated transports")
     parser.add_argument("--interleave", action="store_true",
                         help="alternate the transports run by run")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 if any run failed (a smoke test: timing never fails it)")
     add_common_args(parser, timeout=180)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     parser.add_argument("--sha", help=argparse.SUPPRESS)
@@ -422,6 +424,7 @@ async def compare(args: argparse.Namespace, bench: str) -> dict[str, Any]:
             theirs = medians[other]
             ratios[f"roamlink/{other}"] = (rnd(ours / theirs, 4) if ours and theirs else None)
     final["ratios"] = ratios
+    final["errors"] = sum(len(e) for e in all_errors.values())
     return final
 
 
@@ -432,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     final = asyncio.run(compare(args, "compare"))
     emit(final)
+    if args.strict and final["errors"]:
+        return 1
     return 0 if any(final["mb_per_s"].values()) else 1
 
 

@@ -89,7 +89,7 @@ async def client(kind: str, port: int, size: int, count: int, warmup: int) -> No
                 "mean_us": rnd(sum(us) / len(us), 1)})
 
 
-async def orchestrate(args: argparse.Namespace) -> None:
+async def orchestrate(args: argparse.Namespace) -> int:
     loop_name = "uvloop" if args.uvloop else "asyncio"
     p50: dict[str, float | None] = {}
     p99: dict[str, float | None] = {}
@@ -120,6 +120,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
         summary["p50_encryption_cost_us"] = rnd(
             p50["roamlink"] - p50["roamlink-plain"], 1)  # type: ignore[operator]
     emit(summary)
+    return sum(1 for k in p50 if p50[k] is None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed round trips (500)")
     parser.add_argument("--size", type=int, default=64, help="message bytes")
     parser.add_argument("--only", default="roamlink,roamlink-plain,tcp")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 if any transport failed (a smoke test: never on timing)")
     add_common_args(parser, timeout=120)
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -143,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             run_loop(client(args.transport, args.port, args.size, args.count, args.warmup),
                      args.uvloop)
         return 0
-    asyncio.run(orchestrate(args))
-    return 0
+    failed = asyncio.run(orchestrate(args))
+    return 1 if args.strict and failed else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ replies, the client reads, then both make their ACK passes. Measures ``time.thre
 per round trip for both sides together; ``--profile`` adds a cProfile table (meaningful on
 the pure variant: compiled functions are invisible to cProfile).
 
-Usage: python bench/sansio_roundtrip.py [--count 20000] [--profile]
+Usage: python bench/sansio_roundtrip.py [--count 20000] [--profile] [--plain]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import roamlink  # noqa: E402
 from roamlink import Config  # noqa: E402
-from roamlink.io.dispatcher import Dispatcher  # noqa: E402
+from roamlink.testing.packets import keyed_pair  # noqa: E402
 
 A = ("10.0.0.2", 5000)
 B = ("10.0.0.1", 4433)
@@ -31,10 +31,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--plain", action="store_true", help="insecure_plaintext on both ends")
     args = parser.parse_args()
-    cfg = Config()
-    client, server = Dispatcher(cfg), Dispatcher(cfg, accept_new=True)
-    conn = client.connect(B, 0.0)
+    cfg = Config(insecure_plaintext=args.plain)
+    client, server, connect = keyed_pair(cfg)
+    conn = connect(B, 0.0)  # type: ignore[operator]
     for data, _ in conn.datagrams_to_send(0.0):
         server.datagram_received(data, A, 0.0)
     peer = server.accept_queue.popleft()

@@ -294,6 +294,66 @@ def test_reads_per_wakeup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     run(main(), 10)
 
 
+class CountingSocket:
+    """A real socket whose receive calls are counted (and whose failures are seen)."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.reads = 0
+        self.would_block = 0
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def recvmsg(self, size: int, ancsize: int) -> tuple[bytes, list[Any], int, Any]:
+        self.reads += 1
+        try:
+            return self.real.recvmsg(size, ancsize)
+        except BlockingIOError:
+            self.would_block += 1
+            raise
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.reads += 1
+        try:
+            return self.real.recvfrom(size)
+        except BlockingIOError:
+            self.would_block += 1
+            raise
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="FIONREAD on Linux")
+def test_a_wakeup_reads_what_waits_without_a_failing_read() -> None:
+    """The kernel is asked whether another datagram waits (FIONREAD) instead of reading
+    until EAGAIN: one message per wake-up costs one receive call, not two."""
+    async def main() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        udp = UdpSocket(asyncio.get_running_loop(), lambda: None, lambda data, addr: None)
+        await udp.start(sock, offload=True)
+        counting = CountingSocket(sock)
+        udp.sock = counting  # type: ignore[assignment]
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for size in (30, 1200, 5):
+                sender.sendto(b"\x40" * size, sock.getsockname())
+            await asyncio.sleep(0.05)  # (loopback delivers at once; be generous)
+            got = udp.receive_batch()
+            assert [len(d) for d, _ in got] == [30, 1200, 5]
+            assert counting.reads == 3 and counting.would_block == 0
+            sender.sendto(b"\x40", sock.getsockname())
+            await asyncio.sleep(0.05)
+            assert [d for d, _ in udp.receive_batch()] == [b"\x40"]
+            assert counting.reads == 4 and counting.would_block == 0
+        finally:
+            udp.sock = sock
+            udp.close()
+            sender.close()
+
+    run(main(), 10)
+
+
 def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> None:
     async def main() -> None:
         clock = VirtualClock()

@@ -7,6 +7,7 @@ import pytest
 from roamlink import Config
 from roamlink.core.timers import LIVE_TIMERS, Timer, TimerTable
 from roamlink.io.dispatcher import Dispatcher
+from roamlink.testing.packets import keyed_pair
 
 
 def test_every_timer_needs_an_entry() -> None:
@@ -43,3 +44,64 @@ def test_connection_timer_is_the_earliest_table_deadline() -> None:
     assert conn.get_timer() == 103.0
     conn.handle_timer(103.0)
     assert conn.is_closed and conn.get_timer() is None
+
+
+def test_fast_live_deadline_agrees_with_the_table() -> None:
+    """``get_timer`` computes the live deadline by direct calls (the hot path); at every
+    step of a handshake, a transfer with a loss, a path probe and a close it must equal the
+    table's generic earliest."""
+    a_addr, b_addr = ("10.0.0.2", 5000), ("10.0.0.1", 4433)
+    client, server, connect = keyed_pair()
+    conn = connect(b_addr, 0.0)  # type: ignore[operator]
+    conns = [conn]
+    checked = 0
+
+    def check() -> None:
+        nonlocal checked
+        for c in conns:
+            expected = (TimerTable.earliest(c.timers, LIVE_TIMERS)
+                        if c.state.name not in ("CLOSING", "DRAINING", "CLOSED") else None)
+            if expected is not None or c.state.name not in ("CLOSING", "DRAINING", "CLOSED"):
+                assert c.get_timer() == expected
+                checked += 1
+
+    def exchange(now: float, drop_first: bool = False) -> None:
+        for data, _ in conn.datagrams_to_send(now):
+            if drop_first:
+                drop_first = False
+                continue
+            server.datagram_received(data, a_addr, now)
+        check()
+        for peer in conns[1:]:
+            for data, _ in peer.datagrams_to_send(now):
+                client.datagram_received(data, b_addr, now)
+        check()
+
+    check()
+    exchange(0.0)
+    conns.append(server.accept_queue.popleft())
+    now = 0.0
+    for i in range(40):
+        now += 0.01
+        conn.send(b"x" * 3000)
+        conns[1].send(b"y" * 100)
+        exchange(now, drop_first=(i == 5))
+        conns[1].read()
+        conn.read()
+        if i == 20:
+            conn.migrate(now, ("10.0.0.1", 4434))
+        for c in conns:
+            deadline = c.get_timer()
+            if deadline is not None and deadline <= now + 0.005:
+                c.handle_timer(deadline)
+                check()
+    conn.close(now)
+    for _ in range(10):
+        now += 0.05
+        exchange(now)
+        for c in conns:
+            deadline = c.get_timer()
+            if deadline is not None and deadline <= now:
+                c.handle_timer(now)
+                check()
+    assert checked > 150

@@ -7,14 +7,16 @@ them: "ack of ack") are decided here too.
 
 from __future__ import annotations
 
+from typing import Final
+
 from . import wire
 from .ranges import RangeSet
 
 #: A packet number this far past the largest received cannot be genuine (forged or corrupt).
-MAX_PACKET_NUMBER_JUMP = 1 << 20
+MAX_PACKET_NUMBER_JUMP: Final = 1 << 20
 #: Packet numbers below the newest one the peer knows we acknowledged that we still report
 #: (so a slightly reordered packet is not taken for a duplicate).
-ACK_HISTORY = 16
+ACK_HISTORY: Final = 16
 
 
 class AckState:
@@ -66,7 +68,7 @@ class AckState:
 
     def encode(self, now: float) -> bytes:
         """The ACK frame for everything received; nothing is owed afterwards."""
-        ranges = [(lo, hi - 1) for lo, hi in reversed(self.received)]
+        ranges = self.received.inclusive_newest_first()
         delay_us = int(max(now - self.largest_time, 0.0) * 1e6)
         self.pending = False
         self.deadline = None

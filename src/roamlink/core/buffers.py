@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
 
-from .ranges import RangeSet
+from .ranges import RangeSet, bisect_right
 
 
 class SendBuffer:

@@ -28,6 +28,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from ..config import Config
 from ..crypto import handshake as crypto_handshake
@@ -79,25 +80,25 @@ logger = logging.getLogger("roamlink.connection")
 CloseCode = wire.CloseCode
 
 #: Out-of-order stream segments held at most (a hostile peer cannot make us hoard tiny ones).
-MAX_SEGMENTS = 8192
-_MAX_CLOSE_RESENDS = 8
+MAX_SEGMENTS: Final = 8192
+_MAX_CLOSE_RESENDS: Final = 8
 
 RandomBytes = Callable[[int], bytes]
 
 # State members as module globals: on Python 3.11 ``State.X`` costs ~150 ns (the enum
 # metaclass's __getattr__ hook slows every class attribute lookup), a global ~15 ns, and the
 # per-packet paths compare states a dozen times per packet.
-_HANDSHAKING = State.HANDSHAKING
-_ESTABLISHED = State.ESTABLISHED
-_VALIDATING_PATH = State.VALIDATING_PATH
-_CLOSING = State.CLOSING
-_DRAINING = State.DRAINING
-_CLOSED = State.CLOSED
-_DROP = LongHeaderVerdict.DROP
-_SERVER_HELLO = LongHeaderVerdict.SERVER_HELLO
-_CLIENT_HELLO = LongHeaderVerdict.CLIENT_HELLO
-_REJECT = LongHeaderVerdict.REJECT
-_KEY_PHASE = wire.KEY_PHASE
+_HANDSHAKING: Final = State.HANDSHAKING
+_ESTABLISHED: Final = State.ESTABLISHED
+_VALIDATING_PATH: Final = State.VALIDATING_PATH
+_CLOSING: Final = State.CLOSING
+_DRAINING: Final = State.DRAINING
+_CLOSED: Final = State.CLOSED
+_DROP: Final = LongHeaderVerdict.DROP
+_SERVER_HELLO: Final = LongHeaderVerdict.SERVER_HELLO
+_CLIENT_HELLO: Final = LongHeaderVerdict.CLIENT_HELLO
+_REJECT: Final = LongHeaderVerdict.REJECT
+_KEY_PHASE: Final = wire.KEY_PHASE
 
 
 class Connection:

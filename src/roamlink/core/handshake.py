@@ -40,7 +40,7 @@ import os
 import time
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..crypto import handshake as hs
 from ..crypto.noise import private_key
@@ -53,7 +53,7 @@ from .states import State, Trigger
 
 #: ICMP port-unreachable reports that fail a handshake in progress (the SYN and two
 #: retransmissions: about a second), see :func:`on_unreachable`
-REFUSALS_TO_FAIL = 3
+REFUSALS_TO_FAIL: Final = 3
 
 if TYPE_CHECKING:
     from .connection import Connection

@@ -8,17 +8,19 @@ of bytes, so the owner wakes up at most about once per bucket instead of once pe
 
 from __future__ import annotations
 
+from typing import Final
+
 #: Seconds of sending the bucket may hold: small bursts keep per-wakeup cost low.
-BURST_TIME = 0.002
+BURST_TIME: Final = 0.002
 #: Bucket bounds, in packets.
-MIN_BURST_PACKETS = 2
-MAX_BURST_PACKETS = 32
+MIN_BURST_PACKETS: Final = 2
+MAX_BURST_PACKETS: Final = 32
 #: A wake-up that comes late (a busy host, an event loop that sleeps at least 1 ms) may
 #: send what the pacer would have let go in the meantime, up to this many seconds of it.
 #: Without this credit, every late timer loses the time it was late by: at 32 packets per
 #: wake-up and a wake-up every 2 ms, a connection could never beat 19 MB/s, whatever its
 #: controller said.
-MAX_LATE_CREDIT = 0.008
+MAX_LATE_CREDIT: Final = 0.008
 
 
 class Pacer:

@@ -11,6 +11,7 @@ may leave now; an ACK-only packet may always leave.
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 from ..config import Config
 from ..crypto.packet_protection import TAG_LENGTH, PacketProtection
@@ -27,7 +28,7 @@ from .rtt import RttEstimator
 from .stats import Counters
 
 #: A receiver that only acknowledges adds a PING to every this many ACK-only packets.
-ACK_ONLY_PING_EVERY = 16
+ACK_ONLY_PING_EVERY: Final = 16
 
 StreamRanges = list[tuple[int, int, bool]]  # (offset, length, fin) carried by a packet
 
@@ -36,7 +37,7 @@ class _HandshakeMark(wire.PingFrame):
     """Marks a sent packet as carrying SYN/SYN-ACK, so its loss re-arms the handshake."""
 
 
-HANDSHAKE_MARK = _HandshakeMark()
+HANDSHAKE_MARK: Final = _HandshakeMark()
 
 
 class PacketBuilder:

@@ -22,20 +22,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from .events import Address, MigrationReason
 from .ranges import RangeSet
 
 #: Anti-amplification factor for unvalidated addresses.
-AMPLIFICATION_FACTOR = 3
+AMPLIFICATION_FACTOR: Final = 3
 #: Outstanding challenge values remembered per candidate (each retry adds one).
-_MAX_CHALLENGES = 8
+_MAX_CHALLENGES: Final = 8
 #: Ranges of packet numbers remembered per candidate, to acknowledge once the path is proven
 #: (ranges, not numbers: a fast sender delivers thousands of packets during one validation,
 #: and leaving most unacknowledged would make it declare them lost and halve its window).
-_MAX_PENDING_RANGES = 32
+_MAX_PENDING_RANGES: Final = 32
 #: Challenges from the peer answered per call (a flood cannot grow memory).
-_MAX_RESPONSES = 8
+_MAX_RESPONSES: Final = 8
 
 PathKey = tuple[int, Address]  # (local socket id, peer address)
 

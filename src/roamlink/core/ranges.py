@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+import bisect
 from collections.abc import Iterator
+from typing import Final
+
+# (compiled, a Final global is a C variable; an imported name a dict lookup per call)
+bisect_left: Final = bisect.bisect_left
+bisect_right: Final = bisect.bisect_right
 
 
 class RangeSet:
@@ -66,6 +71,11 @@ class RangeSet:
 
     def pop_first(self) -> tuple[int, int]:
         return self._starts.pop(0), self._ends.pop(0)
+
+    def inclusive_newest_first(self) -> list[tuple[int, int]]:
+        """Every range as ``(first, last)`` inclusive, highest first (an ACK frame's order)."""
+        starts, ends = self._starts, self._ends
+        return [(starts[i], ends[i] - 1) for i in range(len(starts) - 1, -1, -1)]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return zip(self._starts, self._ends, strict=True)

@@ -27,23 +27,24 @@ packets.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from typing import Final
 
+from .ranges import bisect_left, bisect_right
 from .rtt import RttEstimator
 from .wire import AckFrame, Frame
 
-PACKET_THRESHOLD = 3
+PACKET_THRESHOLD: Final = 3
 #: Loss delay in units of the RTT with the default reordering window (RTT + min_rtt / 4).
-TIME_THRESHOLD = 5 / 4
-TIMER_GRANULARITY = 0.001
+TIME_THRESHOLD: Final = 5 / 4
+TIMER_GRANULARITY: Final = 0.001
 #: Ceilings of the adapted thresholds: loss detection never waits longer than this.
-MAX_PACKET_THRESHOLD = 256
+MAX_PACKET_THRESHOLD: Final = 256
 #: The tail-loss probe waits this many smoothed RTTs after the last send (at least TLP_MIN).
-TLP_RTTS = 2.0
-TLP_MIN = 0.01
+TLP_RTTS: Final = 2.0
+TLP_MIN: Final = 0.01
 #: After this many losses with none found spurious, the thresholds step back toward RFC 9002's.
-_NARROW_AFTER = 64
-_REMEMBER_LOST = 2048  # lost packet numbers kept to detect spurious retransmissions
+_NARROW_AFTER: Final = 64
+_REMEMBER_LOST: Final = 2048  # lost packet numbers kept to detect spurious retransmissions
 
 
 class SentPacket:
@@ -182,7 +183,8 @@ class Recovery:
             self.largest_acked = ack.largest
         if not acked:
             return acked, [], False
-        acked.sort(key=_number)
+        if len(acked) > 1:
+            acked.sort(key=_number)
         newest = acked[-1]
         if newest.number == ack.largest and newest.ack_eliciting:
             ack_delay = min(ack.ack_delay_us / 1e6, self.max_ack_delay)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from enum import IntEnum
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..errors import ConnectionClosed, ConnectTimeout, IdleTimeout
 from . import delivery, migration, wire
@@ -39,12 +39,17 @@ class Timer(IntEnum):
 
 
 #: The order ``handle_timer`` fires timers in while the connection is alive.
-LIVE_TIMERS: tuple[Timer, ...] = (
+LIVE_TIMERS: Final[tuple[Timer, ...]] = (
     Timer.CONNECT, Timer.IDLE, Timer.CLOSE, Timer.ACK, Timer.PATH_VALIDATION,
     Timer.LOSS_DETECTION, Timer.GAP_PROBE, Timer.KEEPALIVE, Timer.PACING,
 )
 #: ... and while it is closing or draining.
-ENDING_TIMERS: tuple[Timer, ...] = (Timer.DRAIN,)
+ENDING_TIMERS: Final[tuple[Timer, ...]] = (Timer.DRAIN,)
+
+#: (module constants: compiled, a Final global is a C variable, an enum member a dict lookup)
+_HANDSHAKING: Final = State.HANDSHAKING
+_ESTABLISHED: Final = State.ESTABLISHED
+_VALIDATING_PATH: Final = State.VALIDATING_PATH
 
 #: The deadline of one timer (None: not armed).
 Deadline = Callable[[], float | None]
@@ -90,10 +95,60 @@ class TimerTable:
 
 
 # ---------------------------------------------------------------------- a connection's timers
+class ConnectionTimers(TimerTable):
+    """A connection's table. ``get_timer`` runs after every packet and send pass, so the
+    earliest live deadline is computed by calling the deadline functions directly (one
+    call each, instead of nine calls through the table's callables); the table's entries
+    are the same functions, so the two cannot disagree (``tests/test_timers.py`` checks)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection,
+                 entries: Mapping[Timer, tuple[Deadline, Handler]]) -> None:
+        super().__init__(entries)
+        self._conn = conn
+
+    def earliest(self, timers: tuple[Timer, ...]) -> float | None:
+        if timers is LIVE_TIMERS:
+            return live_earliest(self._conn)
+        return TimerTable.earliest(self, timers)
+
+
+def live_earliest(conn: Connection) -> float | None:
+    """The earliest deadline among LIVE_TIMERS (what ``TimerTable.earliest`` returns)."""
+    best = _connect_deadline(conn)
+    at = _idle_deadline(conn)
+    if at is not None and (best is None or at < best):
+        best = at
+    at = conn._close_deadline
+    if at is not None and (best is None or at < best):
+        best = at
+    at = conn.acks.deadline
+    if at is not None and (best is None or at < best):
+        best = at
+    if conn.paths.candidates:
+        at = conn.paths.timer()
+        if at is not None and (best is None or at < best):
+            best = at
+    at = conn.recovery.timer()
+    if at is not None and (best is None or at < best):
+        best = at
+    at = _gap_probe_deadline(conn)
+    if at is not None and (best is None or at < best):
+        best = at
+    at = _keepalive_deadline(conn)
+    if at is not None and (best is None or at < best):
+        best = at
+    at = conn.packets.pace_at
+    if at is not None and (best is None or at < best):
+        best = at
+    return best
+
+
 def connection_timers(conn: Connection) -> TimerTable:
     """Each timer's deadline (None: not armed) and what firing it does, for ``conn``."""
     packets, acks = conn.packets, conn.acks
-    return TimerTable({
+    return ConnectionTimers(conn, {
         Timer.CONNECT: (partial(_connect_deadline, conn), partial(_connect_timeout, conn)),
         Timer.IDLE: (partial(_idle_deadline, conn), partial(_idle_timeout, conn)),
         Timer.CLOSE: (lambda: conn._close_deadline, partial(_close_timeout, conn)),
@@ -112,7 +167,7 @@ def _nothing_to_do(now: float) -> bool:
 
 
 def _connect_deadline(conn: Connection) -> float | None:
-    if conn.state is not State.HANDSHAKING:
+    if conn.state is not _HANDSHAKING:
         return None
     return conn.handshake_deadline
 
@@ -182,7 +237,9 @@ def _gap_probe_deadline(conn: Connection) -> float | None:
     backed-off probes (8 at most per silence) let it find us after an address change it
     cannot see."""
     recv_buf = conn.recv_buf
-    if not conn.is_established or not (recv_buf.segment_count or (
+    state = conn.state
+    if (state is not _ESTABLISHED and state is not _VALIDATING_PATH) or not (
+            recv_buf.segment_count or (
             recv_buf.fin_offset is None and conn._gap_probes < 8)):
         return None
     backoff = 2.0 * (1 << min(conn._gap_probes, 6))
@@ -205,7 +262,8 @@ def _keepalive_deadline(conn: Connection) -> float | None:
     PING at once, and a deadline counted from the last send alone would stay in the past and
     fire again and again (a spinning timer queueing PINGs without end)."""
     interval = conn.config.keepalive_interval
-    if not interval or not conn.is_established:
+    state = conn.state
+    if not interval or (state is not _ESTABLISHED and state is not _VALIDATING_PATH):
         return None
     return max(conn.packets.last_sent, conn._keepalive_queued) + interval
 

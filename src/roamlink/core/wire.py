@@ -87,7 +87,7 @@ MAX_CID_LENGTH: Final = 20
 MAX_REASON_LENGTH: Final = 512
 RESET_TOKEN_LENGTH: Final = 16
 
-_PN = struct.Struct("!Q")
+_PN: Final = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
 
 SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length (+ the 16-byte tag when sealed)
@@ -140,9 +140,9 @@ def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     return value, end
 
 
-_VARINT_UNPACK = {2: struct.Struct("!H").unpack_from, 4: struct.Struct("!I").unpack_from,
+_VARINT_UNPACK: Final = {2: struct.Struct("!H").unpack_from, 4: struct.Struct("!I").unpack_from,
                   8: struct.Struct("!Q").unpack_from}
-_VARINT_MASK = {2: 0x3FFF, 4: 0x3FFF_FFFF, 8: 0x3FFF_FFFF_FFFF_FFFF}
+_VARINT_MASK: Final = {2: 0x3FFF, 4: 0x3FFF_FFFF, 8: 0x3FFF_FFFF_FFFF_FFFF}
 
 
 # --- frames ----------------------------------------------------------------------------------
@@ -238,10 +238,10 @@ Frame = (
 
 
 #: varint width -> (struct format character, length marker bits)
-_VARINT_FORMATS = {1: ("B", 0), 2: ("H", 0x4000), 4: ("I", 0x8000_0000),
+_VARINT_FORMATS: Final = {1: ("B", 0), 2: ("H", 0x4000), 4: ("I", 0x8000_0000),
                    8: ("Q", 0xC000_0000_0000_0000)}
 #: (offset width, length width) -> (struct, offset marker bits, length marker bits)
-_PUSH_HEADERS = {
+_PUSH_HEADERS: Final = {
     (o, n): (struct.Struct("!B" + _VARINT_FORMATS[o][0] + _VARINT_FORMATS[n][0]),
              _VARINT_FORMATS[o][1], _VARINT_FORMATS[n][1])
     for o in (1, 2, 4, 8) for n in (1, 2, 4, 8)
@@ -473,7 +473,7 @@ def encode_retry(version: int, client_cid: bytes, token: bytes) -> bytes:
     return encode_long_header(RETRY, version, client_cid, token)
 
 
-_SHORT_TYPES = (bytes((SHORT,)), bytes((SHORT | KEY_PHASE,)))
+_SHORT_TYPES: Final = (bytes((SHORT,)), bytes((SHORT | KEY_PHASE,)))
 
 
 def encode_short_header(dcid: bytes, packet_number: int, key_phase: int = 0) -> bytes:

@@ -39,7 +39,7 @@ SYN_OVERHEAD: Final = 32 + 48 + 16 + mac1_mod.MAC1_LENGTH
 #: bytes a SYN-ACK adds to its payload: e and the payload's tag
 SYN_ACK_OVERHEAD: Final = 32 + 16
 
-_TIMESTAMP = struct.Struct("!Q")
+_TIMESTAMP: Final = struct.Struct("!Q")
 
 # SYN-ACK payload flags
 EARLY_DATA_ACCEPTED: Final = 0x01

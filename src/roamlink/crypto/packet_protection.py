@@ -30,8 +30,8 @@ from .noise import rekey
 TAG_LENGTH: Final = 16
 KEY_LENGTH: Final = 32
 
-_NONCE = struct.Struct("<4xQ")
-_pack_nonce = _NONCE.pack
+_NONCE: Final = struct.Struct("<4xQ")
+_pack_nonce: Final = _NONCE.pack
 
 
 def packet_nonce(pn: int) -> bytes:

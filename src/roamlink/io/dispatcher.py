@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ..config import Config
 from ..core import wire
@@ -44,9 +45,9 @@ from .steering import CidLayout
 logger = logging.getLogger("roamlink.dispatcher")
 
 #: Stateless answers (RETRY, REJECT, version negotiation) queued per batch of datagrams.
-_MAX_STATELESS = 256
+_MAX_STATELESS: Final = 256
 #: Handshake keys of ended connections remembered (bounded memory; oldest forgotten first).
-ENDED_KEYS = 65536
+ENDED_KEYS: Final = 65536
 
 
 @dataclass

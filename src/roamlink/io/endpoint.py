@@ -18,6 +18,7 @@ idle connection, which leaves at once (see :meth:`Endpoint.mark_written`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
@@ -129,7 +130,7 @@ class Endpoint:
 
     def io_stats(self) -> dict[str, int]:
         """The socket's system-call counters (``self.udp`` has GSO/GRO state and errors)."""
-        return dict(vars(self.udp.io))
+        return dataclasses.asdict(self.udp.io)
 
     # ------------------------------------------------------------------ receiving
     def pause_reading(self) -> None:

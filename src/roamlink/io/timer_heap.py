@@ -12,14 +12,14 @@ import heapq
 import logging
 import math
 from collections.abc import Callable, Hashable
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from .clock import Scheduler, TimerHandle
 
 logger = logging.getLogger("roamlink.endpoint")
 
 #: Shortest timer armed: event loops cannot sleep for less (see TimerHeap._schedule).
-MIN_TIMER_DELAY = 0.001
+MIN_TIMER_DELAY: Final = 0.001
 
 
 class Timed(Hashable, Protocol):

@@ -18,6 +18,7 @@ This module knows nothing of connections: datagrams in, datagrams out.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
@@ -28,33 +29,49 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ..config import Config
 from ..core.events import Address
 
 logger = logging.getLogger("roamlink.endpoint")
 
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
+
+def _fionread() -> tuple[Callable[[int, int, array.array[int]], object], int] | None:
+    """``fcntl.ioctl`` and the FIONREAD request, where the platform has them (not Windows)."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:
+        return None
+    request = getattr(termios, "FIONREAD", None)
+    return None if request is None else (fcntl.ioctl, int(request))
+
+
+SOL_UDP: Final = 17
+UDP_SEGMENT: Final = 103
+UDP_GRO: Final = 104
 #: Largest UDP payload the kernel takes in one send (and hands over in one GRO receive).
-MAX_UDP_PAYLOAD = 65507
+MAX_UDP_PAYLOAD: Final = 65507
 #: The kernel refuses more segments than this in one GSO send (UDP_MAX_SEGMENTS).
-MAX_SEGMENTS = 64
+MAX_SEGMENTS: Final = 64
 #: Receive system calls per wake-up at most, so one busy socket cannot starve the loop.
 MAX_READS_PER_WAKEUP = 128
 #: Datagrams queued while the socket's send buffer is full; beyond this they are dropped
 #: (loss recovery resends them).
-MAX_BACKLOG = 8192
+MAX_BACKLOG: Final = 8192
 #: Linux socket options that queue ICMP errors for an unconnected UDP socket (the socket
 #: module does not name them).
-_IP_RECVERR = 11
-_IPV6_RECVERR = 25
-_SEGMENT_SIZE = struct.Struct("=H")
-_GRO_SIZE = struct.Struct("=i")
-_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_IP_RECVERR: Final = 11
+_IPV6_RECVERR: Final = 25
+_SEGMENT_SIZE: Final = struct.Struct("=H")
+_GRO_SIZE: Final = struct.Struct("=i")
+_CMSG_SPACE: Final = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+#: The ioctl that tells how many bytes the next datagram has (0: none waiting), where the
+#: platform has it (Linux and the BSDs; not Windows).
+_FIONREAD: Final = _fionread()
 #: Errors of a GSO send that mean "this path cannot segment": fall back to plain sends.
-_GSO_ERRORS = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+_GSO_ERRORS: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
                          errno.EMSGSIZE})
 
 
@@ -110,6 +127,12 @@ class UdpSocket:
         #: told of ICMP port unreachable: the addresses concerned, or None when unknown
         self.on_unreachable: Callable[[set[Address] | None], None] | None = None
         self._recverr = False  # the kernel queues ICMP errors for us (report_unreachable)
+        #: ask the kernel whether another datagram waits (FIONREAD) before reading again,
+        #: instead of reading until EAGAIN: the failing read costs a system call, an
+        #: exception and a traceback per wake-up, one per message on a request/response
+        #: connection (set by ``start`` where the platform has the ioctl)
+        self._ask_pending = False
+        self._inq = array.array("i", [0])
 
     @property
     def family(self) -> int:
@@ -130,6 +153,8 @@ class UdpSocket:
         if offload and sys.platform.startswith("linux"):
             self.gso = _probe_gso(sock)
             self.gro = _probe_gro(sock)
+        self._ask_pending = (_FIONREAD is not None
+                             and self._datagram_waiting(sock.fileno()) is not None)
         try:
             self.loop.add_reader(sock.fileno(), self.on_readable)
             self._reading = True
@@ -164,7 +189,10 @@ class UdpSocket:
         io = self.io
         gro = self.gro
         append = out.append
-        for _ in range(MAX_READS_PER_WAKEUP):
+        fd = sock.fileno() if self._ask_pending else -1
+        for i in range(MAX_READS_PER_WAKEUP):
+            if i and fd >= 0 and not self._datagram_waiting(fd):
+                break  # (the first read: the loop said the socket is readable)
             try:
                 if gro:
                     data, ancdata, _, addr = sock.recvmsg(MAX_UDP_PAYLOAD + 1, _CMSG_SPACE)
@@ -191,6 +219,18 @@ class UdpSocket:
                 append((data, addr))
         io.datagrams_in += len(out)
         return out
+
+    def _datagram_waiting(self, fd: int) -> bool | None:
+        """Whether a datagram waits on ``fd`` (None: the ioctl failed; read and see)."""
+        fionread = _FIONREAD
+        if fionread is None:
+            return None
+        try:
+            fionread[0](fd, fionread[1], self._inq)
+        except OSError:
+            self._ask_pending = False
+            return None
+        return self._inq[0] > 0
 
     def report_unreachable(self) -> bool:
         """Ask the kernel to report ICMP errors for datagrams this (unconnected) socket sent

@@ -35,7 +35,7 @@ rate that stopped growing. Recovery (``core/recovery.py``, RACK-TLP) repairs it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from ..delivery_rate import RateSample
 from ..recovery import SentPacket
@@ -45,39 +45,41 @@ from .base import CongestionController
 BbrPhase = Literal["startup", "drain", "probe_bw", "probe_rtt"]
 
 #: Start-up gain: the smallest that doubles the delivery rate each round trip (2/ln 2).
-HIGH_GAIN = 2.885
-DRAIN_GAIN = 1 / HIGH_GAIN
-CWND_GAIN = 2.0
+HIGH_GAIN: Final = 2.885
+DRAIN_GAIN: Final = 1 / HIGH_GAIN
+CWND_GAIN: Final = 2.0
 #: ProbeBW's pacing-gain cycle, one phase per min_rtt.
-PACING_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+# (not Final: mypyc (2.4) inverts the "was it set" test of a Final tuple of floats, so every
+# read raised NameError; a plain global costs a dict lookup, once per gain phase)
+PACING_GAINS: tuple[float, ...] = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 #: The bandwidth filter's window, in round trips.
-BW_WINDOW_ROUNDS = 10
+BW_WINDOW_ROUNDS: Final = 10
 #: ACK-aggregation filter's window, in round trips.
-EXTRA_ACKED_ROUNDS = 10
+EXTRA_ACKED_ROUNDS: Final = 10
 #: Seconds a min_rtt sample stays valid before ProbeRTT measures it again.
-MIN_RTT_WINDOW = 10.0
-PROBE_RTT_TIME = 0.2
+MIN_RTT_WINDOW: Final = 10.0
+PROBE_RTT_TIME: Final = 0.2
 #: The window is never below this many packets (ProbeRTT holds it there).
-MIN_CWND_PACKETS = 4
+MIN_CWND_PACKETS: Final = 4
 #: Start-up ends when the bandwidth grew by less than this factor in FULL_BW_ROUNDS rounds.
-FULL_BW_GROWTH = 1.25
-FULL_BW_ROUNDS = 3
+FULL_BW_GROWTH: Final = 1.25
+FULL_BW_ROUNDS: Final = 3
 #: Pace a little below the model so a queue does not creep up from rounding.
-PACING_MARGIN = 0.99
+PACING_MARGIN: Final = 0.99
 #: The ACK-aggregation allowance never exceeds this many seconds at the bottleneck rate...
-MAX_EXTRA_ACKED_TIME = 0.1
+MAX_EXTRA_ACKED_TIME: Final = 0.1
 #: ... nor EXTRA_ACKED_RTTS min_rtts' worth, or MIN_EXTRA_ACKED_TIME's on a shorter path.
 #: Data beyond the model can only wait in the bottleneck's queue, so the allowance bounds the
 #: standing queue: on a sub-millisecond path a busy host's 10-15 ms stalls made it 20-40 times
 #: the BDP and 8-17 ms of queue at a 50 Mbit/s tbf. There it is now at most 5 ms (about the
 #: scheduling noise such a host adds to the RTT anyway); from 20 ms of RTT up nothing changes.
-EXTRA_ACKED_RTTS = 5.0
-MIN_EXTRA_ACKED_TIME = 0.005
+EXTRA_ACKED_RTTS: Final = 5.0
+MIN_EXTRA_ACKED_TIME: Final = 0.005
 #: A round trip, for the model's filters and the gain cycle, lasts at least this long: on a
 #: sub-millisecond path (loopback, a LAN) a round holds a handful of packets, a probe at 1.25x
 #: for one such round measures nothing, and one scheduling hiccup of a busy host would expire
 #: the bandwidth estimate. (Vegas has the same floor, for the same reason.)
-MIN_ROUND = 0.005
+MIN_ROUND: Final = 0.005
 
 
 class WindowedMax:
