@@ -7,6 +7,7 @@ import socket
 from typing import Any, cast
 
 from ..core.events import Address
+from ..io.endpoint import numeric_sockaddr
 
 
 def parse_address(value: Address | str | int, *, default_host: str = "0.0.0.0"
@@ -33,6 +34,9 @@ def parse_address(value: Address | str | int, *, default_host: str = "0.0.0.0"
 
 async def resolve(host: str, port: int) -> tuple[int, Address]:
     """The first UDP address for ``host:port`` and its address family."""
+    numeric = numeric_sockaddr(host, port)
+    if numeric is not None:
+        return numeric
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
 from ..core.connection import Connection
@@ -40,6 +41,21 @@ __all__ = ["ConnectionObserver", "Endpoint", "EndpointDriver", "IoStats", "offlo
 #: The driver type the socket layer uses: its sockets are endpoints.
 EndpointDriver = ConnectionDriver["Endpoint"]
 
+
+
+def numeric_sockaddr(host: str, port: int, family: int = 0) -> tuple[int, Address] | None:
+    """``(family, socket address)`` of an IP literal, or None for a name. An IP literal needs
+    no resolver: ``getaddrinfo`` runs in a worker thread, which costs a thread hand-off on a
+    busy host and is invisible to a virtual clock (see roamlink.testing.clock)."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        if family and family != fam:
+            continue
+        try:
+            socket.inet_pton(fam, host)
+        except (OSError, ValueError):
+            continue
+        return fam, ((host, port) if fam == socket.AF_INET else (host, port, 0, 0))
+    return None
 
 class Endpoint:
     """One UDP socket and the connections routed through it.
@@ -87,12 +103,18 @@ class Endpoint:
                      scheduler: Scheduler | None = None,
                      server_crypto: ServerCrypto | None = None) -> Endpoint:
         """Bind a UDP socket at ``local_addr`` and start serving it."""
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(local_addr[0], local_addr[1], family=family,
-                                       type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-        if not infos:
-            raise OSError(f"cannot resolve {local_addr!r}")
-        fam, _, proto, _, sockaddr = infos[0]
+        numeric = numeric_sockaddr(str(local_addr[0]), int(local_addr[1]), family)
+        sockaddr: Any
+        if numeric is not None:
+            fam, sockaddr = numeric
+            proto = 0
+        else:
+            loop = asyncio.get_running_loop()
+            infos = await loop.getaddrinfo(local_addr[0], local_addr[1], family=family,
+                                           type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+            if not infos:
+                raise OSError(f"cannot resolve {local_addr!r}")
+            fam, _, proto, _, sockaddr = infos[0]
         endpoint = cls(config, accept_new=accept_new, dispatcher=dispatcher, driver=driver,
                        scheduler=scheduler, server_crypto=server_crypto)
         sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
