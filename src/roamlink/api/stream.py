@@ -129,9 +129,7 @@ class Stream:
         or a port; port 0 picks one), validate the path from it, move the connection to it
         and close the old socket — what a client does when its network changes. The old
         path keeps carrying data meanwhile. On failure the connection stays on the old path
-        and :class:`MigrationError` (or :class:`MigrationTimeout`) is raised. Asking for the
-        path already in use (also when a concurrent identical call just completed it)
-        returns at once.
+        and :class:`MigrationError` (or :class:`MigrationTimeout`) is raised.
         """
         conn = self._conn
         old = self._endpoint
@@ -141,11 +139,6 @@ class Stream:
             host, port = parse_address(new_remote_addr)
             _, remote = await resolve(host, port)
         new: Endpoint | None = None
-        paths = conn.paths
-        if local_addr is None and paths.is_current(paths.socket_id,
-                                                   remote if remote is not None
-                                                   else paths.remote_addr):
-            return self.local_addr, paths.remote_addr
         if local_addr is not None:
             family = old.family
             host, port = parse_address(local_addr, default_host=old.local_addr[0])
