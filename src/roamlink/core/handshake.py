@@ -158,9 +158,7 @@ class Handshake:
         common = [v for v in self.offered if v in supported]
         if not common:
             return VersionVerdict.FAIL, supported
-        self.version = common[0]
-        self.pending = True
-        self.packet = None  # the new version changes the header the SYN is bound to
+        self.version = common[0]  # the caller builds the SYN again (_restart_syn)
         return VersionVerdict.RETRY, supported
 
 
@@ -192,10 +190,7 @@ def build_client_hello(conn: Connection, now: float) -> bytes:
             raise HandshakeFailed(f"cannot start the handshake: {exc}") from None
         handshake.packet = datagram
         handshake.syn_stream = stream
-    datagram = handshake.packet
-    packets.record_handshake(datagram, handshake.syn_stream, now)
-    _note_sent(handshake, now)
-    return datagram
+    return _transmit(conn, now)
 
 
 def build_server_hello(conn: Connection, now: float) -> bytes:
@@ -225,16 +220,31 @@ def build_server_hello(conn: Connection, now: float) -> bytes:
             conn.packets.set_protection(PacketProtection(send, recv))
         handshake.packet = datagram
         handshake.syn_stream = stream
+    return _transmit(conn, now)
+
+
+def _transmit(conn: Connection, now: float) -> bytes:
+    """One transmission of the SYN or SYN-ACK built before: recorded for loss recovery and
+    counted (a single transmission gives the first RTT sample)."""
+    handshake = conn.handshake
     datagram = handshake.packet
-    packets.record_handshake(datagram, handshake.syn_stream, now)
-    _note_sent(handshake, now)
-    return datagram
-
-
-def _note_sent(handshake: Handshake, now: float) -> None:
+    assert datagram is not None
+    conn.packets.record_handshake(datagram, handshake.syn_stream, now)
     if handshake.times_sent == 0:
         handshake.first_sent = now
     handshake.times_sent += 1
+    return datagram
+
+
+def _restart_syn(conn: Connection, now: float) -> None:
+    """The SYN in flight will never be answered (a RETRY, or another version): build it again
+    (the prologue binds the header, which changed), with what the old one carried (0-RTT data);
+    its round trip gives the first RTT sample."""
+    handshake = conn.handshake
+    handshake.packet = None
+    handshake.pending = True
+    resolve_handshake_packets(conn, False, now)
+    handshake.times_sent = 0
 
 
 # ---------------------------------------------------------------------- receiving
@@ -278,10 +288,7 @@ def on_retry(conn: Connection, hdr: wire.LongHeader, now: float) -> bool:
             or not 1 <= len(hdr.scid) <= wire.MAX_CID_LENGTH):
         return False
     handshake.token = hdr.scid
-    handshake.packet = None
-    handshake.pending = True
-    resolve_handshake_packets(conn, False, now)
-    handshake.times_sent = 0  # the repeated SYN's round trip gives the first RTT sample
+    _restart_syn(conn, now)
     return True
 
 
@@ -449,9 +456,7 @@ def _on_version_negotiation(conn: Connection, hdr: wire.LongHeader, data: bytes,
         hdr, data, conn.local_cid, conn.state is State.HANDSHAKING)
     if verdict is VersionVerdict.RETRY:
         conn.log.info("version %d refused; retrying with %d", refused, handshake.version)
-        # the old SYN will never be answered: what it carried (0-RTT data) goes in the new one
-        resolve_handshake_packets(conn, False, now)
-        handshake.times_sent = 0  # the new SYN's round trip gives the first RTT sample
+        _restart_syn(conn, now)
     elif verdict is VersionVerdict.FAIL:
         conn._terminate(VersionMismatch(tuple(conn.config.versions), supported),
                         Trigger.TIMEOUT)
