@@ -267,7 +267,7 @@ class Endpoint:
             self.mark(conn)
             return
         self._dirty.pop(conn, None)
-        self.driver.serve(conn, self.now(), self)
+        self.driver.serve(conn, self.now(), self, True)  # sent before the observer runs
         self.transmit_collected()
 
     def _schedule_flush(self) -> None:
@@ -308,7 +308,7 @@ class Endpoint:
         self.udp.io.timers_fired += 1
         self.driver.fire_timer(conn, now)
         if not self._closing:
-            self.driver.serve(conn, self.now(), self)
+            self.driver.serve(conn, self.now(), self, True)
             self.transmit_collected()
 
     @property
