@@ -83,7 +83,7 @@ class Stream:
             self._handshake.set_result(None)
         if conn.readable or conn.at_eof or conn.is_terminated:
             _wake(self._read_waiter)
-        if self._drain_waiters and (conn.send_buffered <= conn.config.send_buffer_size
+        if self._drain_waiters and (conn.send_buffered <= conn.send_buffer_limit
                                     or conn.is_terminated):
             self._wake_drainers()
 
@@ -240,12 +240,17 @@ class Stream:
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes; :class:`IncompleteRead` if the stream ends first."""
-        parts: list[bytes] = []
-        got = 0
+        if n <= 0:
+            return b""
+        chunk = await self.read(n)
+        got = len(chunk)
+        if got == n:  # the common case: one read has it all
+            return chunk
+        parts = [chunk]
         while got < n:
-            chunk = await self.read(n - got)
             if not chunk:
                 raise IncompleteRead(b"".join(parts), n)
+            chunk = await self.read(n - got)
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)
@@ -256,8 +261,9 @@ class Stream:
     # ------------------------------------------------------------------ writing
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; raises :class:`ConnectionClosed` (or a subclass) once closed."""
-        self._conn.send(bytes(data))
-        self._endpoint.mark_written(self._conn)
+        conn = self._conn
+        conn.send(data if type(data) is bytes else bytes(data))
+        self._endpoint.mark_written(conn)
 
     def writelines(self, data: list[bytes]) -> None:
         for chunk in data:
@@ -269,7 +275,7 @@ class Stream:
         Several coroutines may wait at once (as with asyncio's ``StreamWriter``): all wake.
         """
         conn = self._conn
-        limit = conn.config.send_buffer_size
+        limit = conn.send_buffer_limit
         while conn.send_buffered > limit:
             if conn.is_terminated:
                 break

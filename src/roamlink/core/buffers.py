@@ -35,7 +35,8 @@ class SendBuffer:
         if self.fin_requested:
             raise RuntimeError("write after end of stream")
         if data:
-            self._chunks.append(bytes(data))
+            # (a copy only of what is not bytes yet: the caller may reuse a bytearray)
+            self._chunks.append(data if type(data) is bytes else bytes(data))
             self._chunk_starts.append(self.end)
             self.end += len(data)
 

@@ -88,6 +88,7 @@ MAX_REASON_LENGTH: Final = 512
 RESET_TOKEN_LENGTH: Final = 16
 
 _PN: Final = struct.Struct("!Q")
+_pack_pn: Final = _PN.pack  # (a bound method: no lookup by name per packet)
 _U32 = struct.Struct("!I")
 
 SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length (+ the 16-byte tag when sealed)
@@ -511,13 +512,13 @@ _SHORT_TYPES: Final = (bytes((SHORT,)), bytes((SHORT | KEY_PHASE,)))
 
 
 def encode_short_header(dcid: bytes, packet_number: int, key_phase: int = 0) -> bytes:
-    return _SHORT_TYPES[key_phase] + dcid + _PN.pack(packet_number)
+    return _SHORT_TYPES[key_phase] + dcid + _pack_pn(packet_number)
 
 
 def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> bytes:
     """A whole clear short-header packet (``insecure_plaintext``): the header and the encoded
     frames in ``parts``, joined in one copy (the per-packet path)."""
-    return b"".join((_SHORT_TYPES[0], dcid, _PN.pack(packet_number), *parts))
+    return b"".join((_SHORT_TYPES[0], dcid, _pack_pn(packet_number), *parts))
 
 
 def decode_short_header(data: bytes | memoryview, cid_length: int) -> tuple[bytes, int, int]:
