@@ -37,6 +37,14 @@ def test_one_range_ack_is_the_codec_s(a: int, b: int, delay: int) -> None:
     assert wire.decode_frames(encoded) == [wire.AckFrame(((first, last),), delay)]
 
 
+@given(st.binary(max_size=24), st.integers(0, (1 << 64) - 1), st.integers(0, 1))
+def test_short_header_is_type_cid_and_packet_number(dcid: bytes, pn: int, phase: int) -> None:
+    header = wire.encode_short_header(dcid, pn, phase)
+    first = wire.SHORT | (wire.KEY_PHASE if phase else 0)
+    assert header == bytes((first,)) + dcid + pn.to_bytes(8, "big")
+    assert wire.decode_short_header(header, len(dcid)) == (dcid, pn, len(header))
+
+
 def test_varints_out_of_range_are_refused() -> None:
     for value in (-1, -64, wire.VARINT_MAX + 1):
         with pytest.raises(ValueError):
