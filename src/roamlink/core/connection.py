@@ -395,7 +395,9 @@ class Connection:
     def _receive(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
         first = data[0] if data else 0
         if first & 0xC0 == 0x40:  # short header (fixed bit set)
-            dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
+            cid_length = len(self.local_cid)
+            pn = wire.short_header_pn(data, cid_length)
+            offset = 1 + cid_length + 8
             if self.state is _HANDSHAKING and self.is_client:
                 raise wire.MalformedPacket("short packet before SYN-ACK")
             protection = self.packets.protection
