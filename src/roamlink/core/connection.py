@@ -163,7 +163,7 @@ class Connection:
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
         self.flow = FlowControl(config.receive_window)
-        self.acks = AckState()
+        self.acks = AckState(config.ack_every, config.max_ack_delay)
         self.counters = Counters()
         self.packets = PacketBuilder(config, send_buf=self.send_buf, recovery=self.recovery,
                                      cc=self.cc, rtt=self.rtt, pacer=self.pacer,
@@ -473,9 +473,10 @@ class Connection:
             self._complete_handshake(now)  # server: the client used the CID it learnt from us
 
         eliciting = False
-        push_frame = wire.PushFrame
         for frame in frames:
-            if type(frame) is push_frame:  # the common case, without the generic dispatch
+            # the common case, without the generic dispatch (``isinstance`` of a compiled
+            # class is a type check; ``wire.PushFrame`` as a value is a module lookup)
+            if isinstance(frame, wire.PushFrame):
                 eliciting = True
                 acks.data_unacked = True
                 if on_path:
@@ -495,8 +496,7 @@ class Connection:
 
         if eliciting and on_path:
             acks.on_ack_eliciting(now, out_of_order
-                                  or self.state is _HANDSHAKING or self.state is _DRAINING,
-                                  self.config.ack_every, self.config.max_ack_delay)
+                                  or self.state is _HANDSHAKING or self.state is _DRAINING)
         self._check_streams_done(now)
         if self.state is _DRAINING:
             # no ACK timer runs while draining: the peer's FIN must be acknowledged now, or
