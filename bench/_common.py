@@ -21,6 +21,7 @@ import platform
 import random
 import resource
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -295,6 +296,76 @@ class TcpStream:
             await self.writer.wait_closed()
 
 
+class DatagramStream(asyncio.DatagramProtocol):
+    """A bare asyncio UDP socket behind the stream methods: no reliability, ordering,
+    congestion or flow control, no encryption; one write is one datagram, an empty datagram
+    is the end of the stream. On loopback nothing is lost, so it is the floor of any
+    UDP-based transport on this event loop (``latency.py --only udp``)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.peer: Any = None
+        self.on_first: Callable[[DatagramStream], None] | None = None
+        self.sock: socket.socket | None = None  # the connecting side's socket
+        self._buf = bytearray()
+        self._eof = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.peer is None:
+            self.peer = addr
+            if self.on_first is not None:
+                self.on_first(self)
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if self._eof:
+                raise asyncio.IncompleteReadError(bytes(self._buf), n)
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._buf and not self._eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        size = len(self._buf) if n < 0 else min(n, len(self._buf))
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.sendto(bytes(data), self.peer)
+
+    async def drain(self) -> None:
+        return None
+
+    def write_eof(self) -> None:
+        # asyncio's transport drops an empty datagram, so it goes out on the socket itself
+        assert self.sock is not None, "only the connecting side ends the stream"
+        self.sock.sendto(b"", self.peer)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
 Handler = Callable[[ByteStream], Awaitable[None]]
 
 
@@ -343,6 +414,18 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
                 await asyncio.wait_for(server.wait_closed(), 5)
 
         return int(server.sockets[0].getsockname()[1]), close_tcp
+    if kind == "udp":
+        loop = asyncio.get_running_loop()
+        udp_transport, proto = await loop.create_datagram_endpoint(
+            DatagramStream, local_addr=("127.0.0.1", 0))
+        proto.on_first = spawn
+
+        async def close_udp() -> None:
+            for task in list(tasks):
+                task.cancel()
+            udp_transport.close()
+
+        return int(udp_transport.get_extra_info("sockname")[1]), close_udp
     raise ValueError(f"unknown stream transport {kind!r}")
 
 
@@ -368,6 +451,14 @@ async def stream_connect(kind: str, port: int) -> ByteStream:
     if kind == "tcp":
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return TcpStream(reader, writer)
+    if kind == "udp":
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        _, stream = await loop.create_datagram_endpoint(DatagramStream, sock=sock)
+        stream.peer, stream.sock = ("127.0.0.1", port), sock
+        return stream
     raise ValueError(f"unknown stream transport {kind!r}")
 
 

@@ -2,10 +2,12 @@
 
 The client sends a message, waits for the server's 64-byte echo, and times each round trip
 (after a warm-up). roamlink (encrypted, the default), roamlink with ``insecure_plaintext``
-("roamlink-plain") and asyncio TCP are measured in the same invocation.
+("roamlink-plain"), asyncio TCP and "udp" are measured in the same invocation. "udp" is a bare
+asyncio UDP echo with the same task structure and no protocol at all: the floor of any UDP
+transport on this event loop.
 
-Usage: python bench/latency.py [--count 5000] [--warmup 500] [--size 64] [--only roamlink,tcp]
-       [--uvloop] [--quick] [--timeout s]
+Usage: python bench/latency.py [--count 5000] [--warmup 500] [--size 64]
+       [--only roamlink,roamlink-plain,tcp,udp] [--uvloop] [--quick] [--timeout s]
 Prints one JSON line per transport (p50/p99 in microseconds) and a final summary line.
 """
 
@@ -116,6 +118,9 @@ async def orchestrate(args: argparse.Namespace) -> int:
                                **machine_info()}
     if p50.get("roamlink") and p50.get("tcp"):
         summary["p50_ratio_roamlink_to_tcp"] = rnd(p50["roamlink"] / p50["tcp"], 3)  # type: ignore[operator]
+    if p50.get("tcp"):
+        summary["p50_ratio_to_tcp"] = {k: rnd(v / p50["tcp"], 3)  # type: ignore[operator]
+                                       for k, v in p50.items() if v and k != "tcp"}
     if p50.get("roamlink") and p50.get("roamlink-plain"):
         summary["p50_encryption_cost_us"] = rnd(
             p50["roamlink"] - p50["roamlink-plain"], 1)  # type: ignore[operator]
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=None, help="timed round trips (5000)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed round trips (500)")
     parser.add_argument("--size", type=int, default=64, help="message bytes")
-    parser.add_argument("--only", default="roamlink,roamlink-plain,tcp")
+    parser.add_argument("--only", default="roamlink,roamlink-plain,tcp,udp")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any transport failed (a smoke test: never on timing)")
     add_common_args(parser, timeout=120)
