@@ -189,6 +189,13 @@ class Connection:
         self._alive_pn = -1
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since data last arrived (backoff)
+        #: a receiver probe wants a PING padded to the full datagram size (timers._gap_probe)
+        self.padded_ping_due = False
+        #: the next receiver probe's interval is scaled by this (0.75-1.25, drawn per probe):
+        #: probes at exact multiples of the RTO could stay in step with a NAT that re-maps
+        #: at a fixed period, each leaving just before its mapping ends
+        self.gap_probe_jitter = 1.0
+        self.random_bytes = random_bytes
         self._keepalive_queued = 0.0  # when the keepalive timer last queued a PING
         self._drain_deadline: float | None = None
         self._close_deadline: float | None = None
@@ -672,6 +679,10 @@ class Connection:
         if protection is not None and (now >= self._key_update_at or protection.sent_in_phase
                                        >= self.config.key_update_packets):
             self._update_keys(now, protection)
+        if self.padded_ping_due:
+            self.padded_ping_due = False
+            out.append((packets.build_padded_ping(now, self.peer_cid, paths.datagram_size),
+                        self.remote_addr))
         packets.build_data_packets(now, self.peer_cid, self.remote_addr, out)
         return out
 
