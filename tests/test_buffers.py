@@ -25,6 +25,26 @@ def test_rangeset_matches_a_set(adds: list[tuple[int, int]]) -> None:
         assert rs.contains(v) == (v in model)
 
 
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 200), st.integers(0, 30))))
+def test_rangeset_shift_until_and_first_range_match_a_set(
+        ops: list[tuple[bool, int, int]]) -> None:
+    rs = RangeSet()
+    model: set[int] = set()
+    for shift, start, length in ops:
+        if shift:
+            rs.shift_until(start)
+            model = {v for v in model if v >= start}
+        else:
+            rs.add(start, start + length)
+            model.update(range(start, start + length))
+        assert {v for s, e in rs for v in range(s, e)} == model
+        ranges = list(rs)
+        assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        for v in (start, start + length, 0, 100):
+            covered = bool(ranges) and ranges[0][0] <= v < ranges[0][1]
+            assert rs.end_of_first_covering(v) == (ranges[0][1] if covered else -1)
+
+
 @given(st.binary(min_size=1, max_size=5000), st.integers(0, 2**32), st.integers(1, 700))
 def test_recv_buffer_reassembles_any_order(data: bytes, seed: int, seg: int) -> None:
     rng = random.Random(seed)

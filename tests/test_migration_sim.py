@@ -265,17 +265,20 @@ def test_randomized_transfers_with_rebindings_are_hash_exact(seed: int) -> None:
     assert all(p.exact() for p in pumps), "corrupted data"
 
 
-def test_frequent_rebinding_during_a_two_way_transfer() -> None:
+@pytest.mark.parametrize("seed", [0, 1, 3, 6])
+def test_frequent_rebinding_during_a_two_way_transfer(seed: int) -> None:
     """A NAT that re-maps every 0.1 s while both sides stream, with loss. Regression: packets
     that arrived over a candidate path were never acknowledged after it was proven, so a
     sender blocked by its window only moved on timeouts, each landing on yet another mapping
     (this seed then never finished).
 
-    Seed 1 since encryption (16 more bytes a packet moved seed 0's losses): with the RACK /
-    tail-loss-probe recovery, some seeds (2 and 3 already on plaintext main) stall in
-    ValidatingPath with the probe timeout backed off until the idle timeout: an open bug,
-    reported; this test keeps the regression it was written for covered."""
-    net, server, client, c, s = _setup(seed=1, loss=0.02)
+    Seeds 0, 3 and 6 stalled until the idle timeout (the client, its upload done, only
+    receives): its receiver probes were spaced by its probe timeout *with* backoff, which
+    grows exactly while the server cannot reach it, so they came seconds apart; each was a
+    small packet, so the server needed two round trips (a small challenge, then a padded
+    one) and the mapping was gone by then; and probes at exact multiples of the RTO stayed
+    in step with the NAT's period, each leaving just before its mapping ended."""
+    net, server, client, c, s = _setup(seed=seed, loss=0.02)
     rng = random.Random(0)
     up = Pump(net, c, client, s, server, rng.randbytes(1_000_000))
     down = Pump(net, s, server, c, client, rng.randbytes(1_000_000))
@@ -311,3 +314,33 @@ def test_waiting_client_is_found_after_rebinding() -> None:
     assert bytes(got) == b"response" * 10_000
     assert net.now - start < 5.0  # found by a probe, not by the keepalive
     assert s.remote_addr == ("10.0.0.2", 61000)
+
+
+def test_receiver_probes_are_padded_and_not_slowed_by_the_probe_timeout_backoff() -> None:
+    """A client downloading and uploading loses every packet from the server: its own data
+    goes unacknowledged (its probe timeout backs off), yet its receiver probes keep coming
+    at their own pace, each padded to the full datagram size (so a server that sees it from
+    a new address can validate that address with one full-size challenge)."""
+    net, server, client, c, s = _setup(seed=2)
+    size = Config().max_datagram_size
+    s.send(b"d" * 2_000_000)
+    c.send(b"u" * 2_000_000)
+    net.flush(server)
+    net.flush(client)
+    net.run(until=net.now + 0.3)
+    net.link(SERVER[0], CLIENT[0]).loss = 1.0  # the server's packets no longer arrive
+    start = net.now
+    net.capture = True
+    net.run(until=start + 6.0)
+    assert c.recovery.pto_count >= 3  # the client's own probe timeout backed off
+    probes = []
+    for src, _, data in net.captured:
+        frames = frames_of(s, data) if src == client.addr else None
+        if frames and any(isinstance(f, wire.PingFrame) for f in frames) and not any(
+                isinstance(f, wire.PushFrame) for f in frames):
+            probes.append(len(data))
+    # probes at about 2, 4, 8, 16, 16... RTOs (x 0.75-1.25; the RTO is ~0.1 s here): 5 or 6
+    # in 6 s; with the probe timeout's backoff compounded they were 2 x 8, 4 x 16... RTOs
+    # apart
+    assert len(probes) >= 5, probes
+    assert all(n == size for n in probes), probes

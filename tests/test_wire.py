@@ -127,3 +127,20 @@ def test_truncated_frames_are_malformed_or_a_prefix(items: list[wire.Frame], cut
     except wire.MalformedPacket:
         return
     assert len(decoded) <= len(items) + 1  # padding bytes may decode as padding
+
+
+def test_push_and_ack_frames_compare_by_value_like_the_dataclasses_they_were() -> None:
+    push = wire.PushFrame(5, b"ab", True)
+    assert push == wire.PushFrame(5, b"ab", True)
+    assert push != wire.PushFrame(6, b"ab", True)
+    assert push != wire.PushFrame(5, b"ac", True)
+    assert push != wire.PushFrame(5, b"ab")
+    assert push != wire.AckFrame(((5, 5),))
+    assert repr(push) == "PushFrame(offset=5, data=b'ab', fin=True)"
+    ack = wire.AckFrame(((7, 9), (1, 3)), 25)
+    assert ack == wire.AckFrame(((7, 9), (1, 3)), 25)
+    assert hash(ack) == hash(wire.AckFrame(((7, 9), (1, 3)), 25))
+    assert ack != wire.AckFrame(((7, 9), (1, 3)), 26)
+    assert ack != wire.AckFrame(((7, 9),), 25)
+    assert ack.largest == 9 and wire.AckFrame(((0, 0),)).ack_delay_us == 0
+    assert repr(ack) == "AckFrame(ranges=((7, 9), (1, 3)), ack_delay_us=25)"

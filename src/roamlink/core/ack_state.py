@@ -23,9 +23,14 @@ class AckState:
     """What we received, and the ACK we owe for it."""
 
     __slots__ = ("received", "largest", "largest_time", "pending", "deadline",
-                 "path_pn_floor", "eliciting_unacked", "data_unacked")
+                 "path_pn_floor", "eliciting_unacked", "data_unacked", "ack_every",
+                 "max_ack_delay")
 
-    def __init__(self) -> None:
+    def __init__(self, ack_every: int, max_ack_delay: float) -> None:
+        #: ``Config.ack_every`` and ``Config.max_ack_delay``, held here: read from the
+        #: (interpreted) config they were two dictionary lookups per packet received
+        self.ack_every = ack_every
+        self.max_ack_delay = max_ack_delay
         self.received = RangeSet()  # packet numbers received on the validated path
         self.largest = -1
         self.largest_time = 0.0  # when ``largest`` arrived (the ACK delay counts from it)
@@ -50,15 +55,14 @@ class AckState:
             self.largest = pn
             self.largest_time = now
 
-    def on_ack_eliciting(self, now: float, immediately: bool, ack_every: int,
-                         max_ack_delay: float) -> None:
+    def on_ack_eliciting(self, now: float, immediately: bool) -> None:
         """Schedule the ACK for an ack-eliciting packet: at once, or within the ACK delay."""
         self.eliciting_unacked += 1
-        if immediately or self.eliciting_unacked >= ack_every:
+        if immediately or self.eliciting_unacked >= self.ack_every:
             self.pending = True
             self.deadline = None
         elif self.deadline is None:
-            self.deadline = now + max_ack_delay
+            self.deadline = now + self.max_ack_delay
 
     def send_delayed_now(self) -> None:
         """A delayed ACK must not wait (no ACK timer runs while draining)."""

@@ -127,9 +127,9 @@ class SendBuffer:
         if end <= self.base:
             return  # acknowledged before (the range was sent twice): base never moves back
         self._acked.add(max(offset, self.base), end)
-        first = self._acked.first()
-        if first is not None and first[0] <= self.base < first[1]:
-            self._release(first[1])
+        upto = self._acked.end_of_first_covering(self.base)
+        if upto >= 0:
+            self._release(upto)
 
     def on_lost(self, offset: int, length: int, fin: bool) -> None:
         """Queue a lost range for retransmission, except the parts acknowledged since."""

@@ -170,7 +170,7 @@ class Connection:
         self.send_buf = SendBuffer()
         self.recv_buf = RecvBuffer()
         self.flow = FlowControl(config.receive_window)
-        self.acks = AckState()
+        self.acks = AckState(config.ack_every, config.max_ack_delay)
         self.counters = Counters()
         self.packets = PacketBuilder(config, send_buf=self.send_buf, recovery=self.recovery,
                                      cc=self.cc, rtt=self.rtt, pacer=self.pacer,
@@ -196,6 +196,13 @@ class Connection:
         self._alive_pn = -1
         self._gap_probe_sent = 0.0
         self._gap_probes = 0  # receiver probes since data last arrived (backoff)
+        #: a receiver probe wants a PING padded to the full datagram size (timers._gap_probe)
+        self.padded_ping_due = False
+        #: the next receiver probe's interval is scaled by this (0.75-1.25, drawn per probe):
+        #: probes at exact multiples of the RTO could stay in step with a NAT that re-maps
+        #: at a fixed period, each leaving just before its mapping ends
+        self.gap_probe_jitter = 1.0
+        self.random_bytes = random_bytes
         self._keepalive_queued = 0.0  # when the keepalive timer last queued a PING
         self._drain_deadline: float | None = None
         self._close_deadline: float | None = None
@@ -402,7 +409,9 @@ class Connection:
     def _receive(self, data: bytes, addr: Address, now: float, socket_id: int) -> None:
         first = data[0] if data else 0
         if first & 0xC0 == 0x40:  # short header (fixed bit set)
-            dcid, pn, offset = wire.decode_short_header(data, len(self.local_cid))
+            cid_length = len(self.local_cid)
+            pn = wire.short_header_pn(data, cid_length)
+            offset = 1 + cid_length + 8
             if self.state is _HANDSHAKING and self.is_client:
                 raise wire.MalformedPacket("short packet before SYN-ACK")
             protection = self.packets.protection
@@ -478,9 +487,10 @@ class Connection:
             self._complete_handshake(now)  # server: the client used the CID it learnt from us
 
         eliciting = False
-        push_frame = wire.PushFrame
         for frame in frames:
-            if type(frame) is push_frame:  # the common case, without the generic dispatch
+            # the common case, without the generic dispatch (``isinstance`` of a compiled
+            # class is a type check; ``wire.PushFrame`` as a value is a module lookup)
+            if isinstance(frame, wire.PushFrame):
                 eliciting = True
                 acks.data_unacked = True
                 if on_path:
@@ -500,8 +510,7 @@ class Connection:
 
         if eliciting and on_path:
             acks.on_ack_eliciting(now, out_of_order
-                                  or self.state is _HANDSHAKING or self.state is _DRAINING,
-                                  self.config.ack_every, self.config.max_ack_delay)
+                                  or self.state is _HANDSHAKING or self.state is _DRAINING)
         self._check_streams_done(now)
         if self.state is _DRAINING:
             # no ACK timer runs while draining: the peer's FIN must be acknowledged now, or
@@ -677,6 +686,10 @@ class Connection:
         if protection is not None and (now >= self._key_update_at or protection.sent_in_phase
                                        >= self.key_update_packets):
             self._update_keys(now, protection)
+        if self.padded_ping_due:
+            self.padded_ping_due = False
+            out.append((packets.build_padded_ping(now, self.peer_cid, paths.datagram_size),
+                        self.remote_addr))
         packets.build_data_packets(now, self.peer_cid, self.remote_addr, out)
         return out
 

@@ -409,8 +409,7 @@ def receive_long(conn: Connection, data: bytes, addr: Address, now: float, socke
         # the SYN-ACK counts as the server's packet 0: acknowledging it at once is what
         # completes the handshake on the server's side
         conn.acks.record(0, now, True)
-        conn.acks.on_ack_eliciting(now, True, conn.config.ack_every,
-                                   conn.config.max_ack_delay)
+        conn.acks.on_ack_eliciting(now, True)
         _handshake_frames(conn, frames, socket_id, addr, now, True)
         return
     if verdict is LongHeaderVerdict.CLIENT_HELLO:

@@ -283,6 +283,20 @@ class PacketBuilder:
         self._on_sent(pn, datagram, now, False, [], [])
         return datagram
 
+    def build_padded_ping(self, now: float, dcid: bytes, size: int) -> bytes:
+        """A receiver probe (``timers._gap_probe``): the ACK of what we received and a PING,
+        padded to ``size``, so that the peer, if it arrives from an address it does not
+        know, may answer with a full-size PATH_CHALLENGE at once. Not in flight: another
+        probe follows if the silence goes on."""
+        parts = [self._ack(now)] if len(self.acks.received) else []
+        parts.append(wire.ENCODED_PING)
+        used = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length + sum(map(len, parts))
+        parts.append(bytes(max(size - used, 0)))
+        pn = self.allocate_pn()
+        datagram = self.seal(dcid, pn, parts)
+        self._on_sent(pn, datagram, now, False, [], [])
+        return datagram
+
     def handshake_frames(self, extra: list[wire.Frame], room: int, now: float,
                          *, pad: bool) -> tuple[bytes, StreamRanges]:
         """The frames of a SYN or SYN-ACK payload: our credit, our spare CIDs (so the client

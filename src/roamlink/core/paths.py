@@ -102,6 +102,9 @@ class PathManager:
         self.candidates_evicted = 0
         self.validations_failed = 0
         self._responses: list[tuple[int, Address, bytes]] = []
+        #: the size of an unpadded challenge, as ``due_challenges`` was last told: a candidate
+        #: whose budget allows one has its retries timed too
+        self.small_probe_size = datagram_size
         #: paths we left on purpose, until when: the peer keeps using them until it follows
         #: us, and that must not drag us back. Only for a while (one validation timeout):
         #: later the peer may really want that path again (bounded)
@@ -252,6 +255,7 @@ class PathManager:
         prove the address first, and a padded one follows once that is answered.
         """
         out = []
+        self.small_probe_size = small_size
         for cand in self.candidates.values():
             if cand.socket_id != socket_id or now < cand.next_send:
                 continue
@@ -302,8 +306,12 @@ class PathManager:
     def timer(self) -> float | None:
         if not self.candidates:
             return None
+        # a retry is due at ``next_send`` if the budget allows at least a small challenge
+        # (a padded one if it allows that: see due_challenges); below that, only more bytes
+        # from the address (a packet, which is handled at once) or the deadline can help
+        small = min(self.small_probe_size, self.datagram_size)
         times = [min(c.next_send, c.deadline) for c in self.candidates.values()
-                 if c.budget() >= self.datagram_size]
+                 if c.budget() >= small]
         times += [c.deadline for c in self.candidates.values()]
         return min(times, default=None)
 

@@ -54,11 +54,33 @@ class RangeSet:
     def shift_until(self, value: int) -> None:
         """Forget everything below ``value``."""
         starts, ends = self._starts, self._ends
-        i = bisect_right(ends, value)
-        del starts[:i]
-        del ends[:i]
-        if starts and starts[0] < value:
+        # a linear scan, not bisect: the ranges forgotten are few (one, per ACK), and each is
+        # deleted anyway; compiled, the loop is native where bisect and a slice deletion are
+        # calls into the interpreter
+        n = len(ends)
+        i = 0
+        while i < n and ends[i] <= value:
+            i += 1
+        if i == n:
+            if n:
+                starts.clear()
+                ends.clear()
+            return
+        if i == 1:
+            starts.pop(0)
+            ends.pop(0)
+        elif i:
+            del starts[:i]
+            del ends[:i]
+        if starts[0] < value:
             starts[0] = value
+
+    def end_of_first_covering(self, value: int) -> int:
+        """The end of the first range when that range holds ``value``, else -1."""
+        starts = self._starts
+        if starts and starts[0] <= value < self._ends[0]:
+            return self._ends[0]
+        return -1
 
     def drop_oldest(self, keep: int) -> None:
         """Keep only the ``keep`` highest ranges."""

@@ -141,7 +141,10 @@ class Recovery:
         sent = self.sent
         acked: list[SentPacket] = []
         if sent:
-            lowest = next(iter(sent))
+            # the first key: compiled, a dict loop is native and ``next(iter())`` is not
+            lowest = 0
+            for lowest in sent:  # noqa: B007
+                break
             for lo, hi in ack.ranges:
                 if hi < lowest:
                     continue
@@ -151,8 +154,11 @@ class Recovery:
                         acked.append(sent.pop(pn))
                 else:
                     for pn in range(max(lo, lowest), hi + 1):
-                        pkt = sent.pop(pn, None)
+                        # get and del: native dict operations compiled (``pop`` with a
+                        # default is a method call)
+                        pkt = sent.get(pn)
                         if pkt is not None:
+                            del sent[pn]
                             acked.append(pkt)
             if not sent:
                 self.sent = {}  # an emptied dict keeps its grown table: ~1 KiB per idle peer

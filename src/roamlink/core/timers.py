@@ -232,6 +232,13 @@ def _loss_timeout(conn: Connection, now: float) -> bool:
     return False
 
 
+#: The receiver probes' interval doubles at most this many times (2, 4, 8, 16 probe
+#: timeouts): while the peer is unreachable the probes are all that can bring it back, and
+#: one probe is a datagram or two, so they stay frequent enough to catch a NAT mapping that
+#: lives a short time (the 8 probes of a silence then span about 100 probe timeouts).
+GAP_PROBE_MAX_DOUBLINGS: Final = 3
+
+
 def _gap_probe_deadline(conn: Connection) -> float | None:
     """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a few
     backed-off probes (8 at most per silence) let it find us after an address change it
@@ -242,17 +249,25 @@ def _gap_probe_deadline(conn: Connection) -> float | None:
             recv_buf.segment_count or (
             recv_buf.fin_offset is None and conn._gap_probes < 8)):
         return None
-    backoff = 2.0 * (1 << min(conn._gap_probes, 6))
+    # the RTO without the probe timeout's backoff: that backoff grows while our own packets
+    # go unanswered, which is just when our address may have changed, and compounding it
+    # with this one left a receiver behind a re-mapping NAT silent for many seconds
+    backoff = 2.0 * (1 << min(conn._gap_probes, GAP_PROBE_MAX_DOUBLINGS))
     return (max(conn._last_received, conn._gap_probe_sent)
-            + backoff * conn.recovery.pto_interval())
+            + backoff * conn.gap_probe_jitter * conn.recovery.rto())
 
 
 def _gap_probe(conn: Connection, now: float) -> bool:
     # the peer was sending (or data is missing) and went quiet: maybe our address changed
-    # and its packets go astray. A packet from us lets it find us again.
+    # and its packets go astray. A packet from us lets it find us again: our ACK and a PING,
+    # padded to the full datagram size, so that the peer may answer with a full-size
+    # PATH_CHALLENGE at once (3x what it received) and validate the path in one round trip
+    # instead of two (a small challenge first, then a padded one): behind a NAT that
+    # re-maps often, the second round trip may already find the old mapping gone.
     conn._gap_probe_sent = now
     conn._gap_probes += 1
-    conn.acks.pending = True
+    conn.padded_ping_due = True
+    conn.gap_probe_jitter = 0.75 + conn.random_bytes(1)[0] / 510
     return False
 
 

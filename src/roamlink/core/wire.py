@@ -136,50 +136,84 @@ def varint_size(value: int) -> int:
 
 def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """Return ``(value, new_pos)``; raise :class:`MalformedPacket` when truncated."""
-    try:
-        first = buf[pos]
-    except IndexError:
-        raise MalformedPacket("truncated varint") from None
-    kind = first >> 6
-    if kind == 0:
-        return first, pos + 1
-    length = 1 << kind
-    end = pos + length
-    if end > len(buf):
+    if not isinstance(buf, bytes):
+        buf = bytes(buf)
+    return _varint(buf, pos, len(buf))
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """``decode_varint`` on ``buf[:end]``. Typed ``bytes`` and decoded byte by byte, so the
+    compiled build indexes the buffer natively, returns the pair without a tuple object and
+    never calls back into the interpreter (``struct``, ``int.from_bytes``)."""
+    if pos >= end:
         raise MalformedPacket("truncated varint")
-    value = int.from_bytes(buf[pos:end], "big") & ((1 << (8 * length - 2)) - 1)
-    return value, end
-
-
-_VARINT_UNPACK: Final = {2: struct.Struct("!H").unpack_from, 4: struct.Struct("!I").unpack_from,
-                  8: struct.Struct("!Q").unpack_from}
-_VARINT_MASK: Final = {2: 0x3FFF, 4: 0x3FFF_FFFF, 8: 0x3FFF_FFFF_FFFF_FFFF}
+    value = buf[pos]
+    if value < 0x40:
+        return value, pos + 1
+    stop = pos + (1 << (value >> 6))
+    if stop > end:
+        raise MalformedPacket("truncated varint")
+    value &= 0x3F
+    pos += 1
+    while pos < stop:
+        value = (value << 8) | buf[pos]
+        pos += 1
+    return value, stop
 
 
 # --- frames ----------------------------------------------------------------------------------
-@dataclass(slots=True)
 class PushFrame:
-    """Stream bytes at ``offset``; ``fin`` marks the end of the stream.
+    """Stream bytes at ``offset``; ``fin`` marks the end of the stream. Treat it as immutable.
 
-    Not frozen, unlike the other frames: a frozen dataclass's ``__init__`` costs three times
-    as much, and one PushFrame is made per data packet received. Treat it as immutable.
+    A plain class, not a dataclass: the compiled build makes a dataclass through its generated
+    (interpreted) ``__init__``, several times the cost of this one, and one PushFrame is made
+    per data packet received. Equality and ``repr`` are a dataclass's.
     """
 
-    offset: int
-    data: bytes
-    fin: bool = False
+    __slots__ = ("offset", "data", "fin")
+
+    def __init__(self, offset: int, data: bytes, fin: bool = False) -> None:
+        self.offset = offset
+        self.data = data
+        self.fin = fin
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PushFrame):
+            return NotImplemented
+        return (self.offset == other.offset and self.data == other.data
+                and self.fin == other.fin)
+
+    def __repr__(self) -> str:
+        return f"PushFrame(offset={self.offset!r}, data={self.data!r}, fin={self.fin!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class AckFrame:
-    """Acknowledged packet-number ranges, newest first, each ``(first, last)`` inclusive."""
+    """Acknowledged packet-number ranges, newest first, each ``(first, last)`` inclusive.
 
-    ranges: tuple[tuple[int, int], ...]
-    ack_delay_us: int = 0
+    Immutable and hashable, like the frozen dataclass it was; a plain class for the reason
+    given at :class:`PushFrame` (one is made per ACK received).
+    """
+
+    __slots__ = ("ranges", "ack_delay_us")
+
+    def __init__(self, ranges: tuple[tuple[int, int], ...], ack_delay_us: int = 0) -> None:
+        self.ranges: Final = ranges
+        self.ack_delay_us: Final = ack_delay_us
 
     @property
     def largest(self) -> int:
         return self.ranges[0][1]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AckFrame):
+            return NotImplemented
+        return self.ranges == other.ranges and self.ack_delay_us == other.ack_delay_us
+
+    def __hash__(self) -> int:
+        return hash((self.ranges, self.ack_delay_us))
+
+    def __repr__(self) -> str:
+        return f"AckFrame(ranges={self.ranges!r}, ack_delay_us={self.ack_delay_us!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,79 +380,63 @@ def decode_frames(payload: bytes | memoryview, start: int = 0) -> list[Frame]:
     """Decode every frame of a packet payload (from ``start``); raise MalformedPacket on any
     inconsistency. Pass the datagram as ``bytes`` with ``start`` at the payload: slicing
     ``bytes`` is one copy, a memoryview slice plus ``bytes()`` is two."""
+    if not isinstance(payload, bytes):
+        payload = bytes(payload)
+    return _decode_frames(payload, start)
+
+
+def _decode_frames(buf: bytes, pos: int) -> list[Frame]:
+    """``decode_frames`` on ``bytes``: typed so, every index and slice below compiles to a
+    native operation (with ``bytes | memoryview`` each was a generic call)."""
     frames: list[Frame] = []
-    buf = payload
-    pos = start
     end = len(buf)
     while pos < end:
         kind = buf[pos]
         pos += 1
         if kind in (PUSH, PUSH_FIN):
-            # the hot path: both varints decoded inline (one call each costs as much as the
-            # rest of the frame)
-            if pos >= end:
-                raise MalformedPacket("truncated varint")
-            first = buf[pos]
-            n = 1 << (first >> 6)
-            if n == 1:
-                offset = first
-            else:
-                if pos + n > end:
-                    raise MalformedPacket("truncated varint")
-                offset = _VARINT_UNPACK[n](buf, pos)[0] & _VARINT_MASK[n]
-            pos += n
-            if pos >= end:
-                raise MalformedPacket("truncated varint")
-            first = buf[pos]
-            n = 1 << (first >> 6)
-            if n == 1:
-                length = first
-            else:
-                if pos + n > end:
-                    raise MalformedPacket("truncated varint")
-                length = _VARINT_UNPACK[n](buf, pos)[0] & _VARINT_MASK[n]
-            pos += n
+            offset, pos = _varint(buf, pos, end)
+            length, pos = _varint(buf, pos, end)
             stop = pos + length
             if stop > end:
                 raise MalformedPacket("PUSH data runs past the packet")
             if offset + length > VARINT_MAX:
                 raise MalformedPacket("PUSH offset overflows")
-            frames.append(PushFrame(offset, bytes(buf[pos:stop]), kind == PUSH_FIN))
+            frames.append(PushFrame(offset, buf[pos:stop], kind == PUSH_FIN))
             pos = stop
         elif kind == ACK:
-            ack, pos = _decode_ack(buf, pos)
+            ack, pos = _decode_ack(buf, pos, end)
             frames.append(ack)
         elif kind == PADDING:
-            start = pos - 1
+            first = pos - 1
             while pos < end and buf[pos] == 0:
                 pos += 1
-            frames.append(PaddingFrame(pos - start))
+            frames.append(PaddingFrame(pos - first))
         elif kind == PING:
             frames.append(PingFrame())
         elif kind in (PATH_CHALLENGE, PATH_RESPONSE):
             if pos + 8 > end:
                 raise MalformedPacket("truncated path frame")
-            data = bytes(buf[pos:pos + 8])
+            data = buf[pos:pos + 8]
             pos += 8
             frames.append(PathChallengeFrame(data) if kind == PATH_CHALLENGE
                           else PathResponseFrame(data))
         elif kind == CLOSE:
-            code, pos = decode_varint(buf, pos)
-            length, pos = decode_varint(buf, pos)
+            code, pos = _varint(buf, pos, end)
+            length, pos = _varint(buf, pos, end)
             if length > MAX_REASON_LENGTH or pos + length > end:
                 raise MalformedPacket("bad CLOSE reason length")
-            reason = bytes(buf[pos:pos + length]).decode("utf-8", "replace")
+            reason = buf[pos:pos + length].decode("utf-8", "replace")
             pos += length
             frames.append(CloseFrame(code, reason))
         elif kind == MAX_DATA:
-            value, pos = decode_varint(buf, pos)
+            value, pos = _varint(buf, pos, end)
             frames.append(MaxDataFrame(value))
         elif kind == DATA_BLOCKED:
-            value, pos = decode_varint(buf, pos)
+            value, pos = _varint(buf, pos, end)
             frames.append(DataBlockedFrame(value))
         elif kind == NEW_CONNECTION_ID:
-            seq, pos = decode_varint(buf, pos)
-            retire, pos = decode_varint(buf, pos)
+            seq, pos = _varint(buf, pos, end)
+            retire, pos = _varint(buf, pos, end)
             if pos >= end:
                 raise MalformedPacket("truncated NEW_CONNECTION_ID")
             length = buf[pos]
@@ -426,30 +444,32 @@ def decode_frames(payload: bytes | memoryview, start: int = 0) -> list[Frame]:
             stop = pos + length + RESET_TOKEN_LENGTH
             if not 1 <= length <= MAX_CID_LENGTH or stop > end or retire > seq + 1:
                 raise MalformedPacket("bad NEW_CONNECTION_ID")
-            frames.append(NewConnectionIdFrame(seq, retire, bytes(buf[pos:pos + length]),
-                                               bytes(buf[pos + length:stop])))
+            frames.append(NewConnectionIdFrame(seq, retire, buf[pos:pos + length],
+                                               buf[pos + length:stop]))
             pos = stop
         elif kind == RETIRE_CONNECTION_ID:
-            seq, pos = decode_varint(buf, pos)
+            seq, pos = _varint(buf, pos, end)
             frames.append(RetireConnectionIdFrame(seq))
         else:
             raise MalformedPacket(f"unknown frame type 0x{kind:02x}")
     return frames
 
 
-def _decode_ack(buf: bytes | memoryview, pos: int) -> tuple[AckFrame, int]:
-    largest, pos = decode_varint(buf, pos)
-    delay, pos = decode_varint(buf, pos)
-    count, pos = decode_varint(buf, pos)
-    first_len, pos = decode_varint(buf, pos)
+def _decode_ack(buf: bytes, pos: int, end: int) -> tuple[AckFrame, int]:
+    largest, pos = _varint(buf, pos, end)
+    delay, pos = _varint(buf, pos, end)
+    count, pos = _varint(buf, pos, end)
+    first_len, pos = _varint(buf, pos, end)
     if count >= MAX_ACK_RANGES or first_len > largest:
         raise MalformedPacket("bad ACK range")
     hi = largest
     lo = largest - first_len
+    if not count:  # the common case: one range, no list to build and copy
+        return AckFrame(((lo, hi),), delay), pos
     ranges = [(lo, hi)]
     for _ in range(count):
-        gap, pos = decode_varint(buf, pos)
-        length, pos = decode_varint(buf, pos)
+        gap, pos = _varint(buf, pos, end)
+        length, pos = _varint(buf, pos, end)
         hi = lo - gap - 2
         lo = hi - length
         if lo < 0:
@@ -532,11 +552,25 @@ def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> 
 
 def decode_short_header(data: bytes | memoryview, cid_length: int) -> tuple[bytes, int, int]:
     """Return ``(dcid, packet_number, payload_offset)``; the key phase: ``data[0] & KEY_PHASE``."""
-    end = 1 + cid_length + 8
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    pn = short_header_pn(data, cid_length)
+    return data[1:1 + cid_length], pn, 1 + cid_length + 8
+
+
+def short_header_pn(data: bytes, cid_length: int) -> int:
+    """The packet number of a short-header packet (its payload starts at ``1 + cid_length +
+    8``); raise :class:`MalformedPacket` when ``data`` is not one. The receive path's header
+    parse: no CID copy (the dispatcher routed by it already), no ``struct`` call."""
+    pos = 1 + cid_length
+    end = pos + 8
     if len(data) < end or data[0] & 0xFB != SHORT:
         raise MalformedPacket("truncated short header")
-    (pn,) = _PN.unpack_from(data, 1 + cid_length)
-    return bytes(data[1:1 + cid_length]), pn, end
+    pn = 0
+    while pos < end:
+        pn = (pn << 8) | data[pos]
+        pos += 1
+    return pn
 
 
 def encode_version_negotiation(dcid: bytes, scid: bytes, versions: tuple[int, ...]) -> bytes:

@@ -95,6 +95,7 @@ class Dispatcher:
         listening dispatcher without one gets an ephemeral key (clients learn it on first
         use)."""
         self.config = config
+        self._cid_length = config.cid_length  # (the config is interpreted: a lookup per read)
         if server_crypto is None and accept_new and not config.insecure_plaintext:
             server_crypto = ServerCrypto(private_key(os.urandom(32)), psk=config.psk,
                                          replay_window=config.zero_rtt_window)
@@ -272,7 +273,7 @@ class Dispatcher:
         first = data[0]
         try:
             if first & 0xC0 == 0x40:  # short header
-                cid_len = self.config.cid_length
+                cid_len = self._cid_length
                 conn = self.connections.get(data[1:1 + cid_len])
                 if conn is None:
                     if self.foreign_cid is not None and self.foreign_cid(data, addr):

@@ -133,6 +133,7 @@ class UdpSocket:
         #: connection (set by ``start`` where the platform has the ioctl)
         self._ask_pending = False
         self._inq = array.array("i", [0])
+        self._fd = -1  # the socket's descriptor, for FIONREAD (a method call per wake-up)
 
     @property
     def family(self) -> int:
@@ -146,6 +147,7 @@ class UdpSocket:
     async def start(self, sock: socket.socket, *, offload: bool) -> None:
         """Take over ``sock`` (bound, non-blocking) and start reading from it."""
         self.sock = sock
+        self._fd = sock.fileno()
         self.local_addr = sock.getsockname()
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
@@ -188,8 +190,7 @@ class UdpSocket:
             return out
         io = self.io
         gro = self.gro
-        append = out.append
-        fd = sock.fileno() if self._ask_pending else -1
+        fd = self._fd if self._ask_pending else -1
         for i in range(MAX_READS_PER_WAKEUP):
             if i and fd >= 0 and not self._datagram_waiting(fd):
                 break  # (the first read: the loop said the socket is readable)
@@ -214,9 +215,9 @@ class UdpSocket:
                 io.gro_batches += 1
                 end = len(data)
                 for pos in range(0, end, size):
-                    append((data[pos:pos + size], addr))
+                    out.append((data[pos:pos + size], addr))
             else:
-                append((data, addr))
+                out.append((data, addr))
         io.datagrams_in += len(out)
         return out
 
