@@ -35,6 +35,7 @@ def test_one_range_ack_is_the_codec_s(a: int, b: int, delay: int) -> None:
     assert encoded == (bytes((wire.ACK,)) + wire.encode_varint(last) + wire.encode_varint(delay)
                        + wire.encode_varint(0) + wire.encode_varint(last - first))
     assert wire.decode_frames(encoded) == [wire.AckFrame(((first, last),), delay)]
+    assert wire.encode_one_range_ack(first, last, delay) == encoded
 
 
 @given(st.binary(max_size=24), st.integers(0, (1 << 64) - 1), st.integers(0, 1))
@@ -53,6 +54,8 @@ def test_varints_out_of_range_are_refused() -> None:
         wire.encode_ack([(0, wire.VARINT_MAX + 1)], 0)
     with pytest.raises(ValueError):
         wire.encode_ack([(0, 5)], -1)
+    with pytest.raises(ValueError):
+        wire.encode_one_range_ack(0, wire.VARINT_MAX + 1, 0)
     assert wire.encode_varint(63) == b"\x3f" and wire.encode_varint(64) == b"\x40\x40"
 
 

@@ -52,6 +52,9 @@ class Stream:
         loop = endpoint.loop
         self._loop = loop
         self._handshake: asyncio.Future[None] = loop.create_future()
+        #: until the handshake future is settled (spares ``on_activity`` two ``done()`` calls
+        #: on every serve of an established connection)
+        self._handshake_open = True
         self._closed: asyncio.Future[None] = loop.create_future()
         self._read_waiter: asyncio.Future[None] | None = None
         #: every coroutine blocked in drain() (asyncio's StreamWriter allows several)
@@ -77,17 +80,23 @@ class Stream:
                 _settle(self._migrations.get((event.new_socket_id, event.new_addr)), event)
             elif isinstance(event, PathValidationFailed):
                 _settle(self._migrations.get((event.socket_id, event.addr)), event)
-            elif not self._handshake.done() and conn.is_established:
-                self._handshake.set_result(None)
-        if not self._handshake.done() and conn.is_established:
-            self._handshake.set_result(None)
+            elif self._handshake_open and conn.is_established:
+                self._settle_handshake()
+        if self._handshake_open and conn.is_established:
+            self._settle_handshake()
         if conn.readable or conn.at_eof or conn.is_terminated:
             _wake(self._read_waiter)
         if self._drain_waiters and (conn.send_buffered <= conn.send_buffer_limit
                                     or conn.is_terminated):
             self._wake_drainers()
 
+    def _settle_handshake(self) -> None:
+        self._handshake_open = False
+        if not self._handshake.done():  # (cancelled, e.g. by a connect() given up)
+            self._handshake.set_result(None)
+
     def _on_terminated(self, error: RoamlinkError | None) -> None:
+        self._handshake_open = False
         if not self._handshake.done():
             if error is None:
                 error = ConnectionClosed("closed during the handshake")

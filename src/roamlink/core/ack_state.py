@@ -72,13 +72,16 @@ class AckState:
 
     def encode(self, now: float) -> bytes:
         """The ACK frame for everything received; nothing is owed afterwards."""
-        ranges = self.received.inclusive_newest_first()
+        received = self.received
         delay_us = int(max(now - self.largest_time, 0.0) * 1e6)
         self.pending = False
         self.deadline = None
         self.eliciting_unacked = 0
         self.data_unacked = False
-        return wire.encode_ack(ranges, delay_us)
+        if len(received) == 1:  # no gap: the common ACK, without a list of ranges
+            start, end = received.first() or (0, 0)
+            return wire.encode_one_range_ack(start, end - 1, delay_us)
+        return wire.encode_ack(received.inclusive_newest_first(), delay_us)
 
     def on_peer_saw(self, largest: int) -> None:
         """The peer received our ACK reporting up to ``largest``: stop repeating old ranges."""

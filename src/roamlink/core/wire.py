@@ -317,18 +317,30 @@ def encode_push_header(offset: int, length: int, fin: bool) -> bytes:
                                     length | _WIDTH_MARKERS[n])
 
 
+def encode_one_range_ack(first: int, last: int, ack_delay_us: int) -> bytes:
+    """``encode_ack([(first, last)], ack_delay_us)``: the common ACK (everything arrived in
+    order), without building the list of ranges."""
+    if 0 <= first <= last <= VARINT_MAX and 0 <= ack_delay_us <= VARINT_MAX:
+        return _one_range_ack(first, last, ack_delay_us)
+    return encode_ack([(first, last)], ack_delay_us)  # (raises, as the codec does)
+
+
+def _one_range_ack(first: int, last: int, ack_delay_us: int) -> bytes:
+    """One range, every value a valid varint: one precompiled struct call."""
+    a = _width(last)
+    d = _width(ack_delay_us)
+    r = _width(last - first)
+    return _ACK1_PACKERS[a * 16 + d * 4 + r](ACK, last | _WIDTH_MARKERS[a],
+                                             ack_delay_us | _WIDTH_MARKERS[d], 0,
+                                             (last - first) | _WIDTH_MARKERS[r])
+
+
 def encode_ack(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...],
                ack_delay_us: int) -> bytes:
     """Encode ranges given newest first as ``(first, last)``; at most MAX_ACK_RANGES kept."""
     first, last = ranges[0]
     if len(ranges) == 1 and 0 <= first <= last <= VARINT_MAX and 0 <= ack_delay_us <= VARINT_MAX:
-        # the common ACK (everything arrived in order): one precompiled struct call
-        a = _width(last)
-        d = _width(ack_delay_us)
-        r = _width(last - first)
-        return _ACK1_PACKERS[a * 16 + d * 4 + r](ACK, last | _WIDTH_MARKERS[a],
-                                                 ack_delay_us | _WIDTH_MARKERS[d], 0,
-                                                 (last - first) | _WIDTH_MARKERS[r])
+        return _one_range_ack(first, last, ack_delay_us)
     ranges = ranges[:MAX_ACK_RANGES]
     out = [bytes((ACK,)), encode_varint(last), encode_varint(ack_delay_us),
            encode_varint(len(ranges) - 1), encode_varint(last - first)]
