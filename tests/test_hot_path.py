@@ -27,6 +27,35 @@ def test_fast_push_header_is_the_codec_s(offset: int, length: int, fin: bool) ->
     assert wire.decode_frames(header + data) == [wire.PushFrame(offset, data, fin)]
 
 
+@given(st.integers(0, wire.VARINT_MAX), st.integers(0, wire.VARINT_MAX),
+       st.integers(0, wire.VARINT_MAX))
+def test_one_range_ack_is_the_codec_s(a: int, b: int, delay: int) -> None:
+    first, last = min(a, b), max(a, b)
+    encoded = wire.encode_ack([(first, last)], delay)
+    assert encoded == (bytes((wire.ACK,)) + wire.encode_varint(last) + wire.encode_varint(delay)
+                       + wire.encode_varint(0) + wire.encode_varint(last - first))
+    assert wire.decode_frames(encoded) == [wire.AckFrame(((first, last),), delay)]
+
+
+@given(st.binary(max_size=24), st.integers(0, (1 << 64) - 1), st.integers(0, 1))
+def test_short_header_is_type_cid_and_packet_number(dcid: bytes, pn: int, phase: int) -> None:
+    header = wire.encode_short_header(dcid, pn, phase)
+    first = wire.SHORT | (wire.KEY_PHASE if phase else 0)
+    assert header == bytes((first,)) + dcid + pn.to_bytes(8, "big")
+    assert wire.decode_short_header(header, len(dcid)) == (dcid, pn, len(header))
+
+
+def test_varints_out_of_range_are_refused() -> None:
+    for value in (-1, -64, wire.VARINT_MAX + 1):
+        with pytest.raises(ValueError):
+            wire.encode_varint(value)
+    with pytest.raises(ValueError):
+        wire.encode_ack([(0, wire.VARINT_MAX + 1)], 0)
+    with pytest.raises(ValueError):
+        wire.encode_ack([(0, 5)], -1)
+    assert wire.encode_varint(63) == b"\x3f" and wire.encode_varint(64) == b"\x40\x40"
+
+
 @given(st.lists(st.tuples(st.integers(0, 1 << 40), st.binary(max_size=64), st.booleans()),
                 max_size=5),
        st.binary(max_size=12))

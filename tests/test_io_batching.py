@@ -262,6 +262,27 @@ def test_full_send_buffer_queues_until_writable() -> None:
     run(main(), 10)
 
 
+def test_a_single_datagram_send_queues_and_counts_like_a_batch() -> None:
+    async def main() -> None:
+        # the one-datagram path (a request or a reply) skips the run search: it must still
+        # count, queue behind a full send buffer and keep order
+        sock = FakeSocket(fail=[None, BlockingIOError(), OSError(errno.ENETUNREACH, "gone")])
+        ep = _fake_udp(sock)
+        ep.send([(b"one", A)])
+        assert sock.calls == [("one", [b"one"], 3, A)]
+        assert ep.io.send_calls == 1 and ep.io.datagrams_out == 1
+        ep.send([(b"two", B)])  # the kernel's buffer is full: kept for later
+        assert ep.io.send_would_block == 1 and ep.backlog == 1
+        ep.send([(b"three", A)])  # behind it, not before it
+        assert ep.backlog == 2 and len(sock.calls) == 1
+        ep.on_writable()  # the first one fails (a vanished route): counted, not raised
+        assert [c[1][0] for c in sock.calls] == [b"one", b"three"] and ep.errors == 1
+        assert ep.backlog == 0
+        sock.close()
+
+    run(main(), 10)
+
+
 def test_gro_buffer_is_split_into_its_datagrams() -> None:
     async def main() -> None:
         sock = FakeSocket()
@@ -371,6 +392,37 @@ def test_write_on_an_idle_connection_leaves_at_once_later_ones_coalesce() -> Non
             # ...and arrive all the same
             assert await clock.run(server.readexactly(6), timeout=5) == b"pingab"
             assert ep.io.datagrams_out <= before + 3
+            stream.close()
+            server.close()
+            await clock.run(stream.wait_closed(), timeout=30)
+
+    run(main(), 30)
+
+
+def test_an_idle_connection_s_write_is_on_the_wire_before_its_observer_runs() -> None:
+    async def main() -> None:
+        # the peer waits for this datagram: the timer re-arm and the observer (the Stream's
+        # wake-ups) run after it left, not before (they overlap with its flight)
+        clock = VirtualClock()
+        listener, stream, server = await virtual_pair(clock, Config())
+        async with listener:
+            endpoint = stream._endpoint  # noqa: SLF001 - the test inspects the socket layer
+            conn = stream._conn  # noqa: SLF001
+            await clock.sleep(0.5)
+            assert stream.stats().bytes_in_flight == 0
+            seen: list[int] = []
+
+            class Recorder:
+                def on_activity(self) -> None:
+                    seen.append(endpoint.udp.io.datagrams_out)
+                    stream.on_activity()
+
+            endpoint.driver.observers[conn] = Recorder()
+            before = endpoint.udp.io.datagrams_out
+            stream.write(b"ping")
+            assert seen == [before + 1]
+            endpoint.driver.observers[conn] = stream
+            assert await clock.run(server.readexactly(4), timeout=5) == b"ping"
             stream.close()
             server.close()
             await clock.run(stream.wait_closed(), timeout=30)

@@ -1,4 +1,10 @@
-"""Stream: the asyncio face of one connection, shaped like asyncio's StreamReader/Writer."""
+"""Stream: the asyncio face of one connection, shaped like asyncio's StreamReader/Writer.
+
+Compiled with mypyc where a compiler is present (its ``on_activity``, ``read``, ``write`` and
+``drain`` run on every round trip): no async generators and no subclasses of builtin or
+interpreted classes here (those live in :mod:`.event_queue`), and a ``Stream`` has no
+``__dict__`` and takes no weak references (see docs/performance.md).
+"""
 
 from __future__ import annotations
 
@@ -26,32 +32,9 @@ from ..errors import (
 )
 from ..io.endpoint import Endpoint
 from .addresses import parse_address, resolve
+from .event_queue import EVENT_QUEUE_LIMIT, EventQueue, path_events
 
-#: Events one queue from :meth:`Stream.events` (or :meth:`Stream.path_events`) holds. A
-#: connection can live for months and change paths thousands of times; an application that
-#: asked for events and stopped reading them must not make it grow without end. When a queue
-#: is full, its oldest event is dropped (and counted in ``EventQueue.dropped``): the newest
-#: events (the current path, the end of the connection) are the ones worth keeping.
-EVENT_QUEUE_LIMIT = 256
-
-
-class EventQueue(asyncio.Queue[Event]):
-    """A bounded queue of connection events: full, it drops its oldest event."""
-
-    def __init__(self, limit: int = EVENT_QUEUE_LIMIT) -> None:
-        if limit < 1:
-            raise ValueError("an event queue holds at least one event")
-        super().__init__(maxsize=limit)
-        #: events dropped because the queue was full (the application read too slowly)
-        self.dropped = 0
-
-    def offer(self, event: Event) -> None:
-        """Queue ``event``; when full, drop the oldest queued one first (never blocks)."""
-        if self.full():
-            self.get_nowait()
-            self.task_done()
-            self.dropped += 1
-        self.put_nowait(event)
+__all__ = ["EVENT_QUEUE_LIMIT", "EventQueue", "Stream"]
 
 
 class Stream:
@@ -100,7 +83,7 @@ class Stream:
             self._handshake.set_result(None)
         if conn.readable or conn.at_eof or conn.is_terminated:
             _wake(self._read_waiter)
-        if self._drain_waiters and (conn.send_buffered <= conn.config.send_buffer_size
+        if self._drain_waiters and (conn.send_buffered <= conn.send_buffer_limit
                                     or conn.is_terminated):
             self._wake_drainers()
 
@@ -145,8 +128,9 @@ class Stream:
             try:
                 new = await Endpoint.create(old.config, (host, port), family=family,
                                             driver=old.driver, scheduler=old.scheduler)
-            except OSError as exc:
-                raise MigrationError(f"cannot open a socket on {host}:{port}: {exc}") from exc
+            except OSError as refused:  # (compiled: one name per except variable)
+                raise MigrationError(f"cannot open a socket on {host}:{port}: {refused}") \
+                    from refused
             # this socket serves this connection only: close it when the connection ends
             # (also on a server, whose listener socket itself stays open)
             new.owns_lifetime = True
@@ -214,19 +198,7 @@ class Stream:
     def path_events(self) -> AsyncIterator[PathChanged | PathValidationFailed]:
         """Every later path change (and failed validation) of this connection, as an async
         iterator; it starts listening at once, so nothing after this call is missed."""
-        return self._path_events(self.events())
-
-    async def _path_events(self, queue: EventQueue
-                           ) -> AsyncIterator[PathChanged | PathValidationFailed]:
-        try:
-            while True:
-                event = await queue.get()
-                if isinstance(event, (PathChanged, PathValidationFailed)):
-                    yield event
-                elif isinstance(event, ConnectionTerminated):
-                    return
-        finally:
-            self._event_listeners.remove(queue)
+        return path_events(self.events(), self._event_listeners)
 
     # ------------------------------------------------------------------ reading
     async def read(self, n: int = -1) -> bytes:
@@ -268,12 +240,17 @@ class Stream:
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes; :class:`IncompleteRead` if the stream ends first."""
-        parts: list[bytes] = []
-        got = 0
+        if n <= 0:
+            return b""
+        chunk = await self.read(n)
+        got = len(chunk)
+        if got == n:  # the common case: one read has it all
+            return chunk
+        parts = [chunk]
         while got < n:
-            chunk = await self.read(n - got)
             if not chunk:
                 raise IncompleteRead(b"".join(parts), n)
+            chunk = await self.read(n - got)
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)
@@ -284,8 +261,9 @@ class Stream:
     # ------------------------------------------------------------------ writing
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; raises :class:`ConnectionClosed` (or a subclass) once closed."""
-        self._conn.send(bytes(data))
-        self._endpoint.mark_written(self._conn)
+        conn = self._conn
+        conn.send(data if type(data) is bytes else bytes(data))
+        self._endpoint.mark_written(conn)
 
     def writelines(self, data: list[bytes]) -> None:
         for chunk in data:
@@ -297,7 +275,7 @@ class Stream:
         Several coroutines may wait at once (as with asyncio's ``StreamWriter``): all wake.
         """
         conn = self._conn
-        limit = conn.config.send_buffer_size
+        limit = conn.send_buffer_limit
         while conn.send_buffered > limit:
             if conn.is_terminated:
                 break

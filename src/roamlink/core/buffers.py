@@ -35,7 +35,8 @@ class SendBuffer:
         if self.fin_requested:
             raise RuntimeError("write after end of stream")
         if data:
-            self._chunks.append(bytes(data))
+            # (a copy only of what is not bytes yet: the caller may reuse a bytearray)
+            self._chunks.append(data if type(data) is bytes else bytes(data))
             self._chunk_starts.append(self.end)
             self.end += len(data)
 
@@ -80,7 +81,13 @@ class SendBuffer:
                 self.fin_sent = True
             return start, self._slice(start, stop), fin
         start = self.next_offset
-        stop = min(self.end, start + max_len, max(limit, start))
+        # stop = min(end, start + max_len, max(limit, start)), without the generic min() call
+        # compiled code makes of three arguments
+        stop = start + max_len
+        if self.end < stop:
+            stop = self.end
+        if limit < stop:
+            stop = limit if limit > start else start
         if stop <= start:
             if self.fin_requested and not self.fin_sent and start == self.end:
                 self.fin_sent = True

@@ -128,6 +128,13 @@ class Connection:
         first use. ``opened_syn`` and ``server_crypto``: the server's side, from the socket
         layer that opened the SYN (see ``io/dispatcher.py``)."""
         self.config = config
+        # Config's fields read on every send pass and timer re-arm, as plain attributes: Config
+        # is an interpreted (frozen) dataclass, each of its fields a lookup by name from here
+        self.idle_timeout = float(config.idle_timeout)
+        keepalive = config.keepalive_interval
+        self.keepalive_interval: float | None = None if keepalive is None else float(keepalive)
+        self.key_update_packets = config.key_update_packets
+        self.send_buffer_limit = config.send_buffer_size
         self.is_client = is_client
         self.local_cid = local_cid
         self.peer_cid = peer_cid
@@ -677,7 +684,7 @@ class Connection:
             return out
         protection = packets.protection
         if protection is not None and (now >= self._key_update_at or protection.sent_in_phase
-                                       >= self.config.key_update_packets):
+                                       >= self.key_update_packets):
             self._update_keys(now, protection)
         if self.padded_ping_due:
             self.padded_ping_due = False

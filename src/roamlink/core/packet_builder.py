@@ -130,11 +130,6 @@ class PacketBuilder:
         if pacer is not None:
             pacer.set_rate(self.cc.pacing_rate(self.rtt))
         while True:
-            parts: list[bytes] = []
-            size = header_size
-            control: list[wire.Frame] = []
-            stream: StreamRanges = []
-            eliciting = retransmission = False
             probing = self.probe_pending > 0
             may_fly = probing or (recovery.bytes_in_flight + mtu <= self.cc.cwnd
                                   and self._pacer_allows(now))
@@ -142,9 +137,20 @@ class PacketBuilder:
             # bytes, and spares the ACK-only packet (and the peer's wake-up) due later
             # (only for stream data received: data answering data, as in request/response;
             # control-only packets keep the delayed-ACK pace the ack-of-ack history relies on)
-            if acks.pending or (acks.deadline is not None and (
-                    now >= acks.deadline
-                    or (acks.data_unacked and may_fly and send_buf.has_data_to_send()))):
+            ack_due = acks.pending or (acks.deadline is not None and (
+                now >= acks.deadline
+                or (acks.data_unacked and may_fly and send_buf.has_data_to_send())))
+            if not ack_due and not (may_fly and (probing or flow.send_max_data or control_queue
+                                                  or send_buf.has_data_to_send())):
+                # nothing below would go into a packet: the pass that follows every received
+                # message, and the last round of every pass, stop here without building one
+                break
+            parts: list[bytes] = []
+            size = header_size
+            control: list[wire.Frame] = []
+            stream: StreamRanges = []
+            eliciting = retransmission = False
+            if ack_due:
                 ack = self._ack(now)
                 parts.append(ack)
                 size += len(ack)

@@ -183,7 +183,7 @@ def _connect_timeout(conn: Connection, now: float) -> bool:
 
 
 def _idle_deadline(conn: Connection) -> float | None:
-    idle = conn.config.idle_timeout
+    idle = conn.idle_timeout
     return conn._last_received + idle if idle else None
 
 
@@ -276,7 +276,7 @@ def _keepalive_deadline(conn: Connection) -> float | None:
     connection blocked by its congestion window (e.g. towards a dead peer) cannot send the
     PING at once, and a deadline counted from the last send alone would stay in the past and
     fire again and again (a spinning timer queueing PINGs without end)."""
-    interval = conn.config.keepalive_interval
+    interval = conn.keepalive_interval
     state = conn.state
     if not interval or (state is not _ESTABLISHED and state is not _VALIDATING_PATH):
         return None

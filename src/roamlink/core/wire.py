@@ -88,6 +88,7 @@ MAX_REASON_LENGTH: Final = 512
 RESET_TOKEN_LENGTH: Final = 16
 
 _PN: Final = struct.Struct("!Q")
+_pack_pn: Final = _PN.pack  # (a bound method: no lookup by name per packet)
 _U32 = struct.Struct("!I")
 
 SHORT_HEADER_OVERHEAD: Final = 1 + 8  # + CID length (+ the 16-byte tag when sealed)
@@ -101,15 +102,25 @@ class MalformedPacket(ValueError):
 VARINT_MAX: Final = (1 << 62) - 1
 
 
+#: The one-byte varints, made once: ``bytes((value,))`` builds a tuple and calls the bytes
+#: type, ``int.to_bytes`` is a method call by name; the ACK path encodes several per packet.
+_ONE_BYTE_VARINTS: Final = [bytes((i,)) for i in range(0x40)]
+_pack_u16: Final = struct.Struct("!H").pack
+_pack_u32: Final = struct.Struct("!I").pack
+_pack_u64: Final = struct.Struct("!Q").pack
+
+
 def encode_varint(value: int) -> bytes:
     if value < 0x40:
-        return bytes((value,))
+        if value < 0:
+            raise ValueError(f"integer {value} is negative: not a varint")
+        return _ONE_BYTE_VARINTS[value]
     if value < 0x4000:
-        return (value | 0x4000).to_bytes(2, "big")
+        return _pack_u16(value | 0x4000)
     if value < 0x4000_0000:
-        return (value | 0x8000_0000).to_bytes(4, "big")
+        return _pack_u32(value | 0x8000_0000)
     if value <= VARINT_MAX:
-        return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
+        return _pack_u64(value | 0xC000_0000_0000_0000)
     raise ValueError(f"integer {value} too large for a varint")
 
 
@@ -271,30 +282,54 @@ Frame = (
 )
 
 
-#: varint width -> (struct format character, length marker bits)
-_VARINT_FORMATS: Final = {1: ("B", 0), 2: ("H", 0x4000), 4: ("I", 0x8000_0000),
-                   8: ("Q", 0xC000_0000_0000_0000)}
-#: (offset width, length width) -> (struct, offset marker bits, length marker bits)
-_PUSH_HEADERS: Final = {
-    (o, n): (struct.Struct("!B" + _VARINT_FORMATS[o][0] + _VARINT_FORMATS[n][0]),
-             _VARINT_FORMATS[o][1], _VARINT_FORMATS[n][1])
-    for o in (1, 2, 4, 8) for n in (1, 2, 4, 8)
-}
+#: A varint's width as an index (0: one byte, 1: two, 2: four, 3: eight; see
+#: :func:`_width`) -> its struct format character, and the marker bits of its first byte.
+_WIDTH_FORMATS: Final = "BHIQ"
+_WIDTH_MARKERS: Final = [0, 0x4000, 0x8000_0000, 0xC000_0000_0000_0000]
+#: (offset width) * 4 + (length width) -> the PUSH header's ``struct.pack``
+_PUSH_PACKERS: Final = [struct.Struct("!B" + _WIDTH_FORMATS[o] + _WIDTH_FORMATS[n]).pack
+                        for o in range(4) for n in range(4)]
+#: (largest) * 16 + (delay) * 4 + (first range) widths -> an ACK frame of one range's
+#: ``struct.pack`` (type, largest, delay, range count 0, first range)
+_ACK1_PACKERS: Final = [struct.Struct("!B" + _WIDTH_FORMATS[a] + _WIDTH_FORMATS[d] + "B"
+                                      + _WIDTH_FORMATS[r]).pack
+                        for a in range(4) for d in range(4) for r in range(4)]
+
+
+def _width(value: int) -> int:
+    """The width index of ``value``'s varint (the caller checks 0 <= value <= VARINT_MAX)."""
+    if value < 0x40:
+        return 0
+    if value < 0x4000:
+        return 1
+    if value < 0x4000_0000:
+        return 2
+    return 3
 
 
 def encode_push_header(offset: int, length: int, fin: bool) -> bytes:
     """The PUSH frame header (type, offset and length varints) in one precompiled struct
     call: one is built per data packet sent, and three encodes plus two concatenations cost
     several times as much."""
-    fmt, off_bits, len_bits = _PUSH_HEADERS[varint_size(offset), varint_size(length)]
-    return fmt.pack(PUSH_FIN if fin else PUSH, offset | off_bits, length | len_bits)
+    o = _width(offset)
+    n = _width(length)
+    return _PUSH_PACKERS[o * 4 + n](PUSH_FIN if fin else PUSH, offset | _WIDTH_MARKERS[o],
+                                    length | _WIDTH_MARKERS[n])
 
 
 def encode_ack(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...],
                ack_delay_us: int) -> bytes:
     """Encode ranges given newest first as ``(first, last)``; at most MAX_ACK_RANGES kept."""
-    ranges = ranges[:MAX_ACK_RANGES]
     first, last = ranges[0]
+    if len(ranges) == 1 and 0 <= first <= last <= VARINT_MAX and 0 <= ack_delay_us <= VARINT_MAX:
+        # the common ACK (everything arrived in order): one precompiled struct call
+        a = _width(last)
+        d = _width(ack_delay_us)
+        r = _width(last - first)
+        return _ACK1_PACKERS[a * 16 + d * 4 + r](ACK, last | _WIDTH_MARKERS[a],
+                                                 ack_delay_us | _WIDTH_MARKERS[d], 0,
+                                                 (last - first) | _WIDTH_MARKERS[r])
+    ranges = ranges[:MAX_ACK_RANGES]
     out = [bytes((ACK,)), encode_varint(last), encode_varint(ack_delay_us),
            encode_varint(len(ranges) - 1), encode_varint(last - first)]
     prev_first = first
@@ -496,14 +531,23 @@ def encode_retry(version: int, client_cid: bytes, token: bytes) -> bytes:
 _SHORT_TYPES: Final = (bytes((SHORT,)), bytes((SHORT | KEY_PHASE,)))
 
 
+#: len(dcid) -> the short header's ``struct.pack`` (type, CID, packet number): one call and
+#: one allocation per packet instead of two concatenations
+_SHORT_HEADER_PACKERS: Final = [struct.Struct(f"!B{n}sQ").pack
+                                for n in range(MAX_CID_LENGTH + 1)]
+
+
 def encode_short_header(dcid: bytes, packet_number: int, key_phase: int = 0) -> bytes:
-    return _SHORT_TYPES[key_phase] + dcid + _PN.pack(packet_number)
+    if len(dcid) > MAX_CID_LENGTH:
+        return _SHORT_TYPES[key_phase] + dcid + _pack_pn(packet_number)
+    return _SHORT_HEADER_PACKERS[len(dcid)](SHORT | KEY_PHASE if key_phase else SHORT, dcid,
+                                            packet_number)
 
 
 def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> bytes:
     """A whole clear short-header packet (``insecure_plaintext``): the header and the encoded
     frames in ``parts``, joined in one copy (the per-packet path)."""
-    return b"".join((_SHORT_TYPES[0], dcid, _PN.pack(packet_number), *parts))
+    return b"".join((_SHORT_TYPES[0], dcid, _pack_pn(packet_number), *parts))
 
 
 def decode_short_header(data: bytes | memoryview, cid_length: int) -> tuple[bytes, int, int]:

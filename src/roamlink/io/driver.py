@@ -104,12 +104,19 @@ class ConnectionDriver(Generic[S]):
         return (sock for sock in list(self.sockets.values()) if sock.serves(conn))
 
     # ------------------------------------------------------------------ serving
-    def serve(self, conn: Connection, now: float, via: S) -> None:
+    def serve(self, conn: Connection, now: float, via: S, transmit: bool = False) -> None:
         """Collect what ``conn`` has to send, each datagram on the socket of its path; re-arm
         its timer; tell its observer; retire it once closed. ``via``: the socket that had
-        input or a timer for it."""
+        input or a timer for it.
+
+        ``transmit``: hand the datagrams to the socket at once, before the bookkeeping that
+        follows (a single connection's write or timer: the peer waits for that reply, and the
+        timer and the observer can run while it travels); otherwise the caller transmits, so
+        that one pass over many connections batches their datagrams."""
         primary = self.sockets.get(conn.paths.socket_id, via)
         self._collect(conn, now, primary)
+        if transmit:
+            primary.transmit_collected()
         if conn.paths.has_work():  # probes on other sockets (path validation)
             for socket_id in conn.paths.sockets_with_work():
                 other = self.sockets.get(socket_id)

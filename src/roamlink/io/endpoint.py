@@ -164,15 +164,16 @@ class Endpoint:
             self.udp.resume_reading()
 
     def _on_readable(self) -> None:
-        route = self.dispatcher.datagram_received
+        # (methods called on their objects, not through a local bound method: compiled, the
+        # former is a direct C call, the latter a generic call that parses its arguments)
+        disp = self.dispatcher
         dirty = self._dirty
         socket_id = self.socket_id
         now = self.now()
         for data, addr in self.udp.receive_batch():
-            conn = route(data, addr, now, socket_id)
+            conn = disp.datagram_received(data, addr, now, socket_id)
             if conn is not None:
                 dirty[conn] = None
-        disp = self.dispatcher
         if disp.accept_queue:
             self._take_new_connections()
         if dirty or disp.stateless_out:
@@ -267,7 +268,7 @@ class Endpoint:
             self.mark(conn)
             return
         self._dirty.pop(conn, None)
-        self.driver.serve(conn, self.now(), self)
+        self.driver.serve(conn, self.now(), self, True)  # sent before the observer runs
         self.transmit_collected()
 
     def _schedule_flush(self) -> None:
@@ -284,13 +285,13 @@ class Endpoint:
         out = self._out
         out.extend(self.dispatcher.take_stateless())
         dirty = self._dirty
-        serve = self.driver.serve
+        driver = self.driver
         now = self.now
         while dirty:
             batch = list(dirty)
             dirty.clear()
             for conn in batch:
-                serve(conn, now(), self)
+                driver.serve(conn, now(), self)
         if out:
             self._out = []
             self.udp.send(out)
@@ -308,7 +309,7 @@ class Endpoint:
         self.udp.io.timers_fired += 1
         self.driver.fire_timer(conn, now)
         if not self._closing:
-            self.driver.serve(conn, self.now(), self)
+            self.driver.serve(conn, self.now(), self, True)
             self.transmit_collected()
 
     @property

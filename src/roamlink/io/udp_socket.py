@@ -292,6 +292,20 @@ class UdpSocket:
             return
         io = self.io
         n = len(datagrams)
+        if n == 1:  # a request or a reply: one datagram, no run to look for
+            data, addr = datagrams[0]
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                io.send_would_block += 1
+                self._queue(datagrams, 0)
+                return
+            except OSError as failed:  # (one name per except variable: see performance.md)
+                self.errors += 1
+                logger.debug("send to %s failed: %s", addr, failed)
+            io.send_calls += 1
+            io.datagrams_out += 1
+            return
         i = 0
         while i < n:
             data, addr = datagrams[i]
