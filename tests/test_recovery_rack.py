@@ -6,7 +6,7 @@ import pytest
 
 from roamlink.core import wire
 from roamlink.core.delivery_rate import DeliveryRateEstimator
-from roamlink.core.recovery import PACKET_THRESHOLD, Recovery, SentPacket
+from roamlink.core.recovery import LOST_HORIZON_RTOS, PACKET_THRESHOLD, Recovery, SentPacket
 from roamlink.core.rtt import RttEstimator
 
 MSS = 1200
@@ -164,3 +164,43 @@ def test_reordering_window_jumps_to_how_late_a_spurious_loss_came() -> None:
     assert lost
     rec.on_ack(wire.AckFrame(((0, 9),), 0), 0.032)
     assert rec.reo_wnd_mult == 3 and rec.reo_wnd == pytest.approx(3 * 0.02 / 4)
+
+
+def test_lost_packets_are_remembered_for_a_few_rtos_not_by_the_thousand() -> None:
+    """Steady random loss for a minute (the soak's case): the packets declared lost, kept to
+    recognise a spurious retransmission, are forgotten LOST_HORIZON_RTOS after they were
+    sent. They used to pile up to the memory limit (2,048 per connection, about 200 KB with
+    both ends in one process) and stay there: the soak's slow RSS rise."""
+    rec = _recovery()
+    lost_total = 0
+    pn = 0
+    for batch in range(6000):  # 60,000 packets, 1 ms apart; every 20th is lost
+        start = pn
+        for _ in range(10):
+            _send(rec, pn, pn * 0.001)
+            pn += 1
+        now = (pn - 1) * 0.001 + 0.02  # the ACK comes one RTT (20 ms) after the last send
+        ranges = []
+        hi = pn - 1
+        for missing in sorted((p for p in range(start, pn) if p % 20 == 0), reverse=True):
+            if missing < hi:
+                ranges.append((missing + 1, hi))
+            hi = missing - 1
+        if hi >= start:
+            ranges.append((start, hi))
+        _, lost, _ = rec.on_ack(wire.AckFrame(tuple(ranges), 0), now)
+        lost_total += len(lost)
+        assert set(rec._lost_times) == set(rec._lost_pns)
+        if batch % 500 == 499:  # flush the tail: no later packet reveals the last losses
+            rec.on_timeout(now + 1.0)
+    assert lost_total >= 2900
+    horizon = LOST_HORIZON_RTOS * rec.rto()
+    remembered = rec._lost_pns
+    assert remembered and remembered == sorted(remembered)
+    # at most the losses sent within the horizon before the newest loss (1 in 20 ms)
+    assert len(remembered) <= horizon / 0.020 + 2
+    # and a loss that was recent enough is still recognised as spurious
+    newest = remembered[-1]
+    before = rec.spurious_losses
+    rec.on_ack(wire.AckFrame(((newest, newest),), 0), newest * 0.001 + 0.05)
+    assert rec.spurious_losses == before + 1

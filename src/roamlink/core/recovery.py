@@ -44,7 +44,14 @@ TLP_RTTS: Final = 2.0
 TLP_MIN: Final = 0.01
 #: After this many losses with none found spurious, the thresholds step back toward RFC 9002's.
 _NARROW_AFTER: Final = 64
-_REMEMBER_LOST: Final = 2048  # lost packet numbers kept to detect spurious retransmissions
+#: Lost packet numbers kept to detect spurious retransmissions, at most (a memory limit: the
+#: time horizon below is what normally bounds them).
+_REMEMBER_LOST: Final = 2048
+#: A lost packet is remembered for this many RTOs after it was sent (RFC 9000 section 13.3:
+#: "a period of time that adequately allows for reordering, such as a PTO"); an ACK later
+#: than that no longer tells of reordering. Without this horizon the list filled up to
+#: ``_REMEMBER_LOST`` under steady random loss, about 200 KB per connection after minutes.
+LOST_HORIZON_RTOS: Final = 3
 
 
 class SentPacket:
@@ -276,14 +283,26 @@ class Recovery:
             if self.reo_wnd_mult > 1:
                 self.reo_wnd_mult -= 1
         lost_pns = self._lost_pns
+        times = self._lost_times
+        if lost_pns:
+            # forget those sent more than LOST_HORIZON_RTOS before this one (packets leave in
+            # number order, so they are the first ones)
+            horizon = pkt.time_sent - LOST_HORIZON_RTOS * self.rto()
+            if times[lost_pns[0]] < horizon:
+                cut = 1
+                n = len(lost_pns)
+                while cut < n and times[lost_pns[cut]] < horizon:
+                    cut += 1
+                for pn in lost_pns[:cut]:
+                    del times[pn]
+                del lost_pns[:cut]
         if not lost_pns or pkt.number > lost_pns[-1]:
             lost_pns.append(pkt.number)
         else:
             lost_pns.insert(bisect_left(lost_pns, pkt.number), pkt.number)
-        self._lost_times[pkt.number] = pkt.time_sent
+        times[pkt.number] = pkt.time_sent
         if len(lost_pns) > _REMEMBER_LOST:
             cut = len(lost_pns) - _REMEMBER_LOST // 2
-            times = self._lost_times
             for pn in lost_pns[:cut]:
                 times.pop(pn, None)
             del lost_pns[:cut]
