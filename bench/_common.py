@@ -384,7 +384,8 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
     if kind == "roamlink" or kind.startswith("roamlink-"):
         import roamlink
 
-        listener = await roamlink.listen("127.0.0.1", 0, config=roamlink_config(kind))
+        listener = await roamlink.listen("127.0.0.1", 0, config=roamlink_config(kind),
+                                         key=bench_key())
 
         async def accept_loop() -> None:
             async for stream in listener:
@@ -429,6 +430,16 @@ async def stream_server(kind: str, handler: Handler) -> tuple[int, Callable[[], 
     raise ValueError(f"unknown stream transport {kind!r}")
 
 
+def bench_key() -> Any:
+    """The benchmark server's static key, which the clients pin, as deployments do (a fixed,
+    public, benchmark-only key: both child processes derive it). Unpinned, every connect
+    would first ask for the key, and a listener answers such requests at most 100 times a
+    second (its budget for stateless answers): ``many.py``'s 1,000 connections took 15 s."""
+    import roamlink
+
+    return roamlink.KeyPair.from_private_bytes(hashlib.sha256(b"roamlink bench key").digest())
+
+
 def roamlink_config(kind: str) -> Any:
     """``roamlink`` uses the defaults (encrypted); ``roamlink-plain`` runs
     ``insecure_plaintext`` on both ends (what encryption costs, in the same run);
@@ -447,7 +458,8 @@ async def stream_connect(kind: str, port: int) -> ByteStream:
     if kind == "roamlink" or kind.startswith("roamlink-"):
         import roamlink
 
-        return await roamlink.connect("127.0.0.1", port, config=roamlink_config(kind))
+        return await roamlink.connect("127.0.0.1", port, config=roamlink_config(kind),
+                                      server_key=bench_key())
     if kind == "tcp":
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return TcpStream(reader, writer)

@@ -1,0 +1,98 @@
+"""Both ends of bench/latency.py's 64-byte round trip in ONE process and event loop: the CPU
+per round trip (both sides together), without the wake-ups of two processes.
+
+docs/profile.md's instruction counts run this under ``valgrind --tool=callgrind`` with
+``--slow 200``: valgrind makes time pass ~50-200x slower, so the connections' clock and timer
+delays are slowed by the same factor, or the ACK-delay and probe timers would fire on every
+round trip and swamp the figure.
+
+Usage: python bench/inproc_roundtrip.py [count] [--tcp] [--uvloop] [--profile] [--slow K]
+Prints one line: ``<kind> compiled=<bool> cpu_us_per_rt=... wall_us=...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "src"))
+
+import _common  # noqa: E402
+
+import roamlink  # noqa: E402
+
+
+def _slow_clock(k: float) -> None:
+    """Run the connections' clock and timers ``k`` times slower (for valgrind)."""
+    import roamlink.io.clock as clock
+
+    t0 = time.monotonic()
+    mono = time.monotonic
+    clock.LoopScheduler.now = staticmethod(lambda: t0 + (mono() - t0) / k)  # type: ignore[method-assign]
+    orig_init = clock.LoopScheduler.__init__
+
+    def init(self: Any, loop: asyncio.AbstractEventLoop) -> None:
+        orig_init(self, loop)
+        self.call_later = lambda d, cb: loop.call_later(d * k, cb)
+
+    clock.LoopScheduler.__init__ = init  # type: ignore[method-assign]
+
+
+async def main(kind: str, count: int, profile: bool) -> None:
+    async def echo(stream: Any) -> None:
+        try:
+            while True:
+                msg = await stream.readexactly(64)
+                stream.write(msg)
+                await stream.drain()
+        except Exception:  # end of stream
+            pass
+        finally:
+            stream.close()
+
+    port, close = await _common.stream_server(kind, echo)
+    stream = await _common.stream_connect(kind, port)
+    msg = os.urandom(64)
+
+    async def rounds(n: int) -> None:
+        for _ in range(n):
+            stream.write(msg)
+            await stream.drain()
+            await stream.readexactly(64)
+
+    await rounds(int(os.environ.get("WARM", "1000")))
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        await rounds(count)
+        prof.disable()
+        stats = pstats.Stats(prof)
+        print("calls per round trip", stats.total_calls / count)  # type: ignore[attr-defined]
+        stats.sort_stats("tottime").print_stats(40)
+    cpu, wall = time.thread_time(), time.perf_counter()
+    await rounds(count)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    print(f"{kind} compiled={roamlink.compiled} cpu_us_per_rt={cpu / count * 1e6:.1f} "
+          f"wall_us={wall / count * 1e6:.1f}")
+    stream.write_eof()
+    stream.close()
+    await close()
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "--slow" in argv:
+        at = argv.index("--slow")
+        _slow_clock(float(argv[at + 1]))
+        del argv[at:at + 2]
+    n = next((int(a) for a in argv if a.isdigit()), 20000)
+    _common.run_loop(main("tcp" if "--tcp" in argv else "roamlink", n, "--profile" in argv),
+                     "--uvloop" in argv)
