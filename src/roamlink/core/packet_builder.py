@@ -266,7 +266,14 @@ class PacketBuilder:
         """An ACK-only packet (while draining, nothing else may go)."""
         return self._build_unacked([self._ack(now)], now, dcid)
 
-    def _build_unacked(self, parts: list[bytes], now: float, dcid: bytes) -> bytes:
+    def _build_unacked(self, parts: list[bytes], now: float, dcid: bytes,
+                       pad_to: int = 0) -> bytes:
+        """A packet that is not in flight (nothing in it is retransmitted), padded with
+        PADDING to ``pad_to`` bytes when that is more than it needs."""
+        if pad_to:
+            used = (wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length
+                    + sum(map(len, parts)))
+            parts.append(bytes(max(pad_to - used, 0)))
         pn = self.allocate_pn()
         datagram = self.seal(dcid, pn, parts)
         self._on_sent(pn, datagram, now, False, [], [])
@@ -275,13 +282,8 @@ class PacketBuilder:
     def build_probe(self, frame: wire.Frame, now: float, dcid: bytes, size: int) -> bytes:
         """A path probe padded to ``size`` (the full datagram size unless the
         anti-amplification budget forbids): a path that cannot carry it is not validated."""
-        encoded = wire.encode_frame(frame)
-        header = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length
-        pn = self.allocate_pn()
-        datagram = self.seal(dcid, pn, [encoded, bytes(max(size - header - len(encoded), 0))])
-        # probes are not in flight: the path manager retries challenges itself
-        self._on_sent(pn, datagram, now, False, [], [])
-        return datagram
+        # not in flight: the path manager retries challenges itself
+        return self._build_unacked([wire.encode_frame(frame)], now, dcid, size)
 
     def build_padded_ping(self, now: float, dcid: bytes, size: int) -> bytes:
         """A receiver probe (``timers._gap_probe``): the ACK of what we received and a PING,
@@ -290,12 +292,7 @@ class PacketBuilder:
         probe follows if the silence goes on."""
         parts = [self._ack(now)] if len(self.acks.received) else []
         parts.append(wire.ENCODED_PING)
-        used = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length + sum(map(len, parts))
-        parts.append(bytes(max(size - used, 0)))
-        pn = self.allocate_pn()
-        datagram = self.seal(dcid, pn, parts)
-        self._on_sent(pn, datagram, now, False, [], [])
-        return datagram
+        return self._build_unacked(parts, now, dcid, size)
 
     def handshake_frames(self, extra: list[wire.Frame], room: int, now: float,
                          *, pad: bool) -> tuple[bytes, StreamRanges]:

@@ -125,13 +125,7 @@ def encode_varint(value: int) -> bytes:
 
 
 def varint_size(value: int) -> int:
-    if value < 0x40:
-        return 1
-    if value < 0x4000:
-        return 2
-    if value < 0x4000_0000:
-        return 4
-    return 8
+    return 1 << _width(value)
 
 
 def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
