@@ -118,6 +118,10 @@ async def orchestrate(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"bench": "latency", "summary": "latency", "loop": loop_name,
                                "round_trips": args.count, "p50_us": p50, "p99_us": p99,
                                **machine_info()}
+    if os.environ.get("GLIBC_TUNABLES"):
+        # e.g. glibc.malloc.mmap_threshold: asyncio's 256 KiB reads go through mmap without
+        # it (docs/performance.md, "Round trips on this machine"); say how this run was made
+        summary["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
     if p50.get("roamlink") and p50.get("tcp"):
         summary["p50_ratio_roamlink_to_tcp"] = rnd(p50["roamlink"] / p50["tcp"], 3)  # type: ignore[operator]
     if p50.get("tcp"):
