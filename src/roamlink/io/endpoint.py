@@ -281,12 +281,12 @@ class Endpoint(DriverSocket):
             return
         out = self._out
         out.extend(self.dispatcher.take_stateless())
-        dirty = self._dirty
         driver = self.driver
         now = self.now
-        while dirty:
-            batch = list(dirty)
-            dirty.clear()
+        while self._dirty:
+            # (a fresh dict for what serving marks, not a list copy of this one and a clear)
+            batch = self._dirty
+            self._dirty = {}
             for conn in batch:
                 driver.serve(conn, now(), self)
         if out:
