@@ -125,10 +125,9 @@ class PacketBuilder:
         acks = self.acks
         flow = self.flow
         control_queue = self.control
-        if (self.quick_idle and self.probe_pending <= 0 and not acks.pending
-                and (acks.deadline is None or now < acks.deadline)
-                and not flow.send_max_data and not control_queue
-                and not send_buf.has_data_to_send()):
+        if (self.quick_idle and not send_buf.has_data_to_send() and self.probe_pending <= 0
+                and not acks.pending and (acks.deadline is None or now < acks.deadline)
+                and not flow.send_max_data and not control_queue):
             # nothing to send, nor an ACK due: the pass after each received message
             self._idle_pass(now)
             return
