@@ -2,12 +2,14 @@
 
 The client sends a message, waits for the server's 64-byte echo, and times each round trip
 (after a warm-up). roamlink (encrypted, the default), roamlink with ``insecure_plaintext``
-("roamlink-plain"), asyncio TCP and "udp" are measured in the same invocation. "udp" is a bare
-asyncio UDP echo with the same task structure and no protocol at all: the floor of any UDP
-transport on this event loop.
+("roamlink-plain"), asyncio TCP, "udp" and "udp-sealed" are measured in the same invocation.
+"udp" is a bare asyncio UDP echo with the same task structure and no protocol at all: the floor
+of any UDP transport on this event loop. "udp-sealed" is the same echo with roamlink's packet
+protection on every datagram (sealed by the sender, opened by the receiver: four ChaCha20-Poly1305
+calls per round trip, as roamlink makes): the floor of an encrypted UDP transport here.
 
 Usage: python bench/latency.py [--count 5000] [--warmup 500] [--size 64]
-       [--only roamlink,roamlink-plain,tcp,udp] [--uvloop] [--quick] [--timeout s]
+       [--only roamlink,roamlink-plain,tcp,udp,udp-sealed] [--uvloop] [--quick] [--timeout s]
 Prints one JSON line per transport (p50/p99 in microseconds) and a final summary line.
 """
 
@@ -116,6 +118,10 @@ async def orchestrate(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"bench": "latency", "summary": "latency", "loop": loop_name,
                                "round_trips": args.count, "p50_us": p50, "p99_us": p99,
                                **machine_info()}
+    if os.environ.get("GLIBC_TUNABLES"):
+        # e.g. glibc.malloc.mmap_threshold: asyncio's 256 KiB reads go through mmap without
+        # it (docs/performance.md, "Round trips on this machine"); say how this run was made
+        summary["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
     if p50.get("roamlink") and p50.get("tcp"):
         summary["p50_ratio_roamlink_to_tcp"] = rnd(p50["roamlink"] / p50["tcp"], 3)  # type: ignore[operator]
     if p50.get("tcp"):
@@ -124,6 +130,10 @@ async def orchestrate(args: argparse.Namespace) -> int:
     if p50.get("roamlink") and p50.get("roamlink-plain"):
         summary["p50_encryption_cost_us"] = rnd(
             p50["roamlink"] - p50["roamlink-plain"], 1)  # type: ignore[operator]
+    if p50.get("roamlink") and p50.get("udp-sealed"):
+        # what the protocol itself adds to an encrypted round trip, over sealed bare UDP
+        summary["p50_protocol_cost_us"] = rnd(
+            p50["roamlink"] - p50["udp-sealed"], 1)  # type: ignore[operator]
     emit(summary)
     return sum(1 for k in p50 if p50[k] is None)
 
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=None, help="timed round trips (5000)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed round trips (500)")
     parser.add_argument("--size", type=int, default=64, help="message bytes")
-    parser.add_argument("--only", default="roamlink,roamlink-plain,tcp,udp")
+    parser.add_argument("--only", default="roamlink,roamlink-plain,tcp,udp,udp-sealed")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any transport failed (a smoke test: never on timing)")
     add_common_args(parser, timeout=120)

@@ -88,7 +88,7 @@ def test_bulk_both_positive(lines: list[dict[str, Any]]) -> None:
 
 
 def test_latency_percentiles(lines: list[dict[str, Any]]) -> None:
-    for kind in ("roamlink", "tcp", "udp"):
+    for kind in ("roamlink", "tcp", "udp", "udp-sealed"):
         [line] = [ln for ln in lines if ln.get("bench") == "latency"
                   and ln.get("transport") == kind]
         assert line["ok"] and 0 < line["p50_us"] <= line["p99_us"] <= line["max_us"]

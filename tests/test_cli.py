@@ -411,3 +411,75 @@ def test_reply_round_trip_and_mismatch_message() -> None:
     problem = verify(4, "0" * 64, reply)
     assert problem is not None and "size differs" in problem and "SHA-256 differs" in problem
     assert Reply.decode(b"ERR disk full\n") == Reply(ok=False, message="disk full")
+
+
+def test_stdin_reader_makes_nothing_for_a_closed_loop_to_drop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`connect`'s stdin thread hands a chunk to a loop that has just closed (the command
+    ended: the peer finished, or ssh hung up): it stops quietly. It used to make a
+    `Queue.put` coroutine first, which the closed loop never ran, and Python printed
+    "coroutine 'Queue.put' was never awaited" on stderr, an ssh user's terminal."""
+    import asyncio
+    import gc
+    import threading
+    import warnings
+
+    from roamlink.cli import connect_cmd
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"typed after the peer left")
+    loop = asyncio.new_event_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    loop.close()
+    with open(read_end, "rb", buffering=0) as stdin, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monkeypatch.setattr(sys, "stdin", stdin)
+        room = threading.Semaphore(connect_cmd._STDIN_AHEAD)
+        connect_cmd._stdin_reader(loop, queue, room)  # returns: the loop is closed
+        gc.collect()
+    os.close(write_end)
+    assert queue.empty()
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_stdin_reader_holds_back_a_fast_stdin() -> None:
+    """At most _STDIN_AHEAD chunks are read ahead of what the connection took."""
+    import asyncio
+    import threading
+
+    from roamlink.cli import connect_cmd
+
+    async def main() -> tuple[int, int]:
+        read_end, write_end = os.pipe()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        room = threading.Semaphore(connect_cmd._STDIN_AHEAD)
+        old_stdin = sys.stdin
+        sys.stdin = open(read_end, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        try:
+            thread = threading.Thread(target=connect_cmd._stdin_reader,
+                                      args=(loop, queue, room), daemon=True)
+            thread.start()
+            for _ in range(connect_cmd._STDIN_AHEAD * 3):  # a small write is one read
+                os.write(write_end, b"x")
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.2)
+            held = queue.qsize()
+            for _ in range(held):  # the connection takes them: the reader goes on
+                queue.get_nowait()
+                room.release()
+            os.close(write_end)
+            chunks = [b""]
+            while (chunk := await asyncio.wait_for(queue.get(), 5)) != b"":
+                chunks.append(chunk)
+                room.release()
+            thread.join(5)
+            return held, len(b"".join(chunks)) + held
+        finally:
+            sys.stdin.close()
+            sys.stdin = old_stdin
+
+    held, total = asyncio.run(main())
+    assert held == connect_cmd._STDIN_AHEAD
+    assert total == connect_cmd._STDIN_AHEAD * 3

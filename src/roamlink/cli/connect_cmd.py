@@ -51,20 +51,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.set_defaults(func=run, data_on_stdout=True)
 
 
-def _stdin_reader(loop: asyncio.AbstractEventLoop,
-                  queue: asyncio.Queue[bytes]) -> None:
+#: Chunks read from stdin and not yet taken by the connection, at most: the back-pressure
+#: that holds a fast stdin (a file, a pipe) back to the connection's pace.
+_STDIN_AHEAD = 16
+
+
+def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes],
+                  room: threading.Semaphore) -> None:
     """Blocking reads in a daemon thread: works for terminals, pipes and regular files alike,
-    and cannot keep the process alive at exit. The bounded queue is the back-pressure."""
+    and cannot keep the process alive at exit. Each read waits for ``room`` (released as the
+    connection takes a chunk). No coroutine is made in this thread: one made for a loop that
+    closes before it runs is reported as "never awaited" on stderr, which for an ssh
+    ProxyCommand is the user's terminal."""
     fd = sys.stdin.fileno()
     while True:
+        room.acquire()
         try:
             chunk = os.read(fd, _READ)
         except OSError:
             chunk = b""
         try:
-            asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-        except (RuntimeError, concurrent.futures.CancelledError):
-            return  # the loop closed, or the put was cancelled: the command is over
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+        except RuntimeError:
+            return  # the loop closed: the command is over
         if not chunk:
             return
 
@@ -136,11 +145,14 @@ def _on_signals(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[int],
 
 
 async def _stdin_to_stream(stream: Stream) -> None:
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
-    thread = threading.Thread(target=_stdin_reader, args=(asyncio.get_running_loop(), queue),
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    room = threading.Semaphore(_STDIN_AHEAD)
+    thread = threading.Thread(target=_stdin_reader,
+                              args=(asyncio.get_running_loop(), queue, room),
                               name="roamlink-stdin", daemon=True)
     thread.start()
     while chunk := await queue.get():
+        room.release()
         stream.write(chunk)
         await stream.drain()
     stream.write_eof()
