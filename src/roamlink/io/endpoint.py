@@ -264,7 +264,9 @@ class Endpoint(DriverSocket):
                 or self._flush_handle is not None):
             self.mark(conn)
             return
-        self._dirty.pop(conn, None)
+        dirty = self._dirty
+        if conn in dirty:  # (``in`` and ``del`` are native; ``dict.pop`` a generic call)
+            del dirty[conn]
         self.driver.serve(conn, self.now(), self, True)  # sent before the observer runs
         self.transmit_collected()
 
