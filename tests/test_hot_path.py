@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -10,9 +11,12 @@ from hypothesis import strategies as st
 
 from roamlink import Config
 from roamlink.core import wire
+from roamlink.core.congestion.bbr import Bbr
 from roamlink.core.connection import Connection
 from roamlink.io.dispatcher import Dispatcher
 from roamlink.testing.packets import frames_of, keyed_pair
+from roamlink.testing.scenarios import Pump, establish, run_pumps
+from roamlink.testing.simnet import HostStalls, LinkConfig, SimNetwork
 
 A = ("10.0.0.2", 5000)
 B = ("10.0.0.1", 4433)
@@ -175,3 +179,100 @@ def test_a_paced_sender_waits_for_its_pacer_and_says_when() -> None:
     assert 0 < len(sent) < 64  # the pacer, not the window, stopped the pass
     assert conn.packets.pace_at is not None and conn.packets.pace_at > 0.01
     assert conn.packets.pacer is not None and conn.packets.pacer.wake_at == conn.packets.pace_at
+
+
+# ---------------------------------------------------------------------- the idle send pass
+def _congestion_state(conn: Connection) -> tuple[object, ...]:
+    """What a send pass may change of the connection's model of the path."""
+    cc, est, pacer = conn.cc, conn.packets.rate_estimator, conn.packets.pacer
+    assert isinstance(cc, Bbr) and pacer is not None
+    return (cc.cwnd, cc.btl_bw, cc.pacing_gain, cc.phase, cc.min_rtt, cc.round_count,
+            cc.filled_pipe, cc.extra_acked, est.app_limited, est.delivered,
+            est.app_limited_samples, pacer.rate, pacer.burst, pacer.tokens, pacer.last,
+            pacer.wake_at, pacer.fell_behind, conn.packets.pace_at,
+            conn.recovery.bytes_in_flight, conn.packets.next_pn, conn.get_timer())
+
+
+def _echo_and_bulk(quick_idle: bool, stalls: bool) -> tuple[list[object], list[object]]:
+    """A request/response exchange (the echo's receive side has nothing to send: its ACK is
+    delayed and rides on the reply), then a bulk transfer through a lossy bottleneck (the
+    pacer, late wake-ups on a busy host, app-limited ends of flights): every datagram and,
+    after every serve, the served end's congestion state."""
+    net = SimNetwork(seed=7)
+    cfg = Config(insecure_plaintext=True)
+    client = net.add_node(("10.0.0.2", 5000), cfg)
+    server = net.add_node(("10.0.0.1", 4433), cfg, listen=True)
+    net.set_link("10.0.0.2", "10.0.0.1", LinkConfig(delay=0.005, loss=0.01, rate=2e6,
+                                                    queue_packets=40))
+    c, s = establish(net, client, server)
+    for conn in (c, s):
+        conn.packets.quick_idle = quick_idle
+    if stalls:
+        server.set_stalls(HostStalls(run_min=0.002, run_max=0.01, stall_min=0.001,
+                                     stall_max=0.012), seed=3)
+    net.capture = True
+    states: list[object] = []
+    for node in (client, server):
+        # the driver re-arms the timer at the end of every serve: record the state there
+        def arm_timer(conn: Connection, arm: Callable[[Connection], None] = node.arm_timer
+                      ) -> None:
+            states.append((net.now, conn is c, _congestion_state(conn)))
+            arm(conn)
+
+        node.arm_timer = arm_timer
+    for i in range(40):
+        c.send(b"q%02d" % i + bytes(61))
+        net.flush(client)
+        assert net.run_until(lambda: s.readable >= 64, 5)
+        s.send(s.read(64))
+        net.flush(server)
+        assert net.run_until(lambda: c.readable >= 64, 5)
+        assert c.read(64)[:3] == b"q%02d" % i
+    for _ in range(30):  # an application-limited sender: bursts, with pauses between
+        c.send(bytes(30_000))
+        net.flush(client)
+        net.run(until=net.now + 0.04)
+        s.read()
+    assert net.run_until(lambda: c.recovery.bytes_in_flight == 0, 10)
+    s.read()
+    pump = Pump(net, s, server, c, client, bytes(range(256)) * 2000, eof=False)
+    assert run_pumps(net, [pump], 30)
+    assert pump.exact
+    net.run(until=net.now + 0.5)
+    return [(src, dst, data) for src, dst, data in net.captured], states
+
+
+@pytest.mark.parametrize("stalls", [False, True])
+def test_the_idle_send_pass_sends_and_models_what_the_full_pass_does(stalls: bool) -> None:
+    """The send pass after a received message usually has nothing to send; it skips the
+    packet-building round (``PacketBuilder._idle_pass``) but must still refill the pacer,
+    notice late wake-ups and mark rate samples app-limited: BBR's model and every datagram
+    (bytes and order) are the same as with the full pass."""
+    quick = _echo_and_bulk(True, stalls)
+    full = _echo_and_bulk(False, stalls)
+    assert len(quick[0]) > 400 and len(quick[1]) > 1000
+    assert quick[0] == full[0]
+    assert quick[1] == full[1]
+
+
+def test_the_idle_send_pass_marks_the_flight_app_limited_and_refills_the_pacer() -> None:
+    _, _, conn, peer = _pair(Config())
+    now = 0.01
+    for _ in range(20):
+        now += 0.001
+        conn.send(bytes(64))
+        for data, _ in conn.datagrams_to_send(now):
+            peer.receive_datagram(data, A, now)
+        peer.send(peer.read())
+        for data, _ in peer.datagrams_to_send(now):
+            conn.receive_datagram(data, B, now)
+        assert conn.read() == bytes(64)
+    # the client's ACK of the reply is delayed: it has nothing to send now
+    pacer, est = conn.packets.pacer, conn.packets.rate_estimator
+    assert pacer is not None and conn.acks.deadline is not None and not conn.acks.pending
+    est.app_limited = 0
+    pacer.wake_at = now + 0.0001
+    later = now + 0.00015
+    assert conn.datagrams_to_send(later) == []
+    assert est.app_limited == est.delivered + conn.recovery.bytes_in_flight
+    assert pacer.last == later and pacer.wake_at == -1.0 and conn.packets.pace_at is None

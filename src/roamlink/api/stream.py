@@ -30,6 +30,7 @@ from ..errors import (
     MigrationTimeout,
     RoamlinkError,
 )
+from ..io.driver import ConnectionObserver
 from ..io.endpoint import Endpoint
 from .addresses import parse_address, resolve
 from .event_queue import EVENT_QUEUE_LIMIT, EventQueue, path_events
@@ -37,7 +38,7 @@ from .event_queue import EVENT_QUEUE_LIMIT, EventQueue, path_events
 __all__ = ["EVENT_QUEUE_LIMIT", "EventQueue", "Stream"]
 
 
-class Stream:
+class Stream(ConnectionObserver):
     """A reliable, ordered byte stream over roamlink.
 
     Reading: ``read``/``readexactly`` (``b""`` at end of stream). Writing: ``write`` buffers,

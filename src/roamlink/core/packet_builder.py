@@ -45,7 +45,7 @@ class PacketBuilder:
 
     __slots__ = ("mtu", "send_buf", "recovery", "cc", "rtt", "pacer", "rate_estimator", "acks",
                  "flow", "counters", "control", "next_pn", "probe_pending", "pace_at", "last_sent",
-                 "_ack_in_packet", "_ack_only_sent", "protection", "tag_length")
+                 "_ack_in_packet", "_ack_only_sent", "protection", "tag_length", "quick_idle")
 
     def __init__(self, config: Config, *, send_buf: SendBuffer, recovery: Recovery,
                  cc: CongestionController, rtt: RttEstimator, pacer: Pacer | None,
@@ -72,6 +72,9 @@ class PacketBuilder:
         #: the traffic keys once the handshake made them (None: ``insecure_plaintext``)
         self.protection: PacketProtection | None = None
         self.tag_length = 0  # bytes sealing adds to a packet
+        #: take :meth:`_idle_pass` when nothing can be sent (tests turn it off to check that
+        #: the full pass leaves the same state and sends the same packets)
+        self.quick_idle = True
 
     def set_protection(self, protection: PacketProtection) -> None:
         self.protection = protection
@@ -118,12 +121,18 @@ class PacketBuilder:
     def build_data_packets(self, now: float, dcid: bytes, addr: Address,
                            out: list[tuple[bytes, Address]]) -> None:
         """Append to ``out`` every data packet that may leave now."""
-        mtu = self.mtu
-        header_size = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length
         send_buf = self.send_buf
         acks = self.acks
         flow = self.flow
         control_queue = self.control
+        if (self.quick_idle and not send_buf.has_data_to_send() and self.probe_pending <= 0
+                and not acks.pending and (acks.deadline is None or now < acks.deadline)
+                and not flow.send_max_data and not control_queue):
+            # nothing to send, nor an ACK due: the pass after each received message
+            self._idle_pass(now)
+            return
+        mtu = self.mtu
+        header_size = wire.SHORT_HEADER_OVERHEAD + len(dcid) + self.tag_length
         recovery = self.recovery
         self.pace_at = None
         pacer = self.pacer
@@ -214,12 +223,34 @@ class PacketBuilder:
                 self.probe_pending -= 1
             if not eliciting or not may_fly:
                 break
+        self._end_pass(send_buf.has_data_to_send())
+
+    def _idle_pass(self, now: float) -> None:
+        """What :meth:`build_data_packets` does when nothing can be sent, without building:
+        its first round only asks the pacer (when the window has room), which refills the
+        bucket and notices a late wake-up, then stops; its end marks the rate sample
+        app-limited (or host-limited). Both are kept: they are BBR's model of the path.
+        (``tests/test_hot_path.py`` runs connections with and without this shortcut and
+        compares every datagram and the congestion state.)"""
+        self.pace_at = None
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.set_rate(self.cc.pacing_rate(self.rtt))
+            if self.recovery.bytes_in_flight + self.mtu <= self.cc.cwnd:
+                self._pacer_allows(now)
+        self._end_pass(False)
+
+    def _end_pass(self, has_data: bool) -> None:
+        """The end of every send pass: the pacer's wake-up, and whether the application
+        or the host (not the path) limited this flight."""
+        pacer = self.pacer
+        recovery = self.recovery
         # (read through a method: mypy narrows ``self.pace_at`` to None after the
-        # assignment above, since calls do not reset the narrowing, and mypyc-compiled code
-        # then raised TypeError whenever the pacer had set it to a time meanwhile)
+        # assignment in the pass, since calls do not reset the narrowing, and mypyc-compiled
+        # code then raised TypeError whenever the pacer had set it to a time meanwhile)
         if pacer is not None and not self.waiting_for_pacer():
             pacer.wake_at = -1.0  # not waiting for the pacer (the window or the data stops us)
-        if not send_buf.has_data_to_send() and recovery.bytes_in_flight + mtu <= self.cc.cwnd:
+        if not has_data and recovery.bytes_in_flight + self.mtu <= self.cc.cwnd:
             # the window has room but the application gave us nothing: rate samples until
             # this flight is delivered measure the application, not the path
             self.rate_estimator.mark_app_limited(recovery.bytes_in_flight)

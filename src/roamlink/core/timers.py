@@ -12,6 +12,7 @@ connection's own behaviour, kept in the file named for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from enum import IntEnum
 from functools import partial
@@ -114,35 +115,44 @@ class ConnectionTimers(TimerTable):
         return TimerTable.earliest(self, timers)
 
 
+#: "not armed", for the deadline functions below that return a plain float (compiled, a
+#: ``float | None`` is a boxed object each time; ``live_earliest`` runs after every serve)
+NEVER: Final = math.inf
+
+
 def live_earliest(conn: Connection) -> float | None:
     """The earliest deadline among LIVE_TIMERS (what ``TimerTable.earliest`` returns)."""
-    best = _connect_deadline(conn)
-    at = _idle_deadline(conn)
-    if at is not None and (best is None or at < best):
+    best = _connect_at(conn)
+    at = _idle_at(conn)
+    if at < best:
         best = at
-    at = conn._close_deadline
-    if at is not None and (best is None or at < best):
-        best = at
-    at = conn.acks.deadline
-    if at is not None and (best is None or at < best):
-        best = at
+    opt = conn._close_deadline
+    if opt is not None and opt < best:
+        best = opt
+    opt = conn.acks.deadline
+    if opt is not None and opt < best:
+        best = opt
     if conn.paths.candidates:
-        at = conn.paths.timer()
-        if at is not None and (best is None or at < best):
-            best = at
-    at = conn.recovery.timer()
-    if at is not None and (best is None or at < best):
+        opt = conn.paths.timer()
+        if opt is not None and opt < best:
+            best = opt
+    opt = conn.recovery.timer()
+    if opt is not None and opt < best:
+        best = opt
+    at = _gap_probe_at(conn)
+    if at < best:
         best = at
-    at = _gap_probe_deadline(conn)
-    if at is not None and (best is None or at < best):
+    at = _keepalive_at(conn)
+    if at < best:
         best = at
-    at = _keepalive_deadline(conn)
-    if at is not None and (best is None or at < best):
-        best = at
-    at = conn.packets.pace_at
-    if at is not None and (best is None or at < best):
-        best = at
-    return best
+    opt = conn.packets.pace_at
+    if opt is not None and opt < best:
+        best = opt
+    return best if best < NEVER else None
+
+
+def _armed(at: float) -> float | None:
+    return at if at < NEVER else None
 
 
 def connection_timers(conn: Connection) -> TimerTable:
@@ -167,8 +177,12 @@ def _nothing_to_do(now: float) -> bool:
 
 
 def _connect_deadline(conn: Connection) -> float | None:
+    return _armed(_connect_at(conn))
+
+
+def _connect_at(conn: Connection) -> float:
     if conn.state is not _HANDSHAKING:
-        return None
+        return NEVER
     return conn.handshake_deadline
 
 
@@ -183,8 +197,12 @@ def _connect_timeout(conn: Connection, now: float) -> bool:
 
 
 def _idle_deadline(conn: Connection) -> float | None:
+    return _armed(_idle_at(conn))
+
+
+def _idle_at(conn: Connection) -> float:
     idle = conn.idle_timeout
-    return conn._last_received + idle if idle else None
+    return conn._last_received + idle if idle else NEVER
 
 
 def _idle_timeout(conn: Connection, now: float) -> bool:
@@ -240,6 +258,10 @@ GAP_PROBE_MAX_DOUBLINGS: Final = 3
 
 
 def _gap_probe_deadline(conn: Connection) -> float | None:
+    return _armed(_gap_probe_at(conn))
+
+
+def _gap_probe_at(conn: Connection) -> float:
     """Data is missing, or the peer may still send (no FIN yet): if it went quiet, a few
     backed-off probes (8 at most per silence) let it find us after an address change it
     cannot see."""
@@ -248,7 +270,7 @@ def _gap_probe_deadline(conn: Connection) -> float | None:
     if (state is not _ESTABLISHED and state is not _VALIDATING_PATH) or not (
             recv_buf.segment_count or (
             recv_buf.fin_offset is None and conn._gap_probes < 8)):
-        return None
+        return NEVER
     # the RTO without the probe timeout's backoff: that backoff grows while our own packets
     # go unanswered, which is just when our address may have changed, and compounding it
     # with this one left a receiver behind a re-mapping NAT silent for many seconds
@@ -272,6 +294,10 @@ def _gap_probe(conn: Connection, now: float) -> bool:
 
 
 def _keepalive_deadline(conn: Connection) -> float | None:
+    return _armed(_keepalive_at(conn))
+
+
+def _keepalive_at(conn: Connection) -> float:
     """One interval after the last packet sent, or after the last keepalive PING queued: a
     connection blocked by its congestion window (e.g. towards a dead peer) cannot send the
     PING at once, and a deadline counted from the last send alone would stay in the past and
@@ -279,7 +305,7 @@ def _keepalive_deadline(conn: Connection) -> float | None:
     interval = conn.keepalive_interval
     state = conn.state
     if not interval or (state is not _ESTABLISHED and state is not _VALIDATING_PATH):
-        return None
+        return NEVER
     return max(conn.packets.last_sent, conn._keepalive_queued) + interval
 
 

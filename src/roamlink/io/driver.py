@@ -30,20 +30,26 @@ Datagrams = list[tuple[bytes, Address]]
 
 
 class ConnectionObserver(Protocol):
-    """What the API layer gives the driver for each connection."""
+    """What the API layer gives the driver for each connection.
+
+    (Compiled, a call through a protocol-typed value is a generic method call, unless the
+    object's class names the protocol as a base: then it is a native call. ``Stream``
+    does; a structural observer, as a test's, still works through the generic call.)"""
 
     def on_activity(self) -> None:
         """Something changed (data, events, state); called after the connection was served."""
 
 
 class DriverSocket(Protocol):
-    """What the driver needs of one socket (a real one, or a simulated host)."""
+    """What the driver needs of one socket (a real one, or a simulated host).
 
-    @property
-    def socket_id(self) -> int: ...
+    ``Endpoint`` names this protocol as its base, so that the compiled driver calls its
+    methods natively (~0.3-0.5 k instructions saved per call, ten calls per round trip);
+    the simulator's hosts satisfy it structurally and take the generic calls. Both run
+    the same driver code."""
 
-    @property
-    def dispatcher(self) -> Dispatcher: ...
+    socket_id: int
+    dispatcher: Dispatcher
 
     def collect(self, datagrams: Datagrams) -> None:
         """Take datagrams to send from this socket (now, or at :meth:`transmit_collected`)."""

@@ -30,7 +30,7 @@ from ..core.events import Address
 from ..crypto.handshake import ClientHandshake, ServerCrypto
 from .clock import LoopScheduler, Scheduler
 from .dispatcher import Dispatcher
-from .driver import ConnectionDriver, ConnectionObserver
+from .driver import ConnectionDriver, ConnectionObserver, DriverSocket
 from .timer_heap import TimerHeap
 from .udp_socket import IoStats, UdpSocket, offload_allowed
 
@@ -57,7 +57,7 @@ def numeric_sockaddr(host: str, port: int, family: int = 0) -> tuple[int, Addres
         return fam, ((host, port) if fam == socket.AF_INET else (host, port, 0, 0))
     return None
 
-class Endpoint:
+class Endpoint(DriverSocket):
     """One UDP socket and the connections routed through it.
 
     ``driver``: the group of sockets this one belongs to (a listener's sockets on several
@@ -85,9 +85,6 @@ class Endpoint:
         self.on_new_connection: Callable[[Connection], None] | None = None
         self.timers: TimerHeap[Connection] = TimerHeap(
             self.scheduler, self._on_timer, lambda conn: f"connection {conn.local_cid.hex()}")
-        # DriverSocket: the heap's own methods (the hot path saves a call per packet batch)
-        self.arm_timer: Callable[[Connection], None] = self.timers.arm
-        self.disarm_timer: Callable[[Connection], None] = self.timers.disarm
         self._dirty: dict[Connection, None] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._closing = False
@@ -267,7 +264,9 @@ class Endpoint:
                 or self._flush_handle is not None):
             self.mark(conn)
             return
-        self._dirty.pop(conn, None)
+        dirty = self._dirty
+        if conn in dirty:  # (``in`` and ``del`` are native; ``dict.pop`` a generic call)
+            del dirty[conn]
         self.driver.serve(conn, self.now(), self, True)  # sent before the observer runs
         self.transmit_collected()
 
@@ -284,12 +283,12 @@ class Endpoint:
             return
         out = self._out
         out.extend(self.dispatcher.take_stateless())
-        dirty = self._dirty
         driver = self.driver
         now = self.now
-        while dirty:
-            batch = list(dirty)
-            dirty.clear()
+        while self._dirty:
+            # (a fresh dict for what serving marks, not a list copy of this one and a clear)
+            batch = self._dirty
+            self._dirty = {}
             for conn in batch:
                 driver.serve(conn, now(), self)
         if out:
@@ -304,6 +303,14 @@ class Endpoint:
         if self._out and not self._closing:
             out, self._out = self._out, []
             self.udp.send(out)
+
+    def arm_timer(self, conn: Connection) -> None:
+        # (the deadline read here, where ``conn`` is typed: a native call, where the heap's
+        # generic key would make it a generic one)
+        self.timers.arm_at(conn, conn.get_timer())
+
+    def disarm_timer(self, conn: Connection) -> None:
+        self.timers.disarm(conn)
 
     def _on_timer(self, conn: Connection, now: float) -> None:
         self.udp.io.timers_fired += 1

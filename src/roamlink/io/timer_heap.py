@@ -59,7 +59,11 @@ class TimerHeap(Generic[K]):
 
     def arm(self, key: K) -> None:
         """Follow ``key.get_timer()``: arm, move earlier, or drop its deadline."""
-        deadline = key.get_timer()
+        self.arm_at(key, key.get_timer())
+
+    def arm_at(self, key: K, deadline: float | None) -> None:
+        """:meth:`arm` with ``key.get_timer()`` read by the caller (who may know the key's
+        type, and so call it natively)."""
         deadlines = self.deadlines
         current = deadlines.get(key)
         if deadline is None:
