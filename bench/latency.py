@@ -8,8 +8,14 @@ of any UDP transport on this event loop. "udp-sealed" is the same echo with roam
 protection on every datagram (sealed by the sender, opened by the receiver: four ChaCha20-Poly1305
 calls per round trip, as roamlink makes): the floor of an encrypted UDP transport here.
 
+``--pin CPU`` runs both processes on that one CPU. Unpinned, each round trip pays two wake-ups
+of a process on the other CPU, which on a virtual machine can cost more than everything the
+transports do (docs/performance.md, "Round trips on this machine"); pinned, the figure is the
+CPU both ends spend per round trip, plus two context switches.
+
 Usage: python bench/latency.py [--count 5000] [--warmup 500] [--size 64]
-       [--only roamlink,roamlink-plain,tcp,udp,udp-sealed] [--uvloop] [--quick] [--timeout s]
+       [--only roamlink,roamlink-plain,tcp,udp,udp-sealed] [--uvloop] [--pin CPU] [--quick]
+       [--timeout s]
 Prints one JSON line per transport (p50/p99 in microseconds) and a final summary line.
 """
 
@@ -90,7 +96,9 @@ async def client(kind: str, port: int, size: int, count: int, warmup: int) -> No
     say_result({"round_trips": len(us), "p50_us": rnd(percentile(us, 50), 1),
                 "p90_us": rnd(percentile(us, 90), 1), "p99_us": rnd(percentile(us, 99), 1),
                 "min_us": rnd(us[0], 1), "max_us": rnd(us[-1], 1),
-                "mean_us": rnd(sum(us) / len(us), 1)})
+                "mean_us": rnd(sum(us) / len(us), 1),
+                **({"client_cpus": sorted(os.sched_getaffinity(0))}
+                   if hasattr(os, "sched_getaffinity") else {})})
 
 
 async def orchestrate(args: argparse.Namespace) -> int:
@@ -101,6 +109,8 @@ async def orchestrate(args: argparse.Namespace) -> int:
         common = ["--transport", kind, "--size", str(args.size)]
         if args.uvloop:
             common.append("--uvloop")
+        if args.pin is not None:
+            common += ["--pin", str(args.pin)]
         line: dict[str, Any] = {"bench": "latency", "transport": kind, "loop": loop_name,
                                 "message_bytes": args.size, "warmup": args.warmup}
         try:
@@ -118,6 +128,8 @@ async def orchestrate(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"bench": "latency", "summary": "latency", "loop": loop_name,
                                "round_trips": args.count, "p50_us": p50, "p99_us": p99,
                                **machine_info()}
+    if args.pin is not None:
+        summary["pinned_cpu"] = args.pin
     if os.environ.get("GLIBC_TUNABLES"):
         # e.g. glibc.malloc.mmap_threshold: asyncio's 256 KiB reads go through mmap without
         # it (docs/performance.md, "Round trips on this machine"); say how this run was made
@@ -147,14 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any transport failed (a smoke test: never on timing)")
     add_common_args(parser, timeout=120)
+    parser.add_argument("--pin", type=int, default=None, metavar="CPU",
+                        help="run both processes on this one CPU (Linux)")
     parser.add_argument("--transport", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.count is None:
         args.count = 200 if args.quick else 5000
     if args.warmup is None:
         args.warmup = 20 if args.quick else 500
+    if args.pin is not None and not hasattr(os, "sched_setaffinity"):
+        parser.error("--pin needs os.sched_setaffinity (Linux)")
     if args.role:
         child_setup(args.timeout)
+        if args.pin is not None:
+            os.sched_setaffinity(0, {args.pin})
         if args.role == "server":
             run_loop(server(args.transport, args.size), args.uvloop)
         else:

@@ -94,6 +94,19 @@ def test_latency_percentiles(lines: list[dict[str, Any]]) -> None:
         assert line["ok"] and 0 < line["p50_us"] <= line["p99_us"] <= line["max_us"]
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--pin needs Linux's affinity")
+def test_latency_pinned_runs_both_ends_on_one_cpu() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "latency.py"), "--quick",
+                           "--strict", "--pin", str(cpu), "--only", "roamlink,udp"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    runs = [ln for ln in lines if ln.get("transport") in ("roamlink", "udp")]
+    assert len(runs) == 2 and all(r["ok"] and r["client_cpus"] == [cpu] for r in runs), runs
+    assert lines[-1]["pinned_cpu"] == cpu and lines[-1]["p50_us"]["roamlink"] > 0
+
+
 def test_many_connections_all_echoed(lines: list[dict[str, Any]]) -> None:
     for kind in ("roamlink", "tcp"):
         [line] = [ln for ln in lines if ln.get("bench") == "many"
