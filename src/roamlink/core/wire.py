@@ -188,15 +188,14 @@ class AckFrame:
     given at :class:`PushFrame` (one is made per ACK received).
     """
 
-    __slots__ = ("ranges", "ack_delay_us")
+    __slots__ = ("ranges", "ack_delay_us", "largest")
 
     def __init__(self, ranges: tuple[tuple[int, int], ...], ack_delay_us: int = 0) -> None:
         self.ranges: Final = ranges
         self.ack_delay_us: Final = ack_delay_us
-
-    @property
-    def largest(self) -> int:
-        return self.ranges[0][1]
+        #: the largest packet number acknowledged: an attribute, not a property, as the
+        #: receive path reads it five times per ACK (each a generic index into the ranges)
+        self.largest: Final = ranges[0][1]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AckFrame):

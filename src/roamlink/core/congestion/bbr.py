@@ -80,6 +80,8 @@ MIN_EXTRA_ACKED_TIME: Final = 0.005
 #: for one such round measures nothing, and one scheduling hiccup of a busy host would expire
 #: the bandwidth estimate. (Vegas has the same floor, for the same reason.)
 MIN_ROUND: Final = 0.005
+#: (compiled, ``float("inf")`` in an expression parses the string on every evaluation)
+_INF: Final = float("inf")
 
 
 class WindowedMax:
@@ -163,7 +165,7 @@ class Bbr(CongestionController):
     def bdp(self, gain: float) -> int:
         """``gain`` x the bandwidth-delay product, in bytes (the initial window before the
         model has both halves)."""
-        if self.btl_bw <= 0.0 or self.min_rtt == float("inf"):
+        if self.btl_bw <= 0.0 or self.min_rtt == _INF:
             return int(gain * self.initial_window)
         return int(gain * self.btl_bw * self.min_rtt)
 
