@@ -160,7 +160,7 @@ class Recovery:
             lowest = 0
             for lowest in sent:  # noqa: B007
                 break
-            if ack.ranges[0][0] <= lowest and ack.largest >= self._newest_sent:
+            if ack.newest_first <= lowest and ack.largest >= self._newest_sent:
                 # the newest range covers every packet in flight (each ACK of a
                 # request/response exchange, the last one of a transfer): take them all, in
                 # number order, without a lookup and a deletion by (boxed) number each
@@ -235,6 +235,8 @@ class Recovery:
     def _detect_lost(self, now: float) -> list[SentPacket]:
         """RACK and the packet threshold over the packets sent before the largest acked."""
         self.loss_time = None
+        if not self.sent:
+            return []  # (nothing in flight: every ACK of a request/response exchange)
         loss_delay = self.rack_rtt + self.reo_wnd
         if loss_delay < TIMER_GRANULARITY:
             loss_delay = TIMER_GRANULARITY
