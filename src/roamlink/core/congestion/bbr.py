@@ -88,16 +88,20 @@ class WindowedMax:
     """Maximum of (round, value) samples over the last ``window`` rounds (a monotonic queue:
     values that a newer, larger sample dominates are dropped, so at most ``window`` remain)."""
 
-    __slots__ = ("window", "_rounds", "_values")
+    __slots__ = ("window", "_rounds", "_values", "best")
 
     def __init__(self, window: int) -> None:
         self.window = window
         self._rounds: list[int] = []
         self._values: list[float] = []
+        #: the maximum (0.0: no sample): kept as a plain float, as it is read on every ACK and
+        #: a list item is a boxed float
+        self.best = 0.0
 
     def reset(self) -> None:
         self._rounds.clear()
         self._values.clear()
+        self.best = 0.0
 
     def update(self, value: float, round_count: int) -> None:
         rounds, values = self._rounds, self._values
@@ -110,13 +114,11 @@ class WindowedMax:
 
     def expire(self, round_count: int) -> None:
         rounds = self._rounds
+        values = self._values
         while rounds and rounds[0] <= round_count - self.window:
             del rounds[0]
-            del self._values[0]
-
-    @property
-    def best(self) -> float:
-        return self._values[0] if self._values else 0.0
+            del values[0]
+        self.best = values[0] if values else 0.0
 
 
 class Bbr(CongestionController):
