@@ -79,8 +79,9 @@ class AckState:
         self.eliciting_unacked = 0
         self.data_unacked = False
         if len(received) == 1:  # no gap: the common ACK, without a list of ranges
-            start, end = received.first() or (0, 0)
-            return wire.encode_one_range_ack(start, end - 1, delay_us)
+            # (nor a tuple: its two numbers are boxed, and freed, on every ACK sent)
+            return wire.encode_one_range_ack(received.first_start(), received.first_end() - 1,
+                                             delay_us)
         return wire.encode_ack(received.inclusive_newest_first(), delay_us)
 
     def on_peer_saw(self, largest: int) -> None:

@@ -124,10 +124,18 @@ class SendBuffer:
         if fin:
             self.fin_acked = True
         end = offset + length
-        if end <= self.base:
+        base = self.base
+        if end <= base:
             return  # acknowledged before (the range was sent twice): base never moves back
-        self._acked.add(max(offset, self.base), end)
-        upto = self._acked.end_of_first_covering(self.base)
+        acked = self._acked
+        if offset <= base and not acked:
+            # in order, with nothing acknowledged beyond the base (the common case): the base
+            # moves to ``end``, which is what adding the range and releasing the first one
+            # covering the base comes to, without three list operations on boxed offsets
+            self._release(end)
+            return
+        acked.add(max(offset, base), end)
+        upto = acked.end_of_first_covering(base)
         if upto >= 0:
             self._release(upto)
 

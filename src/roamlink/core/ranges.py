@@ -91,6 +91,14 @@ class RangeSet:
     def first(self) -> tuple[int, int] | None:
         return (self._starts[0], self._ends[0]) if self._starts else None
 
+    def first_start(self) -> int:
+        """The start of the first range (there must be one); ``first()`` without its tuple."""
+        return self._starts[0]
+
+    def first_end(self) -> int:
+        """The end of the first range (there must be one)."""
+        return self._ends[0]
+
     def pop_first(self) -> tuple[int, int]:
         return self._starts.pop(0), self._ends.pop(0)
 

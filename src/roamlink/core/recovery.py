@@ -95,6 +95,9 @@ class Recovery:
         self.min_rto = min_rto
         self.max_rto = max_rto
         self.sent: dict[int, SentPacket] = {}
+        #: the largest packet number ever put in ``sent`` (none in it is larger; it stays when
+        #: they leave)
+        self._newest_sent = -1
         self.bytes_in_flight = 0
         self.largest_acked = -1
         self.pto_count = 0
@@ -138,7 +141,10 @@ class Recovery:
         # packets that elicit no ACK (pure ACKs, path responses) may never be acknowledged:
         # tracking them would only grow memory, and losing them costs nothing
         if packet.in_flight:
-            self.sent[packet.number] = packet
+            number = packet.number
+            self.sent[number] = packet
+            if number > self._newest_sent:
+                self._newest_sent = number
             self.bytes_in_flight += packet.size
             self.last_ack_eliciting_time = packet.time_sent
 
@@ -146,29 +152,40 @@ class Recovery:
     def on_ack(self, ack: AckFrame, now: float) -> tuple[list[SentPacket], list[SentPacket], bool]:
         """Process an ACK frame: return ``(newly_acked, lost, rtt_updated)``."""
         sent = self.sent
-        acked: list[SentPacket] = []
-        if sent:
+        acked: list[SentPacket]
+        if not sent:
+            acked = []
+        else:
             # the first key: compiled, a dict loop is native and ``next(iter())`` is not
             lowest = 0
             for lowest in sent:  # noqa: B007
                 break
-            for lo, hi in ack.ranges:
-                if hi < lowest:
-                    continue
-                if hi - max(lo, lowest) > len(sent):
-                    # a wide range: walk our packets instead of the numbers
-                    for pn in [p for p in sent if lo <= p <= hi]:
-                        acked.append(sent.pop(pn))
-                else:
-                    for pn in range(max(lo, lowest), hi + 1):
-                        # get and del: native dict operations compiled (``pop`` with a
-                        # default is a method call)
-                        pkt = sent.get(pn)
-                        if pkt is not None:
-                            del sent[pn]
-                            acked.append(pkt)
-            if not sent:
-                self.sent = {}  # an emptied dict keeps its grown table: ~1 KiB per idle peer
+            if ack.newest_first <= lowest and ack.largest >= self._newest_sent:
+                # the newest range covers every packet in flight (each ACK of a
+                # request/response exchange, the last one of a transfer): take them all, in
+                # number order, without a lookup and a deletion by (boxed) number each
+                acked = list(sent.values())
+                self.sent = {}
+            else:
+                acked = []
+                for lo, hi in ack.ranges:
+                    if hi < lowest:
+                        continue
+                    if hi - max(lo, lowest) > len(sent):
+                        # a wide range: walk our packets instead of the numbers
+                        for pn in [p for p in sent if lo <= p <= hi]:
+                            acked.append(sent.pop(pn))
+                    else:
+                        for pn in range(max(lo, lowest), hi + 1):
+                            # get and del: native dict operations compiled (``pop`` with a
+                            # default is a method call)
+                            pkt = sent.get(pn)
+                            if pkt is not None:
+                                del sent[pn]
+                                acked.append(pkt)
+                if not sent:
+                    # an emptied dict keeps its grown table: ~1 KiB per idle peer
+                    self.sent = {}
         lost_pns = self._lost_pns
         if lost_pns:
             for lo, hi in ack.ranges:
@@ -218,6 +235,8 @@ class Recovery:
     def _detect_lost(self, now: float) -> list[SentPacket]:
         """RACK and the packet threshold over the packets sent before the largest acked."""
         self.loss_time = None
+        if not self.sent:
+            return []  # (nothing in flight: every ACK of a request/response exchange)
         loss_delay = self.rack_rtt + self.reo_wnd
         if loss_delay < TIMER_GRANULARITY:
             loss_delay = TIMER_GRANULARITY

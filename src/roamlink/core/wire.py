@@ -188,15 +188,27 @@ class AckFrame:
     given at :class:`PushFrame` (one is made per ACK received).
     """
 
-    __slots__ = ("ranges", "ack_delay_us")
+    __slots__ = ("_ranges", "ack_delay_us", "largest", "newest_first")
 
-    def __init__(self, ranges: tuple[tuple[int, int], ...], ack_delay_us: int = 0) -> None:
-        self.ranges: Final = ranges
+    def __init__(self, ranges: tuple[tuple[int, int], ...] | None, ack_delay_us: int = 0,
+                 newest_first: int = 0, largest: int = 0) -> None:
+        """``ranges`` None: the one range ``(newest_first, largest)``. That is the common ACK,
+        and the decoder makes it so: its tuples (two, with two boxed numbers, per ACK
+        received) are built only if ``ranges`` is read, which the receive path does not do."""
+        self._ranges = ranges
         self.ack_delay_us: Final = ack_delay_us
+        if ranges is not None:
+            newest_first, largest = ranges[0]
+        #: the largest packet number acknowledged, and the first one of its range
+        self.largest: Final = largest
+        self.newest_first: Final = newest_first
 
     @property
-    def largest(self) -> int:
-        return self.ranges[0][1]
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        ranges = self._ranges
+        if ranges is None:
+            ranges = self._ranges = ((self.newest_first, self.largest),)
+        return ranges
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AckFrame):
@@ -471,7 +483,7 @@ def _decode_ack(buf: bytes, pos: int, end: int) -> tuple[AckFrame, int]:
     hi = largest
     lo = largest - first_len
     if not count:  # the common case: one range, no list to build and copy
-        return AckFrame(((lo, hi),), delay), pos
+        return AckFrame(None, delay, lo, hi), pos
     ranges = [(lo, hi)]
     for _ in range(count):
         gap, pos = _varint(buf, pos, end)

@@ -115,12 +115,21 @@ class Dispatcher:
         #: it to the worker that owns it and returns True (see roamlink.api.workers)
         self.foreign_cid: Callable[[bytes, Address], bool] | None = None
         self.connections: dict[bytes, Connection] = {}  # main map: CID -> connection
+        #: the last short header's route (CID, connection), while ``connections`` is unchanged:
+        #: the next datagram is usually for the same CID, and comparing two short byte strings
+        #: costs a tenth of hashing a fresh one and looking it up
+        self._route_cid = b""
+        self._route_conn: Connection | None = None
         self.addr_map: dict[tuple[Address, bytes], bytes] = {}  # (addr, peer CID) -> our CID
         self.accept_queue: deque[Connection] = deque()
         self.stateless_out: list[tuple[bytes, Address]] = []
         self.stats = DispatcherStats()
         self._owned_cids: dict[Connection, set[bytes]] = {}
         self._synced: dict[Connection, int] = {}  # the connection's cid_version last applied
+        #: the connection last found in sync, and its cid_version then: the next datagram is
+        #: usually for it again, and its routes have not changed (no lookup in ``_synced``)
+        self._in_sync: Connection | None = None
+        self._in_sync_version = -1
         #: the id of "our socket" where a caller names none (a path is a socket id + a peer
         #: address; the ids are handed out by the owner, see driver.ConnectionDriver)
         self.socket_id = socket_id
@@ -163,6 +172,8 @@ class Dispatcher:
     def _track(self, conn: Connection) -> None:
         self._owned_cids[conn] = set()
         self._synced[conn] = -1
+        if self._in_sync is conn:
+            self._in_sync = None
         self.sync_routes(conn)
 
     def adopt(self, conn: Connection) -> None:
@@ -181,8 +192,17 @@ class Dispatcher:
         if conn.is_closed:
             self.forget(conn)
             return
-        if self._synced.get(conn, conn.cid_version) == conn.cid_version:
+        version = conn.cid_version
+        if conn is self._in_sync and version == self._in_sync_version:
             return
+        synced = self._synced.get(conn)
+        if synced is None:
+            return  # (not routed here: see ``adopt``)
+        if synced == version:
+            self._in_sync = conn
+            self._in_sync_version = version
+            return
+        self._route_conn = None  # (the routes change)
         owned = self._owned_cids[conn]
         wanted = set(conn.routed_cids())
         for cid in owned - wanted:
@@ -227,6 +247,9 @@ class Dispatcher:
         if conn in self.half_open:
             self._half_open_done(conn)
         self._synced.pop(conn, None)
+        if self._in_sync is conn:
+            self._in_sync = None
+        self._route_conn = None  # (the routes change)
         for cid in self._owned_cids.pop(conn, set()):
             if self.connections.get(cid) is conn:
                 del self.connections[cid]
@@ -274,7 +297,13 @@ class Dispatcher:
         try:
             if first & 0xC0 == 0x40:  # short header
                 cid_len = self._cid_length
-                conn = self.connections.get(data[1:1 + cid_len])
+                cid = data[1:1 + cid_len]
+                conn = self._route_conn
+                if conn is None or cid != self._route_cid:
+                    conn = self.connections.get(cid)
+                    if conn is not None:
+                        self._route_cid = cid
+                        self._route_conn = conn
                 if conn is None:
                     if self.foreign_cid is not None and self.foreign_cid(data, addr):
                         self.stats.handed_over += 1  # another worker's connection

@@ -37,15 +37,15 @@ from ..core.events import Address
 logger = logging.getLogger("roamlink.endpoint")
 
 
-def _fionread() -> tuple[Callable[[int, int, array.array[int]], object], int] | None:
+def _fionread() -> tuple[Callable[..., object] | None, object]:
     """``fcntl.ioctl`` and the FIONREAD request, where the platform has them (not Windows)."""
     try:
         import fcntl
         import termios
     except ImportError:
-        return None
+        return None, 0
     request = getattr(termios, "FIONREAD", None)
-    return None if request is None else (fcntl.ioctl, int(request))
+    return (None, 0) if request is None else (fcntl.ioctl, int(request))
 
 
 SOL_UDP: Final = 17
@@ -68,8 +68,12 @@ _SEGMENT_SIZE: Final = struct.Struct("=H")
 _GRO_SIZE: Final = struct.Struct("=i")
 _CMSG_SPACE: Final = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 #: The ioctl that tells how many bytes the next datagram has (0: none waiting), where the
-#: platform has it (Linux and the BSDs; not Windows).
+#: platform has it (Linux and the BSDs; not Windows), and its request number. (Both held as
+#: objects: compiled, an ``int`` constant is boxed again at every call, and FIONREAD is above
+#: the cached small ints.)
 _FIONREAD: Final = _fionread()
+_IOCTL: Final = _FIONREAD[0]
+_FIONREAD_REQUEST: Final = _FIONREAD[1]
 #: Errors of a GSO send that mean "this path cannot segment": fall back to plain sends.
 _GSO_ERRORS: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
                          errno.EMSGSIZE})
@@ -134,6 +138,9 @@ class UdpSocket:
         self._ask_pending = False
         self._inq = array.array("i", [0])
         self._fd = -1  # the socket's descriptor, for FIONREAD (a method call per wake-up)
+        #: MAX_READS_PER_WAKEUP when this socket was made (a module global that is not Final,
+        #: so that tests can lower it, is a dictionary lookup per read compiled)
+        self._max_reads = MAX_READS_PER_WAKEUP
 
     @property
     def family(self) -> int:
@@ -155,8 +162,8 @@ class UdpSocket:
         if offload and sys.platform.startswith("linux"):
             self.gso = _probe_gso(sock)
             self.gro = _probe_gro(sock)
-        self._ask_pending = (_FIONREAD is not None
-                             and self._datagram_waiting(sock.fileno()) is not None)
+        self._ask_pending = _IOCTL is not None
+        self._more_waiting(self._fd)  # (an ioctl that fails here turns the question off)
         try:
             self.loop.add_reader(sock.fileno(), self.on_readable)
             self._reading = True
@@ -191,8 +198,8 @@ class UdpSocket:
         io = self.io
         gro = self.gro
         fd = self._fd if self._ask_pending else -1
-        for i in range(MAX_READS_PER_WAKEUP):
-            if i and fd >= 0 and not self._datagram_waiting(fd):
+        for i in range(self._max_reads):
+            if i and fd >= 0 and not self._more_waiting(fd):
                 break  # (the first read: the loop said the socket is readable)
             try:
                 if gro:
@@ -221,17 +228,19 @@ class UdpSocket:
         io.datagrams_in += len(out)
         return out
 
-    def _datagram_waiting(self, fd: int) -> bool | None:
-        """Whether a datagram waits on ``fd`` (None: the ioctl failed; read and see)."""
-        fionread = _FIONREAD
-        if fionread is None:
-            return None
+    def _more_waiting(self, fd: int) -> bool:
+        """Whether a datagram waits on ``fd``. False when the ioctl failed: the caller stops
+        reading for now, and later wake-ups read until a read fails."""
+        ioctl = _IOCTL
+        if ioctl is None:
+            return False
+        inq = self._inq
         try:
-            fionread[0](fd, fionread[1], self._inq)
+            ioctl(fd, _FIONREAD_REQUEST, inq)
         except OSError:
             self._ask_pending = False
-            return None
-        return self._inq[0] > 0
+            return False
+        return inq[0] > 0
 
     def report_unreachable(self) -> bool:
         """Ask the kernel to report ICMP errors for datagrams this (unconnected) socket sent

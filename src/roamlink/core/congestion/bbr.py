@@ -80,22 +80,28 @@ MIN_EXTRA_ACKED_TIME: Final = 0.005
 #: for one such round measures nothing, and one scheduling hiccup of a busy host would expire
 #: the bandwidth estimate. (Vegas has the same floor, for the same reason.)
 MIN_ROUND: Final = 0.005
+#: (compiled, ``float("inf")`` in an expression parses the string on every evaluation)
+_INF: Final = float("inf")
 
 
 class WindowedMax:
     """Maximum of (round, value) samples over the last ``window`` rounds (a monotonic queue:
     values that a newer, larger sample dominates are dropped, so at most ``window`` remain)."""
 
-    __slots__ = ("window", "_rounds", "_values")
+    __slots__ = ("window", "_rounds", "_values", "best")
 
     def __init__(self, window: int) -> None:
         self.window = window
         self._rounds: list[int] = []
         self._values: list[float] = []
+        #: the maximum (0.0: no sample): kept as a plain float, as it is read on every ACK and
+        #: a list item is a boxed float
+        self.best = 0.0
 
     def reset(self) -> None:
         self._rounds.clear()
         self._values.clear()
+        self.best = 0.0
 
     def update(self, value: float, round_count: int) -> None:
         rounds, values = self._rounds, self._values
@@ -108,13 +114,11 @@ class WindowedMax:
 
     def expire(self, round_count: int) -> None:
         rounds = self._rounds
+        values = self._values
         while rounds and rounds[0] <= round_count - self.window:
             del rounds[0]
-            del self._values[0]
-
-    @property
-    def best(self) -> float:
-        return self._values[0] if self._values else 0.0
+            del values[0]
+        self.best = values[0] if values else 0.0
 
 
 class Bbr(CongestionController):
@@ -163,7 +167,7 @@ class Bbr(CongestionController):
     def bdp(self, gain: float) -> int:
         """``gain`` x the bandwidth-delay product, in bytes (the initial window before the
         model has both halves)."""
-        if self.btl_bw <= 0.0 or self.min_rtt == float("inf"):
+        if self.btl_bw <= 0.0 or self.min_rtt == _INF:
             return int(gain * self.initial_window)
         return int(gain * self.btl_bw * self.min_rtt)
 
