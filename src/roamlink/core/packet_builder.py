@@ -45,7 +45,8 @@ class PacketBuilder:
 
     __slots__ = ("mtu", "send_buf", "recovery", "cc", "rtt", "pacer", "rate_estimator", "acks",
                  "flow", "counters", "control", "next_pn", "probe_pending", "pace_at", "last_sent",
-                 "_ack_in_packet", "_ack_only_sent", "protection", "tag_length", "quick_idle")
+                 "_ack_in_packet", "_ack_only_sent", "protection", "tag_length", "quick_idle",
+                 "_header_dcid", "_header_phase", "_header_prefix")
 
     def __init__(self, config: Config, *, send_buf: SendBuffer, recovery: Recovery,
                  cc: CongestionController, rtt: RttEstimator, pacer: Pacer | None,
@@ -75,6 +76,11 @@ class PacketBuilder:
         #: take :meth:`_idle_pass` when nothing can be sent (tests turn it off to check that
         #: the full pass leaves the same state and sends the same packets)
         self.quick_idle = True
+        #: the short header's type and CID (``wire.short_header_prefix``) for this CID and
+        #: key phase, made again when either changes
+        self._header_dcid = b""
+        self._header_phase = -1
+        self._header_prefix = b""
 
     def set_protection(self, protection: PacketProtection) -> None:
         self.protection = protection
@@ -87,7 +93,14 @@ class PacketBuilder:
         protection = self.protection
         if protection is None:
             return wire.encode_short_packet(dcid, pn, parts)
-        return protection.seal(wire.encode_short_header(dcid, pn, protection.send_phase), pn,
+        phase = protection.send_phase
+        if dcid is not self._header_dcid or phase != self._header_phase:
+            self._header_prefix = wire.short_header_prefix(dcid, phase)
+            self._header_dcid = dcid
+            self._header_phase = phase
+        # (the kept type and CID, and the packet number by ``to_bytes``, a mypyc primitive:
+        # the header's struct call parsed three boxed arguments per packet)
+        return protection.seal(self._header_prefix + pn.to_bytes(8, "big"), pn,
                                b"".join(parts))
 
     # ------------------------------------------------------------------ packet numbers

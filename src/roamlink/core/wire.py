@@ -319,6 +319,14 @@ def encode_push_header(offset: int, length: int, fin: bool) -> bytes:
     several times as much."""
     o = _width(offset)
     n = _width(length)
+    ob = 1 << o
+    nb = 1 << n
+    if ob + nb <= 6:
+        # the whole header as one native int (at most 7 bytes: within a tagged int), and
+        # one ``to_bytes`` (a mypyc primitive): a struct call parses three boxed arguments
+        value = ((((PUSH_FIN if fin else PUSH) << (8 * ob)) | offset | (o << (8 * ob - 2)))
+                 << (8 * nb)) | length | (n << (8 * nb - 2))
+        return value.to_bytes(1 + ob + nb, "big")
     return _PUSH_PACKERS[o * 4 + n](PUSH_FIN if fin else PUSH, offset | _WIDTH_MARKERS[o],
                                     length | _WIDTH_MARKERS[n])
 
@@ -336,6 +344,15 @@ def _one_range_ack(first: int, last: int, ack_delay_us: int) -> bytes:
     a = _width(last)
     d = _width(ack_delay_us)
     r = _width(last - first)
+    ab = 1 << a
+    db = 1 << d
+    rb = 1 << r
+    if ab + db + rb <= 5:
+        # at most 7 bytes: one native int and one ``to_bytes`` (as the PUSH header)
+        value = ((((((ACK << (8 * ab)) | last | (a << (8 * ab - 2))) << (8 * db))
+                   | ack_delay_us | (d << (8 * db - 2))) << (8 + 8 * rb))
+                 | (last - first) | (r << (8 * rb - 2)))
+        return value.to_bytes(2 + ab + db + rb, "big")
     return _ACK1_PACKERS[a * 16 + d * 4 + r](ACK, last | _WIDTH_MARKERS[a],
                                              ack_delay_us | _WIDTH_MARKERS[d], 0,
                                              (last - first) | _WIDTH_MARKERS[r])
@@ -560,6 +577,12 @@ def encode_short_header(dcid: bytes, packet_number: int, key_phase: int = 0) -> 
         return _SHORT_TYPES[key_phase] + dcid + _pack_pn(packet_number)
     return _SHORT_HEADER_PACKERS[len(dcid)](SHORT | KEY_PHASE if key_phase else SHORT, dcid,
                                             packet_number)
+
+
+def short_header_prefix(dcid: bytes, key_phase: int) -> bytes:
+    """A short header's bytes before the packet number (type and CID), which a connection
+    keeps: the header is then ``prefix + pn.to_bytes(8, "big")``."""
+    return _SHORT_TYPES[1 if key_phase else 0] + dcid
 
 
 def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> bytes:
