@@ -15,7 +15,8 @@ class SendBuffer:
     """
 
     __slots__ = ("_chunks", "_chunk_starts", "_first", "base", "end", "next_offset",
-                 "_acked", "_lost", "fin_requested", "fin_sent", "fin_acked")
+                 "_acked", "_lost", "fin_requested", "fin_sent", "fin_acked", "taken_offset",
+                 "taken_fin")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
@@ -29,6 +30,8 @@ class SendBuffer:
         self.fin_requested = False
         self.fin_sent = False
         self.fin_acked = False
+        self.taken_offset = 0  # where the data :meth:`take` returned last starts
+        self.taken_fin = False  # and whether it ends the stream
 
     # application side
     def write(self, data: bytes) -> None:
@@ -66,6 +69,15 @@ class SendBuffer:
         ``limit`` is the flow-control limit on new data (offsets at or above it are not sent).
         Returns None when nothing can be sent.
         """
+        data = self.take(max_len, limit)
+        if data is None:
+            return None
+        return self.taken_offset, data, self.taken_fin
+
+    def take(self, max_len: int, limit: int) -> bytes | None:
+        """:meth:`next_range` without its tuple: the data, or None; its offset and fin are
+        left in ``taken_offset`` and ``taken_fin`` (native attributes: the tuple boxed the
+        offset, and was built and unpacked for every data packet)."""
         while self._lost:
             start, stop = self._lost.pop_first()
             # the range may have been acknowledged since it was declared lost (a late ACK of
@@ -79,7 +91,9 @@ class SendBuffer:
             fin = self.fin_requested and not self.fin_sent and stop == self.end
             if fin:
                 self.fin_sent = True
-            return start, self._slice(start, stop), fin
+            self.taken_offset = start
+            self.taken_fin = fin
+            return self._slice(start, stop)
         start = self.next_offset
         # stop = min(end, start + max_len, max(limit, start)), without the generic min() call
         # compiled code makes of three arguments
@@ -91,18 +105,24 @@ class SendBuffer:
         if stop <= start:
             if self.fin_requested and not self.fin_sent and start == self.end:
                 self.fin_sent = True
-                return start, b"", True
+                self.taken_offset = start
+                self.taken_fin = True
+                return b""
             return None
         self.next_offset = stop
         fin = False
         if self.fin_requested and stop == self.end:
             self.fin_sent = True
             fin = True
-        return start, self._slice(start, stop), fin
+        self.taken_offset = start
+        self.taken_fin = fin
+        return self._slice(start, stop)
 
     def _slice(self, start: int, stop: int) -> bytes:
         chunks, starts = self._chunks, self._chunk_starts
-        i = bisect_right(starts, start, self._first) - 1
+        i = len(starts) - 1
+        if starts[i] > start:  # (not in the last chunk written: new data mostly is)
+            i = bisect_right(starts, start, self._first) - 1
         chunk = chunks[i]
         cstart = starts[i]
         if stop - cstart <= len(chunk):

@@ -195,14 +195,15 @@ class PacketBuilder:
                     room = mtu - size - 1 - 8 - 4
                     if send_buf.has_retransmission():
                         retransmission = True
-                    rng = send_buf.next_range(room, flow.peer_max_data)
-                    if rng is None:
+                    data = send_buf.take(room, flow.peer_max_data)
+                    if data is None:
                         blocked = flow.blocked_frame(bool(send_buf.unsent))
                         if blocked is not None:
                             parts.append(wire.encode_frame(blocked))
                             control.append(blocked)
                         break
-                    offset, data, fin = rng
+                    offset = send_buf.taken_offset
+                    fin = send_buf.taken_fin
                     length = len(data)
                     header = wire.encode_push_header(offset, length, fin)
                     parts.append(header)
