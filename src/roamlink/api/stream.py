@@ -12,6 +12,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Final
 
 from ..core.connection import Connection
 from ..core.events import (
@@ -37,6 +38,9 @@ from .event_queue import EVENT_QUEUE_LIMIT, EventQueue, path_events
 
 __all__ = ["EVENT_QUEUE_LIMIT", "EventQueue", "Stream"]
 
+#: (``Final``: compiled, a static; ``asyncio.Future`` is a module attribute lookup per use)
+_Future: Final = asyncio.Future
+
 
 class Stream(ConnectionObserver):
     """A reliable, ordered byte stream over roamlink.
@@ -52,6 +56,12 @@ class Stream(ConnectionObserver):
         self._conn = conn
         loop = endpoint.loop
         self._loop = loop
+        #: the loop's ``create_future`` is asyncio's own, an interpreted method that only
+        #: calls ``Future(loop=loop)`` (~1 k instructions of frame per read that waits): make
+        #: the future directly then (uvloop's is C; another loop may make its own futures)
+        self._stock_futures = (isinstance(loop, asyncio.BaseEventLoop)
+                               and type(loop).create_future
+                               is asyncio.BaseEventLoop.create_future)
         self._handshake: asyncio.Future[None] = loop.create_future()
         #: until the handshake future is settled (spares ``on_activity`` two ``done()`` calls
         #: on every serve of an established connection)
@@ -237,7 +247,9 @@ class Stream(ConnectionObserver):
             if conn.is_terminated:
                 self._raise_if_failed()
                 return b""
-            waiter: asyncio.Future[None] = self._loop.create_future()
+            waiter: asyncio.Future[None] = (_Future(loop=self._loop)
+                                            if self._stock_futures
+                                            else self._loop.create_future())
             self._read_waiter = waiter
             try:
                 await waiter
