@@ -98,9 +98,7 @@ class PacketBuilder:
             self._header_prefix = wire.short_header_prefix(dcid, phase)
             self._header_dcid = dcid
             self._header_phase = phase
-        # (the kept type and CID, and the packet number by ``to_bytes``, a mypyc primitive:
-        # the header's struct call parsed three boxed arguments per packet)
-        return protection.seal(self._header_prefix + pn.to_bytes(8, "big"), pn,
+        return protection.seal(self._header_prefix + wire.encode_packet_number(pn), pn,
                                b"".join(parts))
 
     # ------------------------------------------------------------------ packet numbers

@@ -566,23 +566,20 @@ def encode_retry(version: int, client_cid: bytes, token: bytes) -> bytes:
 _SHORT_TYPES: Final = (bytes((SHORT,)), bytes((SHORT | KEY_PHASE,)))
 
 
-#: len(dcid) -> the short header's ``struct.pack`` (type, CID, packet number): one call and
-#: one allocation per packet instead of two concatenations
-_SHORT_HEADER_PACKERS: Final = [struct.Struct(f"!B{n}sQ").pack
-                                for n in range(MAX_CID_LENGTH + 1)]
-
-
 def encode_short_header(dcid: bytes, packet_number: int, key_phase: int = 0) -> bytes:
-    if len(dcid) > MAX_CID_LENGTH:
-        return _SHORT_TYPES[key_phase] + dcid + _pack_pn(packet_number)
-    return _SHORT_HEADER_PACKERS[len(dcid)](SHORT | KEY_PHASE if key_phase else SHORT, dcid,
-                                            packet_number)
+    return short_header_prefix(dcid, key_phase) + encode_packet_number(packet_number)
 
 
 def short_header_prefix(dcid: bytes, key_phase: int) -> bytes:
-    """A short header's bytes before the packet number (type and CID), which a connection
-    keeps: the header is then ``prefix + pn.to_bytes(8, "big")``."""
+    """A short header's bytes before the packet number (type and CID): a sender keeps it per
+    CID and key phase, and the header is then ``prefix + encode_packet_number(pn)``."""
     return _SHORT_TYPES[1 if key_phase else 0] + dcid
+
+
+def encode_packet_number(packet_number: int) -> bytes:
+    """The short header's packet number field (8 bytes, big-endian), by ``to_bytes`` (a
+    mypyc primitive; a ``struct`` call parses boxed arguments)."""
+    return packet_number.to_bytes(8, "big")
 
 
 def encode_short_packet(dcid: bytes, packet_number: int, parts: list[bytes]) -> bytes:
