@@ -132,17 +132,23 @@ async def main(kind: str, count: int, profile: bool, evictor: _Evictor | None = 
     await close()
 
 
+def _take_option(argv: list[str], name: str) -> str | None:
+    """Remove ``name VALUE`` from ``argv``; the value, or None when absent."""
+    if name not in argv:
+        return None
+    at = argv.index(name)
+    value = argv[at + 1]
+    del argv[at:at + 2]
+    return value
+
+
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if "--slow" in argv:
-        at = argv.index("--slow")
-        _slow_clock(float(argv[at + 1]))
-        del argv[at:at + 2]
-    evictor = None
-    if "--evict" in argv:
-        at = argv.index("--evict")
-        evictor = _Evictor(int(argv[at + 1]))
-        del argv[at:at + 2]
+    slow = _take_option(argv, "--slow")
+    if slow is not None:
+        _slow_clock(float(slow))
+    evict = _take_option(argv, "--evict")
+    evictor = _Evictor(int(evict)) if evict is not None else None
     n = next((int(a) for a in argv if a.isdigit()), 20000)
     _common.run_loop(main("tcp" if "--tcp" in argv else "roamlink", n, "--profile" in argv,
                           evictor), "--uvloop" in argv)
